@@ -1,0 +1,168 @@
+"""The ``binbench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from bench.errors import BinbenchError
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    pattern = args.pattern or "*"
+    if args.what == "estimators":
+        from bench.estimator import ESTIMATORS
+
+        names = ESTIMATORS.names(pattern)
+        width = max([len(n) for n in names] + [4])
+        for n in names:
+            cls = ESTIMATORS.get(n)
+            first = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"{n:<{width}}  {ESTIMATORS.entry(n).source:<28}  {first}")
+        for err in ESTIMATORS.plugin_errors:
+            print(f"warning: {err}", file=sys.stderr)
+    elif args.what == "models":
+        from bench.models import MODELS
+
+        for n in MODELS.names(pattern):
+            doc = (MODELS.get(n).__doc__ or "").strip().splitlines()
+            print(f"{n:<10}  {MODELS.entry(n).source:<10}  {doc[0] if doc else ''}")
+    else:
+        from bench.data import DATASETS
+
+        for n in DATASETS.names(pattern):
+            d = DATASETS.get(n)
+            print(f"{n:<14} {d.num_classes:>5} classes  {'x'.join(map(str, d.shape)):>9}  "
+                  f"default {d.default_epochs} epochs, batch {d.default_batch_size}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from bench.estimator import estimator_info, list_estimators
+
+    if args.what == "estimators":
+        names = list_estimators(args.name or "*")
+        if args.plot:
+            from bench.plots import plot_estimators
+
+            plot_estimators(names, args.plot)
+            print(f"wrote {args.plot}")
+        else:
+            for n in names:
+                print(n)
+        return 0
+    if not args.name:
+        raise BinbenchError("binbench show estimator needs a NAME (see `binbench list estimators`)")
+    info = estimator_info(args.name)
+    print(f"{info['name']}  ({info['class']}, {info['source']})\n")
+    print(info["doc"])
+    print("\nhyperparameters:")
+    for k, v in info["hparams"].items():
+        print(f"  {k} = {v!r}")
+    print(f"\nbinarizes: {', '.join(info['kinds'])}; native scaling: {info['native_scaling']}; native activation "
+          f"estimator: {info['native_activation']}; stages: {', '.join(info['stages'])}; "
+          f"eval modes: {', '.join(info['eval_modes'])}")
+    print("\nrecipes (rules: when the run matches, the values apply; later rules win):")
+    for name, rules in info["recipes"].items():
+        print(f"  {name}:")
+        for match, values in rules:
+            cond = ", ".join(f"{k}={v}" for k, v in match.items()) or "always"
+            print(f"    [{cond}] {values}")
+    if info.get("file"):
+        print(f"\nsource: {info['file']}")
+    if args.plot:
+        from bench.plots import plot_estimators
+
+        plot_estimators([args.name], args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import parse_set
+    from bench.progress import Reporter
+    from bench.train import train
+
+    values: dict[str, Any] = parse_set(args.set or [])
+    for key in ("estimator", "model", "dataset", "epochs", "seed", "recipe", "data_root", "checkpoint_dir"):
+        v = getattr(args, key)
+        if v is not None:
+            values[key] = v
+    if args.bits:
+        bits = args.bits.upper()
+        table = {"W1A1": (1, 1), "W1A32": (1, 32), "W32A32": (32, 32), "FP": (32, 32), "FP32": (32, 32)}
+        if bits not in table:
+            raise BinbenchError(f"--bits must be W1A1, W1A32 or FP32, got {args.bits!r}")
+        values["w_bits"], values["a_bits"] = table[bits]
+    if args.download:
+        values["download"] = True
+    if args.resume:
+        values["resume"] = True
+    result = train(values, reporter=Reporter(enabled=not args.json))
+    if args.json:
+        print(json.dumps(result.to_dict(), default=_json_default, allow_nan=False, indent=None))
+    return 0 if result.status == "finished" else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="binbench", description="Benchmark harness for BNN binarization estimators.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list", help="list estimators, models or datasets")
+    ls.add_argument("what", choices=["estimators", "models", "datasets"])
+    ls.add_argument("pattern", nargs="?", help="wildcard filter, e.g. 're*'")
+    ls.set_defaults(func=cmd_list)
+
+    sh = sub.add_parser("show", help="describe an estimator (docstring, hyperparameters, recipes) or plot them")
+    sh.add_argument("what", choices=["estimator", "estimators"])
+    sh.add_argument("name", nargs="?")
+    sh.add_argument("--plot", metavar="FILE.png", help="draw forward function and surrogate gradient")
+    sh.set_defaults(func=cmd_show)
+
+    r = sub.add_parser("run", help="train one configuration",
+                       epilog="config keys for --set: see bench/config.py (RunConfig); estimator.NAME=V sets an "
+                              "estimator hyperparameter, activation.NAME=V one of the activation estimator, "
+                              "model.NAME=V a model argument")
+    r.add_argument("--estimator", "-e")
+    r.add_argument("--model", "-m")
+    r.add_argument("--dataset", "-d")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--recipe", choices=["common", "published"])
+    r.add_argument("--bits", help="W1A1 (default), W1A32 or FP32")
+    r.add_argument("--data-root")
+    r.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
+    r.add_argument("--checkpoint-dir")
+    r.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key; repeatable")
+    r.add_argument("--json", action="store_true", help="print the result as one JSON object (no progress lines)")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BinbenchError as exc:
+        print(f"binbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("binbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""What a run records about where it ran: versions, git commit, hardware."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+
+@functools.cache
+def git_commit() -> str:
+    """Commit of the binbench checkout this code runs from ('+dirty' when modified), or 'unknown'."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("binbench", "torch", "torchvision", "numpy", "pandas", "mlflow", "ray"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+@functools.cache
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device | None = None) -> dict[str, str]:
+    out = {"cpu": cpu_model(), "cores": str(os.cpu_count()), "torch_threads": str(torch.get_num_threads())}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(device if device is not None and device.type == "cuda" else 0)
+    else:
+        out["gpu"] = "none"
+    return out
+
+
+def describe(device: torch.device | None = None) -> dict[str, object]:
+    return {"git_commit": git_commit(), "versions": package_versions(), "hardware": hardware(device)}

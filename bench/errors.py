@@ -1,0 +1,31 @@
+"""User-facing errors: one line that names the problem and the fix, never a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class BinbenchError(Exception):
+    """An error caused by the user's input; the CLI prints its message on one line and exits with 2."""
+
+
+class UnknownNameError(BinbenchError, KeyError):
+    """A name that is not in a registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(BinbenchError, ValueError):
+    """A configuration value that is missing, unknown or of the wrong type."""
+
+
+class DataNotFoundError(BinbenchError, FileNotFoundError):
+    """A dataset whose files are not where binbench looked."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
+    """' (did you mean: a, b?)' with the closest candidates, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+    return f" (did you mean: {', '.join(close)}?)" if close else ""

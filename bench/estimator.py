@@ -1,0 +1,297 @@
+"""The estimator plugin contract.
+
+An *estimator* is a binarization method: how a real tensor x becomes a binary one in the forward pass and
+which surrogate gradient flows back. One estimator object is created per run from its hyperparameters; every
+binary layer asks it for a :class:`Quantizer`, a small ``nn.Module`` that holds the per-layer state the
+estimator needs (learnable parameters such as DSQ's alpha or VISPA's low-rank factor, buffers) so that this
+state lives in the model: the optimizer sees it, checkpoints save it, ``.to(device)`` moves it.
+
+What an estimator can do, each by overriding one method (all optional but :meth:`Estimator.quantize`):
+
+* ``quantize(x, q)``       forward values and surrogate gradient (the one required method);
+* ``init_state(q, shape)`` create per-layer state on the quantizer ``q``;
+* ``latent(w, q)``         the real value that gets binarized (sin(w0 w) for BiPer; w for most);
+* ``set_progress(p)``      training progress (stage, epoch fraction) for schedules;
+* ``extra_loss(qs)``       a loss term added to the task loss;
+* ``stages()``             training stages (BiPer: real sine weights, then the square wave);
+* ``constrain_(w, q)``     an in-place projection of the latent weights after each optimizer step;
+* ``eval_modes``/``predict`` how evaluation runs (VISPA: an ensemble of sampled networks);
+* ``layer_diagnostics``    extra per-layer diagnostics (ReSTE's indicators).
+
+Hyperparameters are the keyword arguments of ``__init__`` with their defaults; ``estimator_info`` reads them
+from the signature, so there is one place to declare them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from bench.errors import ConfigError, did_you_mean
+from bench.registry import Registry
+
+KINDS = ("weight", "activation")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is: stage index and name, epoch within the stage, and e/E in [0, 1]."""
+
+    stage: int = 0
+    stage_name: str = "main"
+    epoch: int = 0
+    epochs: int = 1
+
+    @property
+    def fraction(self) -> float:
+        return self.epoch / self.epochs if self.epochs > 0 else 0.0
+
+    @classmethod
+    def at(cls, fraction: float, stage: int = 0, stage_name: str = "main", resolution: int = 10_000) -> Progress:
+        """A progress point at a given fraction (for probes and plots)."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ConfigError(f"progress must lie in [0, 1], got {fraction}")
+        return cls(stage, stage_name, round(fraction * resolution), resolution)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage as the estimator declares it; the recipe gives its optimizer settings.
+
+    ``fraction`` is its share of the run's epochs; ``overrides`` are hyperparameters of the estimator that
+    change in this stage (BiPer's tau).
+    """
+
+    name: str = "main"
+    fraction: float = 1.0
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Quantizer(nn.Module):
+    """Per-layer binarizer: ``forward(x)`` delegates to the estimator, which keeps its state here."""
+
+    def __init__(self, estimator: Estimator, kind: str, shape: tuple[int, ...] | None, internal_scale: bool):
+        super().__init__()
+        if kind not in KINDS:
+            raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
+        self.shape = tuple(shape) if shape is not None else None
+        self.internal_scale = internal_scale
+        object.__setattr__(self, "estimator", estimator)  # plain attribute: not a submodule, not saved
+        estimator.init_state(self, self.shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.estimator.quantize(x, self)
+
+    def extra_repr(self) -> str:
+        return f"{self.estimator.name}, kind={self.kind}"
+
+
+class Estimator:
+    """Base class of all estimators. Subclass it, implement :meth:`quantize`, register it by name."""
+
+    name: ClassVar[str] = "?"
+    #: what it can binarize
+    kinds: ClassVar[tuple[str, ...]] = KINDS
+    #: weight scaling its paper/code uses: "none", "mean", "alpha" (applied by the layer) or "internal"
+    native_scaling: ClassVar[str] = "none"
+    #: activation estimator of its own recipe at W1A1 (None: the estimator itself)
+    native_activation: ClassVar[str | None] = "approx_sign"
+    #: hyperparameters for the activation estimator in its own recipe
+    native_activation_hparams: ClassVar[dict[str, Any]] = {}
+    #: evaluation modes; the first is the headline one
+    eval_modes: ClassVar[tuple[str, ...]] = ("default",)
+    #: True when ``constrain_`` must run after every optimizer step
+    has_constraint: ClassVar[bool] = False
+    #: True when the estimator draws random numbers in its forward pass
+    stochastic: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.progress = Progress()
+        self.eval_mode = self.eval_modes[0]
+
+    # -- hyperparameters --------------------------------------------------------------------------
+    @classmethod
+    def hparam_defaults(cls) -> dict[str, Any]:
+        sig = inspect.signature(cls.__init__)
+        return {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        }
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.hparam_defaults()}
+
+    def set_hparams(self, **values: Any) -> None:
+        """Change hyperparameters mid-run (stage overrides); unknown names are errors."""
+        values = coerce_hparams(type(self), values)
+        for k, v in values.items():
+            setattr(self, k, v)
+
+    # -- the contract -------------------------------------------------------------------------------
+    def quantizer(self, kind: str, shape: tuple[int, ...] | None = None, internal_scale: bool = False) -> Quantizer:
+        if kind not in self.kinds:
+            raise ConfigError(f"estimator {self.name!r} cannot binarize {kind}s (it handles: {', '.join(self.kinds)})")
+        return Quantizer(self, kind, shape, internal_scale)
+
+    def init_state(self, q: Quantizer, shape: tuple[int, ...] | None) -> None:
+        """Create per-layer parameters/buffers on ``q`` (``q.register_parameter``...)."""
+
+    def quantize(self, x: Tensor, q: Quantizer) -> Tensor:
+        raise NotImplementedError
+
+    def latent(self, w: Tensor, q: Quantizer | None = None) -> Tensor:
+        """The real value the estimator binarizes (w_hat in BiPer's eq. 15)."""
+        return w
+
+    def set_progress(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def extra_loss(self, quantizers: list[Quantizer]) -> Tensor | None:
+        return None
+
+    def stages(self) -> list[Stage]:
+        return [Stage()]
+
+    def begin_stage(self, index: int, stage: Stage) -> None:
+        if stage.overrides:
+            self.set_hparams(**stage.overrides)
+
+    def constrain_(self, w: Tensor, q: Quantizer) -> None:
+        """Project latent weights in place (under no_grad) after an optimizer step."""
+
+    def predict(self, model: nn.Module, x: Tensor, mode: str) -> Tensor:
+        """Logits of ``model`` on ``x`` in evaluation ``mode``."""
+        return model(x)
+
+    def layer_diagnostics(self, w: Tensor, q: Quantizer) -> dict[str, float]:
+        """Extra per-layer diagnostics; ``w`` is the latent weight parameter (its ``.grad`` is the last step's)."""
+        return {}
+
+    def saturated(self, w: Tensor, q: Quantizer) -> Tensor | None:
+        """Boolean mask of latent weights outside the gradient support; None: measured by autograd."""
+        return None
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({args})"
+
+
+# -- registry -----------------------------------------------------------------------------------------
+ESTIMATORS: Registry[type[Estimator]] = Registry("estimator", ("estimators",), "binbench.estimators")
+
+
+def register_estimator(name: str):
+    """Class decorator: ``@register_estimator("biper")``."""
+
+    def decorator(cls: type[Estimator]) -> type[Estimator]:
+        if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+            raise ConfigError(f"@register_estimator({name!r}) must decorate a subclass of bench.Estimator")
+        ESTIMATORS.add(name, cls)
+        cls.name = name
+        return cls
+
+    return decorator
+
+
+def list_estimators(pattern: str = "*") -> list[str]:
+    """Names of the registered estimators matching a wildcard pattern."""
+    return ESTIMATORS.names(pattern)
+
+
+def get_estimator_class(name: str) -> type[Estimator]:
+    return ESTIMATORS.get(name)
+
+
+def coerce_hparams(cls: type[Estimator], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Check names against the signature and convert values to the defaults' types."""
+    defaults = cls.hparam_defaults()
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in defaults:
+            valid = ", ".join(defaults) or "none"
+            raise ConfigError(
+                f"unknown hyperparameter {key!r} for estimator {cls.name!r}{did_you_mean(key, defaults)}; "
+                f"valid: {valid}"
+            )
+        out[key] = _coerce(cls.name, key, value, defaults[key])
+    return out
+
+
+def _coerce(est: str, key: str, value: Any, default: Any) -> Any:
+    if default is None or value is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() in {"true", "1", "yes"}:
+                    return True
+                if value.lower() in {"false", "0", "no"}:
+                    return False
+                raise ValueError
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            v = float(value)
+            if math.isnan(v):
+                raise ValueError
+            return v
+        if isinstance(default, str):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"hyperparameter {key!r} of estimator {est!r} must be a {type(default).__name__}, got {value!r}"
+        ) from None
+    return value
+
+
+def create_estimator(name: str, **hparams: Any) -> Estimator:
+    """An estimator instance by name, hyperparameters checked and converted."""
+    cls = get_estimator_class(name)
+    return cls(**coerce_hparams(cls, hparams))
+
+
+def estimator_info(name: str) -> dict[str, Any]:
+    """Docstring, hyperparameters with defaults, capabilities, recipes and source of an estimator."""
+    from bench.recipes import recipe_table  # late: recipes import the registry
+
+    entry = ESTIMATORS.entry(name)
+    cls = entry.obj
+    try:
+        file = inspect.getsourcefile(cls)
+    except TypeError:
+        file = None
+    return {
+        "name": name,
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "doc": inspect.cleandoc(cls.__doc__ or ""),
+        "hparams": cls.hparam_defaults(),
+        "kinds": cls.kinds,
+        "native_scaling": cls.native_scaling,
+        "native_activation": cls.native_activation or name,
+        "eval_modes": cls.eval_modes,
+        "stages": [s.name for s in cls().stages()],
+        "recipes": recipe_table(name),
+        "source": entry.source,
+        "file": file,
+    }
+
+
+def estimator_quantizers(model: nn.Module, kind: str | None = None) -> list[Quantizer]:
+    """All quantizers in a model (optionally of one kind), in module order."""
+    return [m for m in model.modules() if isinstance(m, Quantizer) and (kind is None or m.kind == kind)]
+
+
+def as_tensor_points(x: Iterable[float] | Tensor) -> Tensor:
+    return x.detach().clone().float() if isinstance(x, Tensor) else torch.tensor(list(x), dtype=torch.float32)

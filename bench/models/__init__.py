@@ -1,0 +1,67 @@
+"""Model registry (timm style): ``list_models``, ``create_model``, ``@register_model``.
+
+A model function takes ``(spec, num_classes, in_shape, binarize_first_last=False, **model_args)``: ``spec`` is
+the :class:`bench.layers.BinarySpec` that makes its binarizable layers, ``in_shape`` is (C, H, W).
+First and last layers stay full precision unless ``binarize_first_last``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from bench.errors import ConfigError, did_you_mean
+from bench.layers import BinarySpec
+from bench.registry import Registry
+
+ModelFn = Callable[..., nn.Module]
+MODELS: Registry[ModelFn] = Registry(
+    "model", ("bench.models.mlp", "bench.models.resnet_cifar", "bench.models.vgg", "bench.models.resnet_imagenet"),
+    "binbench.models",
+)
+
+
+def register_model(name: str):
+    return MODELS.register(name)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return MODELS.names(pattern)
+
+
+def model_args(name: str) -> dict[str, Any]:
+    """The model's own keyword arguments with their defaults."""
+    sig = inspect.signature(MODELS.get(name))
+    skip = {"spec", "num_classes", "in_shape"}
+    return {p.name: p.default for p in sig.parameters.values() if p.name not in skip and p.default is not p.empty}
+
+
+def create_model(name: str, spec: BinarySpec | None = None, num_classes: int = 10,
+                 in_shape: tuple[int, int, int] = (3, 32, 32), **kwargs: Any) -> nn.Module:
+    fn = MODELS.get(name)
+    valid = model_args(name)
+    for key in kwargs:
+        if key not in valid:
+            raise ConfigError(f"unknown argument {key!r} for model {name!r}{did_you_mean(key, valid)}; "
+                              f"valid: {', '.join(valid)}")
+    return fn(spec=spec or BinarySpec(), num_classes=num_classes, in_shape=tuple(in_shape), **kwargs)
+
+
+def make_act(name: str, channels: int | None = None) -> nn.Module:
+    """Activation modules by name (hardtanh for W1A1 as in ReCU/BiPer, relu for W1A32, prelu for VISPA)."""
+    if name == "hardtanh":
+        return nn.Hardtanh(inplace=False)
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "prelu":
+        return nn.PReLU(channels or 1)
+    if name == "identity":
+        return nn.Identity()
+    raise ConfigError(f"unknown activation {name!r}; valid: hardtanh, relu, prelu, identity")
+
+
+def default_act(spec: BinarySpec, act: str | None) -> str:
+    return act if act is not None else ("hardtanh" if spec.binary_activations else "relu")

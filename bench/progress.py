@@ -1,0 +1,74 @@
+"""Console output of a run: a live step bar on a terminal, one plain line per epoch otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class _Bar:
+    def __init__(self, out: TextIO | None, label: str, total: int):
+        self.out, self.label, self.total = out, label, total
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        if self.out is None:
+            return
+        now = time.perf_counter()
+        if now - self.last < 0.2 and n < self.total:
+            return
+        self.last = now
+        width = 24
+        done = int(width * n / max(1, self.total))
+        rate = n / max(1e-9, now - self.t0)
+        eta = (self.total - n) / max(1e-9, rate)
+        self.out.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {n}/{self.total} "
+                       f"{rate:.1f} it/s eta {eta:.0f}s ")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.write("\r" + " " * 80 + "\r")
+            self.out.flush()
+
+
+class Reporter:
+    """Prints a run's progress; ``enabled=False`` keeps it silent (library use, Ray trials)."""
+
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None):
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def _print(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.stream, flush=True)
+
+    def start(self, cfg, params: dict[str, int], device) -> None:
+        est = cfg.estimator if cfg.w_bits == 1 else "fp"
+        self._print(f"binbench run: {est} / {cfg.model} / {cfg.dataset} / {cfg.bits} / recipe {cfg.recipe} / "
+                    f"seed {cfg.seed} / {cfg.epochs} epochs / device {device} / {params['total']:,} params")
+
+    def epoch_bar(self, stage: int, plan: dict[str, Any], epoch: int, total: int) -> _Bar:
+        return _Bar(self.stream if self.tty else None, f"{plan['name']} {epoch + 1}/{plan['epochs']}", total)
+
+    def epoch(self, r: dict[str, Any]) -> None:
+        extra = "".join(f" {k[5:-5]} {v:6.2f}" for k, v in r.items() if k.startswith("test_") and k.endswith("_top1")
+                        and k != "test_top1")
+        if r.get("diverged"):
+            self._print(f"[{r['stage_name']}] epoch {r['epoch'] + 1:3d}  train loss {r['train_loss']}  DIVERGED")
+            return
+        qe = f"  qe {r['diag/qe']:.4f}" if "diag/qe" in r else ""
+        self._print(f"[{r['stage_name']}] epoch {r['epoch'] + 1:3d}  lr {r['lr']:.4g}  train loss "
+                    f"{r['train_loss']:.4f} acc {r['train_top1']:6.2f}  test top1 {r['test_top1']:6.2f}{extra}{qe}  "
+                    f"({r['epoch_seconds']:.2f}s)")
+
+    def finish(self, res) -> None:
+        if res.status == "diverged":
+            self._print(f"DIVERGED: {res.message}")
+            return
+        modes = "  ".join(f"{m} {v:.2f}" for m, v in res.eval_modes.items()) if len(res.eval_modes) > 1 else ""
+        top5 = f"  top5 {res.top5:.2f}" if res.top5 is not None else ""
+        self._print(f"final top1 {res.top1:.2f}{top5}  best top1 {res.best_top1:.2f} (epoch {res.best_epoch + 1})  "
+                    f"{res.epoch_seconds:.2f} s/epoch" + (f"\neval modes: {modes}" if modes else ""))

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bench import Estimator, Stage, register_estimator
+from bench.functional import sign, straight_through
+
+
+@register_estimator("biper")
+class BiPer(Estimator):
+    r"""Binary periodic functions (Vargas, Correa, Hinojosa, Arguello, CVPR 2024, arXiv 2404.01278).
+
+    Forward:   w_b = sign(sin(w0 * w))             square wave of period 2 pi / w0 (eq. 8)
+    Backward:  dw_b/dw = w0 * cos(w0 * w)          (eqs. 9-10: identity STE through the outer sign,
+                                                    autograd through sin)
+    Stages:    1 "real":   the conv uses w_hat = sin(w0 w) directly (real weights, binary activations);
+               2 "binary": the square wave, starting from stage 1's weights.
+    Loss term: L = CE + sum_layers tau * mean(sin^2(w0 w))      [CODE != PAPER: in the official code only;
+               tau = 0 here by default, the published recipe sets 0.037 (stage 1) and 0.0468 (stage 2)]
+    Scaling:   learnable per-channel alpha ~ U(0, 1) on the conv output (official code; the paper's eq. 3
+               describes one combined gamma).
+    Activations: ApproxSign on the per-sample std-normalised input (ReCU trick), in its own recipe.
+
+    Hyperparameters:
+        w0 (float, default 20.0): frequency (README/run scripts and the paper's ablation; argparse says 30).
+        tau (float, default 0.0): weight of the sin^2 penalty.
+        two_stage (bool, default True): train stage 1 (real sine weights) before the square wave.
+        stage1_fraction (float, default 2/3): share of the epochs in stage 1 (600 + 300 officially).
+    The official recipe hands the *best* stage-1 checkpoint to stage 2 (stage_handoff = best in the
+    published recipe; the common recipe hands over the last weights, to select nothing on the test set).
+    QE of w_hat = sin(w0 w): for Laplace(0, b) latents it peaks at 0.1028 for b*w0 = 0.955 (sheet section 9).
+    """
+
+    kinds = ("weight",)
+    native_scaling = "alpha"
+    native_activation = "approx_sign"
+    native_activation_hparams = {"std_normalize": True}
+    published = [
+        ({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5,
+              "stage_handoff": "best", "estimator_hparams": {"w0": 20.0},
+              "stages": [{"lr": 0.021, "weight_decay": 0.0016, "estimator": {"tau": 0.037}},
+                         {"lr": 0.0037, "weight_decay": 0.00016, "estimator": {"tau": 0.0468}}]}),
+        ({"dataset": "cifar*"}, {"epochs": 900, "batch_size": 256}),
+        ({"dataset": "imagenet"}, {"epochs": 300, "batch_size": 512,
+                                   "stages": [{"lr": 0.1, "weight_decay": 1e-4, "estimator": {"tau": 0.0}},
+                                              {"lr": 0.01, "weight_decay": 1e-4, "estimator": {"tau": 0.0}}]}),
+    ]
+
+    def __init__(self, w0: float = 20.0, tau: float = 0.0, two_stage: bool = True, stage1_fraction: float = 2 / 3):
+        super().__init__()
+        self.w0, self.tau, self.two_stage, self.stage1_fraction = w0, tau, two_stage, stage1_fraction
+
+    def stages(self) -> list[Stage]:
+        if not self.two_stage:
+            return [Stage("binary", 1.0)]
+        return [Stage("real", self.stage1_fraction), Stage("binary", 1.0 - self.stage1_fraction)]
+
+    def latent(self, w: Tensor, q=None) -> Tensor:
+        return torch.sin(self.w0 * w)
+
+    def quantize(self, x: Tensor, q) -> Tensor:
+        w_hat = torch.sin(self.w0 * x)
+        if self.tau:
+            q._sin2 = w_hat.square().mean()  # reused by extra_loss: no second pass over the weights
+        if self.progress.stage_name == "real":
+            return w_hat
+        return straight_through(sign(w_hat), w_hat)
+
+    def extra_loss(self, quantizers) -> Tensor | None:
+        if not self.tau or not quantizers:
+            return None
+        terms = [q.__dict__.pop("_sin2", None) for q in quantizers]
+        terms = [t for t in terms if t is not None]
+        return self.tau * torch.stack(terms).sum() if terms else None

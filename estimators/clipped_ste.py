@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from functools import partial
+
+from torch import Tensor
+
+from bench import Estimator, register_estimator
+from bench.functional import surrogate_sign
+
+
+def _clipped_grad(x: Tensor, t: float) -> Tensor:
+    return (x.abs() <= t).to(x.dtype)
+
+
+@register_estimator("clipped_ste")
+class ClippedSteSign(Estimator):
+    r"""Clipped straight-through estimator, the gradient of hardtanh (BNN; Hubara et al., NeurIPS 2016).
+
+    Forward:   x_b = sign(x),  sign(0) = +1
+    Backward:  dL/dx = dL/dx_b * 1{|x| <= t}
+
+    Hyperparameters:
+        t (float, default 1.0): clipping threshold (ReSTE with o = 1 equals this with t = 1.5).
+
+    BNN applies it to weights and activations (its own recipe uses it for both).
+    """
+
+    native_activation = None  # itself
+
+    def __init__(self, t: float = 1.0):
+        super().__init__()
+        self.t = t
+
+    def quantize(self, x: Tensor, q) -> Tensor:
+        return surrogate_sign(x, partial(_clipped_grad, t=self.t))

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from bench import Estimator, register_estimator
+from bench.functional import channel_dims, channel_view, surrogate_sign
+
+
+def ede_grad(x: Tensor, k: float, t: float) -> Tensor:
+    """k t (1 - tanh^2(t x))."""
+    return k * t * (1.0 - torch.tanh(t * x) ** 2)
+
+
+def ede_schedule(fraction: float, t_min: float, t_max: float) -> tuple[float, float]:
+    """t = 10^(log10 T_min + (log10 T_max - log10 T_min) e/E),  k = max(1/t, 1)."""
+    t = 10 ** (math.log10(t_min) + (math.log10(t_max) - math.log10(t_min)) * fraction)
+    return max(1.0 / t, 1.0), t
+
+
+@register_estimator("irnet")
+class IrNetEde(Estimator):
+    r"""IR-Net: Libra-PB and the error decay estimator (Qin et al., CVPR 2020; official code htqin/IR-Net).
+
+    Libra-PB:  w_hat = (w - mean_c w) / std_c(w) per output channel (with standardize=True)
+    Forward:   w_b = sign(w_hat) * 2^round(log2(mean_c |w_hat|))     (power-of-two scale, detached, when
+                                                                       scaling is internal)
+    Backward:  EDE  g(x) = k t (1 - tanh^2(t x)) for weights and activations
+    Schedule:  t = 10^(log10 T_min + (log10 T_max - log10 T_min) e/E),  k = max(1/t, 1)
+               (at T_min = 1e-3 it starts as an identity STE: k t = 1).
+
+    Hyperparameters:
+        t_min (float, default 1e-3): the ResNet-20 trainer's value; the VGG-small script uses 0.1.
+        t_max (float, default 10.0).
+        standardize (bool, default True).
+    """
+
+    native_scaling = "internal"
+    native_activation = None  # EDE for activations too
+    published = [
+        ({}, {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "cosine"}),
+        ({"dataset": "cifar*"}, {"epochs": 400, "batch_size": 128}),
+        ({"dataset": "cifar*", "model": "vgg_small"}, {"lr": 0.007, "epochs": 300,
+                                                        "estimator_hparams": {"t_min": 0.1}}),
+    ]
+
+    def __init__(self, t_min: float = 1e-3, t_max: float = 10.0, standardize: bool = True):
+        super().__init__()
+        self.t_min, self.t_max, self.standardize = t_min, t_max, standardize
+
+    @property
+    def kt(self) -> tuple[float, float]:
+        return ede_schedule(self.progress.fraction, self.t_min, self.t_max)
+
+    def latent(self, w: Tensor, q=None) -> Tensor:
+        if not self.standardize or (q is not None and q.kind == "activation"):
+            return w
+        dims = channel_dims(w)
+        w0 = w - w.mean(dim=dims, keepdim=True)
+        return w0 / w0.std(dim=dims, keepdim=True)
+
+    def quantize(self, x: Tensor, q) -> Tensor:
+        k, t = self.kt
+        w_hat = self.latent(x, q)
+        out = surrogate_sign(w_hat, partial(ede_grad, k=k, t=t))
+        if q.internal_scale and q.kind == "weight":
+            dims = channel_dims(w_hat)
+            scale = torch.pow(2.0, torch.round(torch.log2(w_hat.detach().abs().mean(dim=dims))))
+            out = out * channel_view(scale, w_hat)
+        return out

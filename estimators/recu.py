@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from bench import Estimator, register_estimator
+from bench.functional import channel_dims, sign, straight_through
+
+
+def tau_schedule(fraction: float, tau_min: float, tau_max: float) -> float:
+    """tau(e) = A e^(e/E) + (tau_min - A), A = (tau_max - tau_min)/(e - 1): tau_min at 0, tau_max at E."""
+    a = (tau_max - tau_min) / (math.e - 1.0)
+    return a * math.exp(fraction) + (tau_min - a)
+
+
+@register_estimator("recu")
+class ReCU(Estimator):
+    r"""Rectified clamp unit (Xu et al., ICCV 2021; official code z-hXu/ReCU).
+
+    Standardise per output channel:  w1 = (w - mean_c w) / (sqrt(Var_c(w) + 1e-5) / (2 sqrt 2))  (Laplace b = 2)
+    Clamp:     w2 = clamp(w1, -Q_tau, Q_tau),  Q_tau = -mean|w1| * ln(2 - 2 tau)  (detached)
+    Forward:   w_b = sign(w2)
+    Backward:  identity STE through sign, autograd through the clamp and the standardisation
+               (so dw_b/dw1 = 1{|w1| <= Q_tau}).
+    Schedule:  tau(e) = A e^(e/E) + (tau_min - A),  A = (tau_max - tau_min)/(e - 1),  0.85 -> 0.99.
+    Activations: ApproxSign with std normalisation; learnable per-channel alpha scale.
+
+    Hyperparameters:
+        tau_min (float, default 0.85), tau_max (float, default 0.99),
+        standardize (bool, default True): False applies the clamp to w directly (used by probes/tests).
+    """
+
+    kinds = ("weight",)
+    native_scaling = "alpha"
+    native_activation = "approx_sign"
+    native_activation_hparams = {"std_normalize": True}
+    published = [
+        ({}, {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine",
+              "warmup_epochs": 5}),
+        ({"dataset": "cifar*"}, {"epochs": 600, "batch_size": 256}),
+    ]
+
+    def __init__(self, tau_min: float = 0.85, tau_max: float = 0.99, standardize: bool = True):
+        super().__init__()
+        self.tau_min, self.tau_max, self.standardize = tau_min, tau_max, standardize
+
+    @property
+    def tau(self) -> float:
+        return tau_schedule(self.progress.fraction, self.tau_min, self.tau_max)
+
+    def latent(self, w: Tensor, q=None) -> Tensor:
+        if not self.standardize:
+            return w
+        dims = channel_dims(w)
+        w0 = w - w.mean(dim=dims, keepdim=True)
+        return w0 / (torch.sqrt(w0.var(dim=dims, keepdim=True) + 1e-5) / (2 * math.sqrt(2)))
+
+    def q_tau(self, w1: Tensor) -> Tensor:
+        return (-w1.abs().mean() * math.log(2 - 2 * self.tau)).detach()
+
+    def quantize(self, x: Tensor, q) -> Tensor:
+        w1 = self.latent(x)
+        qt = self.q_tau(w1)
+        w2 = torch.clamp(w1, -qt, qt)
+        return straight_through(sign(w2), w2)
+
+    def saturated(self, w: Tensor, q) -> Tensor:
+        w1 = self.latent(w)
+        return w1.abs() > self.q_tau(w1)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bench import Estimator, register_estimator
+from bench.functional import surrogate_sign
+
+
+def _identity_grad(x: Tensor) -> Tensor:
+    return torch.ones_like(x)
+
+
+@register_estimator("ste")
+class SteSign(Estimator):
+    r"""Straight-through estimator (BinaryConnect; Courbariaux, Bengio, David, NeurIPS 2015).
+
+    Forward:   x_b = sign(x),  sign(0) = +1
+    Backward:  dL/dx = dL/dx_b            (identity)
+
+    Hyperparameters:
+        clip (float | None, default None): if set, latent weights are clipped to [-clip, clip] after every
+            optimizer step (BinaryConnect clips to [-1, 1]; the published recipe sets clip = 1
+            [UNCERTAIN: from the BinaryConnect paper as remembered, sheet section 2]).
+
+    Paired with ApproxSign for activations at W1A1 (sheet section 2).
+    """
+
+    native_activation = "approx_sign"
+    published = [({}, {"estimator_hparams": {"clip": 1.0}, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0})]
+
+    def __init__(self, clip: float | None = None):
+        super().__init__()
+        self.clip = clip
+
+    @property
+    def has_constraint(self) -> bool:  # type: ignore[override]
+        return self.clip is not None
+
+    def quantize(self, x: Tensor, q) -> Tensor:
+        return surrogate_sign(x, _identity_grad)
+
+    def constrain_(self, w: Tensor, q) -> None:
+        if self.clip is not None:
+            w.clamp_(-self.clip, self.clip)
