@@ -18,11 +18,11 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # heavy submodules load on first use, so `import bench` stays cheap for plugins
-    if name in {"train", "RunConfig", "RunResult"}:
+    if name in {"RunConfig", "RunResult"}:
         import bench.train as _t
         from bench.config import RunConfig
 
-        return {"train": _t.train, "RunConfig": RunConfig, "RunResult": _t.RunResult}[name]
+        return {"RunConfig": RunConfig, "RunResult": _t.RunResult}[name]
     if name in {"create_model", "list_models", "register_model"}:
         import bench.models as _m
 
@@ -31,7 +31,7 @@ def __getattr__(name: str):
         import bench.data as _d
 
         return getattr(_d, name)
-    if name in {"diagnostics", "layers", "config", "data", "models", "recipes"}:
+    if name in {"diagnostics", "layers", "config", "data", "models", "recipes", "train"}:
         import importlib
 
         return importlib.import_module(f"bench.{name}")

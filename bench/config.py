@@ -206,7 +206,8 @@ def resolve_config(config: RunConfig | dict[str, Any]) -> RunConfig:
     if cfg.eval_modes is not None:
         bad = [m for m in cfg.eval_modes if m not in est_cls.eval_modes]
         if bad:
-            raise ConfigError(f"eval mode(s) {bad} unknown for {cfg.estimator!r}; valid: {', '.join(est_cls.eval_modes)}")
+            raise ConfigError(f"eval mode(s) {bad} unknown for {cfg.estimator!r}; "
+                              f"valid: {', '.join(est_cls.eval_modes)}")
     if ds.streaming and cfg.train_subset:
         raise ConfigError("train_subset is not supported for streaming datasets")
     return cfg

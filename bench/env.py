@@ -34,6 +34,8 @@ def package_versions() -> dict[str, str]:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = "absent"
+    out["torch"] = torch.__version__  # keeps the build tag (+cu130, +cpu)
+    out["cuda"] = torch.version.cuda or "none"
     return out
 
 

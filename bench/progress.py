@@ -54,14 +54,15 @@ class Reporter:
         return _Bar(self.stream if self.tty else None, f"{plan['name']} {epoch + 1}/{plan['epochs']}", total)
 
     def epoch(self, r: dict[str, Any]) -> None:
-        extra = "".join(f" {k[5:-5]} {v:6.2f}" for k, v in r.items() if k.startswith("test_") and k.endswith("_top1")
-                        and k != "test_top1")
+        modes = [k[5:-5] for k in r if k.startswith("test_") and k.endswith("_top1") and k != "test_top1"]
+        extra = "".join(f" {m} {r[f'test_{m}_top1']:6.2f}" for m in modes[1:])
+        head = f"test top1 ({modes[0]})" if modes else "test top1"
         if r.get("diverged"):
             self._print(f"[{r['stage_name']}] epoch {r['epoch'] + 1:3d}  train loss {r['train_loss']}  DIVERGED")
             return
         qe = f"  qe {r['diag/qe']:.4f}" if "diag/qe" in r else ""
         self._print(f"[{r['stage_name']}] epoch {r['epoch'] + 1:3d}  lr {r['lr']:.4g}  train loss "
-                    f"{r['train_loss']:.4f} acc {r['train_top1']:6.2f}  test top1 {r['test_top1']:6.2f}{extra}{qe}  "
+                    f"{r['train_loss']:.4f} acc {r['train_top1']:6.2f}  {head} {r['test_top1']:6.2f}{extra}{qe}  "
                     f"({r['epoch_seconds']:.2f}s)")
 
     def finish(self, res) -> None:

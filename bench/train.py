@@ -35,6 +35,7 @@ from bench.models import create_model
 from bench.progress import Reporter
 
 EpochCallback = Callable[[dict[str, Any]], None]
+StageHook = Callable[[str, int, nn.Module], None]
 
 
 @dataclass
@@ -111,6 +112,24 @@ def plan_stages(cfg: RunConfig, est: Estimator | None) -> list[dict[str, Any]]:
             "estimator": {**s.overrides, **ov.get("estimator", {})},
         })
     return plan
+
+
+def make_loaders(cfg: RunConfig, ds: DatasetSpec, device: torch.device, channels_last: bool):
+    """Train and test loaders: device-resident tensors, or a streaming DataLoader for ImageNet."""
+    if ds.streaming:
+        from bench.data import resolve_data_root
+        from bench.data.stream import imagenet_loaders
+
+        return imagenet_loaders(resolve_data_root(cfg.data_root), cfg.batch_size, cfg.eval_batch_size, device,
+                                workers=max(1, int(cfg.threads or 4)), image_size=ds.shape[-1])
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+    if cfg.train_subset:
+        data.train_x, data.train_y = data.train_x[: cfg.train_subset], data.train_y[: cfg.train_subset]
+    train = ResidentLoader(data.train_x, data.train_y, ds, cfg.batch_size, device, train=True, augment=cfg.augment,
+                           channels_last=channels_last)
+    test = ResidentLoader(data.test_x, data.test_y, ds, cfg.eval_batch_size, device, train=False,
+                          channels_last=channels_last)
+    return train, test
 
 
 def make_optimizer(model: nn.Module, stage: dict[str, Any]) -> torch.optim.Optimizer:
@@ -192,8 +211,13 @@ def evaluate(model: nn.Module, est: Estimator | None, loader, mode: str, topk: b
 
 # -- the loop --------------------------------------------------------------------------------------------
 def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | None = None,
-          reporter: Reporter | None = None) -> RunResult:
-    """Train one configuration to the end (or to divergence) and return its result."""
+          reporter: Reporter | None = None, stage_hooks: list[StageHook] | None = None) -> RunResult:
+    """Train one configuration to the end (or to divergence) and return its result.
+
+    ``callbacks`` get every epoch's record (metrics); ``stage_hooks`` get ("start" | "end", stage index, model)
+    at stage boundaries, after the hand-off of weights between stages.
+    """
+    stage_hooks = stage_hooks or []
     cfg = resolve_config(config)
     reporter = reporter or Reporter(enabled=False)
     callbacks = callbacks or []
@@ -202,18 +226,12 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     ds = get_dataset(cfg.dataset)
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
-    if cfg.train_subset:
-        data.train_x, data.train_y = data.train_x[: cfg.train_subset], data.train_y[: cfg.train_subset]
-    model, est, act_est = build_model(cfg, ds)
     cuda = device.type == "cuda"
     channels_last = cfg.channels_last and cuda and len(ds.shape) == 3
+    train_loader, test_loader = make_loaders(cfg, ds, device, channels_last)
+    model, est, act_est = build_model(cfg, ds)
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     step_model = torch.compile(model) if cfg.compile else model
-    train_loader = ResidentLoader(data.train_x, data.train_y, ds, cfg.batch_size, device, train=True,
-                                  augment=cfg.augment, channels_last=channels_last)
-    test_loader = ResidentLoader(data.test_x, data.test_y, ds, cfg.eval_batch_size, device, train=False,
-                                 channels_last=channels_last)
     use_amp = cfg.amp and cuda
 
     def autocast():
@@ -252,6 +270,8 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
         optimizer = make_optimizer(model, stage)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s, st=stage: lr_factor(s, steps_per_epoch, st))
+        for hook in stage_hooks:
+            hook("start", si, model)
         start_epoch = 0
         if si == state["stage"] and state["epoch"] > 0:
             start_epoch = state["epoch"]
@@ -337,6 +357,8 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
             best_file = ckpt_dir / f"best_stage{si}.pt"
             if best_file.exists():
                 model.load_state_dict(ckpt.load(best_file, device)["model"])
+        for hook in stage_hooks:
+            hook("end", si, model)
         state["stage"], state["epoch"] = si + 1, 0
     if status == "running":
         status = "finished"

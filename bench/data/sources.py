@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 import shutil
 from pathlib import Path
 
@@ -82,6 +83,14 @@ def _cifar(cls_name: str, name: str, how: str):
                 folder = Path(self.root) / self.base_folder
                 return all((folder / f).exists() for f, _ in self.train_list + self.test_list)
 
+            def _load_meta(self) -> None:
+                path = Path(self.root) / self.base_folder / self.meta["filename"]
+                if not path.exists():
+                    raise RuntimeError(f"{path} missing")
+                with open(path, "rb") as fh:
+                    self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
+                self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
         folder = Path(root) / base.base_folder
         try:
             train = Cifar(str(root), train=True, download=download)
@@ -101,17 +110,18 @@ def _cifar(cls_name: str, name: str, how: str):
 
 # -- Tiny-ImageNet ---------------------------------------------------------------------------------------
 def _decode_folder(samples: list[tuple[str, int]], size: int) -> tuple[Tensor, Tensor]:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.v2.functional import resize
+    """Decode every image once (PIL, as ImageFolder does) into one uint8 tensor."""
+    from PIL import Image
 
-    xs, ys = [], []
-    for path, label in samples:
-        img = decode_image(read_file(path), mode=ImageReadMode.RGB)
-        if img.shape[-2:] != (size, size):
-            img = resize(img, [size, size], antialias=True)
-        xs.append(img)
-        ys.append(label)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+    xs = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+    for i, (path, _) in enumerate(samples):
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            xs[i] = np.asarray(img)
+    ys = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return torch.from_numpy(xs).permute(0, 3, 1, 2).contiguous(), ys
 
 
 def _load_tiny_imagenet(root: Path, download: bool = False) -> DatasetTensors:
@@ -133,7 +143,7 @@ def _load_tiny_imagenet(root: Path, download: bool = False) -> DatasetTensors:
     return DatasetTensors(xtr, ytr, xte, yte)
 
 
-def _load_imagenet(root: Path, download: bool = False) -> DatasetTensors:
+def _load_imagenet(root: Path, download: bool = False) -> DatasetTensors:  # streams: see stream.py
     base = Path(root) / "imagenet"
     if not (base / "train").is_dir() or not (base / "val").is_dir():
         raise _missing("imagenet", base, IMAGENET_HOW)
@@ -144,8 +154,8 @@ MNIST_HOW = "copy the 4 MNIST idx files (.gz or plain) into <data root>/MNIST/ra
             "machine with internet, or point --data-root / BINBENCH_DATA at a folder holding MNIST/raw/"
 TINY_HOW = ("unpack tiny-imagenet-200.zip (train/<wnid>/images, val/images, val/val_annotations.txt) into the data "
             "root (--data-root or BINBENCH_DATA)")
-IMAGENET_HOW = ("arrange ILSVRC-2012 as imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG under the data root "
-                "(--data-root or BINBENCH_DATA)")
+IMAGENET_HOW = ("arrange ILSVRC-2012 as imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG under the "
+                "data root (--data-root or BINBENCH_DATA)")
 
 
 def _how(name: str, folder: str) -> str:

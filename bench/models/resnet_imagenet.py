@@ -19,8 +19,8 @@ class BiRealConvUnit(nn.Module):
         self.bn = nn.BatchNorm2d(planes)
         self.act = make_act(act, planes)
         self.down = (
-            nn.Sequential(nn.AvgPool2d(2) if stride != 1 else nn.Identity(), nn.Conv2d(in_planes, planes, 1, bias=False),
-                          nn.BatchNorm2d(planes))
+            nn.Sequential(nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False) if stride != 1 else nn.Identity(),
+                          nn.Conv2d(in_planes, planes, 1, bias=False), nn.BatchNorm2d(planes))
             if stride != 1 or in_planes != planes else nn.Identity()
         )
 

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data() -> Path | None:
+    env = os.environ.get("BINBENCH_DATA")
+    return Path(env) if env and (Path(env) / "MNIST" / "raw").is_dir() else None
+
+
+needs_mnist = pytest.mark.skipif(
+    shared_data() is None,
+    reason="BINBENCH_DATA does not point at a folder with MNIST/raw (CI sets it to ../shared/data)",
+)
+
+#: a small, fast run on the embedded digits data
+TINY = {"model": "mlp", "dataset": "digits", "model_args": {"hidden": [64, 64]}, "threads": 2}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # extracted archives and other cache files go to a per-session folder, never the user's
+    cache = tmp_path_factory.getbasetemp() / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))

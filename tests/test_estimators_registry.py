@@ -1,0 +1,63 @@
+"""Every registered estimator, built-in or plugin, without naming it: the registry drives these tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bench
+from bench import list_estimators
+from bench.estimator import get_estimator_class
+from bench.train import train
+
+from .conftest import TINY
+
+POINTS = torch.linspace(-2.0, 2.0, 41)
+
+
+def _kinds():
+    return [(n, k) for n in list_estimators() for k in get_estimator_class(n).kinds]
+
+
+@pytest.mark.parametrize(("name", "kind"), _kinds())
+def test_forward_is_binary_and_gradient_finite(name, kind):
+    fwd, grad = bench.probe(name, POINTS, kind=kind, progress=0.5)
+    scale = fwd.abs().max()
+    assert scale > 0
+    assert torch.allclose(fwd.abs(), scale.expand_as(fwd)), f"{name}: forward takes only +-scale values"
+    assert torch.isfinite(grad).all(), f"{name}: gradient is finite"
+    assert grad.abs().sum() > 0, f"{name}: some gradient flows"
+
+
+@pytest.mark.parametrize("name", list_estimators())
+def test_sign_of_zero_is_plus_one(name):
+    cls = get_estimator_class(name)
+    kind = "activation" if "activation" in cls.kinds else "weight"
+    fwd, _ = bench.probe(name, [-0.5, 0.0, 0.5], kind=kind, progress=0.5, **_elementwise(name))
+    assert fwd[1] > 0
+
+
+def _elementwise(name):
+    # estimators that standardise per channel are probed on the raw values here
+    return {"standardize": False} if "standardize" in get_estimator_class(name).hparam_defaults() else {}
+
+
+@pytest.mark.parametrize("name", [n for n in list_estimators() if "weight" in get_estimator_class(n).kinds])
+def test_one_digits_epoch_learns_above_chance(name):
+    res = train({**TINY, "estimator": name, "epochs": 2, "seed": 0, "diagnostics": False,
+                       "eval_modes": [get_estimator_class(name).eval_modes[0]]})
+    assert res.status == "finished"
+    assert res.top1 > 30.0, f"{name}: {res.top1:.1f}% after 2 digits epochs (chance is 10%)"
+
+
+@pytest.mark.parametrize("name", [n for n in list_estimators() if "weight" in get_estimator_class(n).kinds])
+@pytest.mark.parametrize("recipe", ["common", "published"])
+def test_recipes_resolve(name, recipe):
+    from bench.config import resolve_config
+
+    for model, ds, a in [("resnet20", "cifar10", 1), ("resnet18", "cifar10", 32), ("mlp", "mnist", 1)]:
+        cfg = resolve_config({"estimator": name, "recipe": recipe, "model": model, "dataset": ds, "a_bits": a})
+        assert cfg.lr > 0 and cfg.epochs >= 1 and cfg.optimizer in ("sgd", "adam")
+        assert cfg.scaling in ("none", "mean", "alpha", "internal")
+        if a == 32:
+            assert cfg.activation_estimator is None

@@ -1,0 +1,75 @@
+"""Every registered model runs forward and backward at W1A1, W1A32 and FP32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import create_estimator
+from bench.layers import BinaryConv2d, BinaryLinear, BinarySpec, binary_layers
+from bench.models import create_model, list_models
+
+SHAPES = {"mlp": (1, 8, 8), "resnet34": (3, 112, 112)}
+BITS = {"W1A1": (True, True), "W1A32": (True, False), "FP32": (False, False)}
+
+
+@pytest.mark.parametrize("bits", list(BITS))
+@pytest.mark.parametrize("name", list_models())
+def test_model_forward_backward(name, bits):
+    torch.manual_seed(0)
+    w, a = BITS[bits]
+    est = create_estimator("ste")
+    spec = BinarySpec(est if w else None, create_estimator("approx_sign") if a else None, "alpha" if w else "none")
+    shape = SHAPES.get(name, (3, 32, 32))
+    model = create_model(name, spec, num_classes=10, in_shape=shape)
+    x = torch.randn(2, *shape)
+    out = model(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    layers = binary_layers(model)
+    assert bool(layers) == w
+    for i, (_, layer) in enumerate(layers):
+        assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+        if i > 0:  # a binarized first layer keeps the real image as input
+            assert (layer.input_quantizer is not None) == a
+
+
+def test_first_and_last_layers_full_precision_by_default():
+    spec = BinarySpec(create_estimator("ste"), create_estimator("approx_sign"), "none")
+    m = create_model("resnet20", spec, 10, (3, 32, 32))
+    assert type(m.conv1) is torch.nn.Conv2d and type(m.fc) is torch.nn.Linear
+    m2 = create_model("resnet20", spec, 10, (3, 32, 32), binarize_first_last=True)
+    assert isinstance(m2.conv1, BinaryConv2d) and m2.conv1.input_quantizer is None
+    assert isinstance(m2.fc, BinaryLinear)
+    assert all(isinstance(layer, (BinaryConv2d, BinaryLinear)) for _, layer in binary_layers(create_model(
+        "vgg16", BinarySpec(create_estimator("ste"), None, "none"), 10, (3, 32, 32))))
+
+
+def test_resnet18_imagenet_size_is_bireal():
+    spec = BinarySpec(create_estimator("ste"), create_estimator("approx_sign"), "none")
+    m = create_model("resnet18", spec, 1000, (3, 224, 224))
+    assert type(m).__name__ == "ImageNetResNet"
+    assert len(binary_layers(m)) == 16  # 8 basic blocks x 2 binary convs, each with its own shortcut
+    assert len(binary_layers(create_model("resnet18", spec, 10, (3, 32, 32)))) == 16
+
+
+def test_binary_conv_keeps_conv_options_and_scalings():
+    torch.manual_seed(0)
+    for scaling in ("none", "mean", "alpha"):
+        conv = BinaryConv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, bias=True,
+                            weight_estimator=create_estimator("ste"), scaling=scaling)
+        x = torch.randn(1, 4, 9, 9)
+        wb = torch.where(conv.weight >= 0, 1.0, -1.0)
+        if scaling == "mean":
+            wb = wb * conv.weight.abs().mean(dim=(1, 2, 3), keepdim=True)
+        ref = torch.nn.functional.conv2d(x, wb, conv.bias, 2, 2, 2, 2)
+        if scaling == "alpha":
+            ref = ref * conv.alpha.view(1, -1, 1, 1)
+        assert torch.allclose(conv(x), ref, atol=1e-5)
+
+
+def test_unknown_model_argument_is_clear():
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown argument 'hiden' for model 'mlp'.*did you mean: hidden"):
+        create_model("mlp", BinarySpec(), 10, (1, 8, 8), hiden=[3])
