@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -115,6 +116,82 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.status == "finished" else 3
 
 
+def _results_dir(args: argparse.Namespace, suite_name: str) -> str:
+    return args.results_dir or os.path.join("results", suite_name)
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    from bench.suite import estimate_cost, list_suites, load_suite
+
+    if args.action == "list":
+        for name in list_suites():
+            try:
+                s = load_suite(name)
+                print(f"{name:<16} {len(s.trials):>4} trials  {s.description.strip().splitlines()[0][:90]}")
+            except BinbenchError as exc:
+                print(f"{name:<16} INVALID: {str(exc).splitlines()[0]}")
+        return 0
+    if not args.suite:
+        raise BinbenchError(f"binbench suite {args.action} needs a suite name or a path to a .yaml file")
+    suite = load_suite(args.suite, data_root=args.data_root)
+    if args.action == "show" or args.dry_run:
+        cost = estimate_cost(suite)
+        print(f"suite {suite.name} ({suite.path}): {len(suite.trials)} trials")
+        if suite.description:
+            print(suite.description.strip())
+        for t in suite.trials:
+            print(f"  {t.key}  {t.label:<48} epochs {t.resolved['epochs']:>4}  batch {t.resolved['batch_size']:>4}  "
+                  f"lr {t.resolved['lr']:g}")
+        if suite.search:
+            print(f"search: {suite.search.get('num_samples', 1)} sample(s) per trial over "
+                  f"{', '.join(suite.search['space'])} with ASHA per grid cell")
+        from bench.suite import _missing_data
+
+        missing = _missing_data(suite.path, set(cost["datasets"]), args.data_root)
+        print(f"cost estimate: {cost['flop'] / 1e15:.3g} PFLOP, ~{cost['cpu_hours']:.3g} h on a 2-core CPU, "
+              f"~{cost['gpu_hours']:.3g} h on one GPU (nominal rates, rough)")
+        print("needs: " + ("a GPU" if cost["needs_gpu"] else "CPU is enough") + "; data: "
+              + ("; ".join(m.split(": ", 1)[1] for m in missing) if missing else "all present"))
+        if args.action == "run":
+            print("dry run: nothing started")
+        return 0
+    from bench.runner import check_address, run_suite
+
+    check_address(args.address)
+    load_suite(args.suite, data_root=args.data_root, check_data=True)  # missing data: stop before Ray starts
+    out = run_suite(suite, _results_dir(args, suite.name), resume=args.resume, address=args.address,
+                    cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                    tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent)
+    counts: dict[str, int] = {}
+    for st in out.statuses.values():
+        counts[st] = counts.get(st, 0) + 1
+    labels = {t.key: t.label for t in suite.trials}
+    for key, st in out.statuses.items():
+        if st != "finished":
+            print(f"  {labels.get(key, key)}: {st}")
+    print(f"suite {suite.name}: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
+          + f" ({out.submitted} run now, {out.skipped} already done); tracking {out.tracking_uri}")
+    print(f"next: binbench report {args.suite} --results-dir {out.results_dir}")
+    return 0 if all(st in ("finished", "diverged") for st in out.statuses.values()) else 1
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from bench.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(_results_dir(args, args.suite or "smoke"))
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise BinbenchError(f"no MLflow store at {uri[len('sqlite:///'):]}: run `binbench suite run` first or pass "
+                            "--results-dir / --tracking-uri")
+    exe = shutil.which("mlflow") or "mlflow"
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.call([exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)],
+                           env=env)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="binbench", description="Benchmark harness for BNN binarization estimators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -148,6 +225,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key; repeatable")
     r.add_argument("--json", action="store_true", help="print the result as one JSON object (no progress lines)")
     r.set_defaults(func=cmd_run)
+
+    su = sub.add_parser("suite", help="list, show or run suites (suites/*.yaml) on Ray Tune with MLflow tracking")
+    su.add_argument("action", choices=["list", "show", "run"])
+    su.add_argument("suite", nargs="?", help="a suite name (binbench suite list) or a path to a .yaml file")
+    su.add_argument("--resume", action="store_true", help="skip trials that already ended; continue unfinished ones")
+    su.add_argument("--dry-run", action="store_true", help="validate and print the trials; start nothing")
+    su.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT (default: a local Ray)")
+    su.add_argument("--cpus-per-trial", type=int, default=1)
+    su.add_argument("--gpus-per-trial", type=float, default=0.0)
+    su.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    su.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the results folder)")
+    su.add_argument("--results-dir", help="where the MLflow store, checkpoints and Ray files go "
+                                          "(default: results/<suite>)")
+    su.add_argument("--data-root")
+    su.set_defaults(func=cmd_suite)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI for a suite's store on 127.0.0.1")
+    ui.add_argument("suite", nargs="?")
+    ui.add_argument("--results-dir")
+    ui.add_argument("--tracking-uri")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
     return p
 
 

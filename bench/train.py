@@ -348,11 +348,11 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
                 best[f"stage{si}"] = record["test_top1"]
                 if ckpt_dir is not None and stage_handoff(cfg) == "best" and si < len(plan) - 1:
                     ckpt.save(ckpt_dir / f"best_stage{si}.pt", {"model": model.state_dict()})
-            reporter.epoch(record)
-            for cb in callbacks:
-                cb(record)
             if ckpt_dir is not None:
                 _save(ckpt_dir, cfg, model, optimizer, scheduler, diag, si, epoch + 1, history, best, "running")
+            reporter.epoch(record)
+            for cb in callbacks:  # after the checkpoint: a callback may hand it on (Ray Tune)
+                cb(record)
         if status == "running" and si < len(plan) - 1 and stage_handoff(cfg) == "best" and ckpt_dir is not None:
             best_file = ckpt_dir / f"best_stage{si}.pt"
             if best_file.exists():

@@ -1,0 +1,206 @@
+"""Running a suite: one Ray Tune experiment per execution, every trial tracked in MLflow, resumable.
+
+Resumption does not rely on Ray's experiment state (after a SIGKILL of the driver Ray restarts every trial):
+the driver asks MLflow which trial keys already ended and submits only the others; each trial keeps its own
+checkpoints under ``<results>/checkpoints/<key>/`` and continues from the last one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BinbenchError
+from bench.suite import Suite
+
+
+@dataclass
+class SuiteOutcome:
+    results_dir: Path
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    submitted: int
+    skipped: int
+    statuses: dict[str, str]  # key -> finished | diverged | failed
+
+
+def _space(spec: dict[str, Any]):
+    from ray import tune
+
+    (kind, args), = spec.items()
+    return {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
+            "choice": tune.choice, "randint": lambda a: tune.randint(*a), "grid": tune.grid_search}[kind](args)
+
+
+def _trial_fn(config: dict[str, Any]) -> None:
+    """Runs inside a Ray worker: one training run, tracked in MLflow, reported to Tune."""
+    import torch
+    from ray import tune
+
+    from bench.env import describe
+    from bench.tracking import STATUS_TAG, TrialRun
+    from bench.train import train
+
+    trial, ctx = dict(config["trial"]), config["ctx"]
+    cfg = dict(trial["config"])
+    for k, v in config.items():  # sampled search-space values
+        if k not in ("trial", "ctx"):
+            cfg[k] = v
+    cpus = int(ctx["cpus_per_trial"])
+    torch.set_num_threads(cpus)
+    ckpt_dir = Path(ctx["results_dir"]) / "checkpoints" / (trial["key"] + ("" if len(config) == 2 else
+                                                                            "-" + _short_hash(cfg)))
+    restored = tune.get_checkpoint()
+    if restored is not None and not (ckpt_dir / "last.pt").exists():
+        with restored.as_directory() as d:
+            if (Path(d) / "last.pt").exists():
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(Path(d) / "last.pt", ckpt_dir / "last.pt")
+    cfg.update(threads=cpus, checkpoint_dir=str(ckpt_dir), resume=True)
+    if ctx.get("gpus_per_trial", 0) == 0:
+        cfg.setdefault("device", "cpu")
+    info = describe()
+    tags = {"git_commit": info["git_commit"], **{f"version.{k}": v for k, v in info["versions"].items()},
+            **{f"hardware.{k}": v for k, v in info["hardware"].items()}, "w_bits": str(cfg.get("w_bits")),
+            "a_bits": str(cfg.get("a_bits"))}
+    run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags)
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        step = int(record["global_epoch"])
+        run.log_metrics(record, step)
+        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and "/" not in k}
+        last = ckpt_dir / "last.pt"
+        if last.exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy(last, Path(tmp) / "last.pt")
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:
+            tune.report(metrics)
+
+    try:
+        from bench.config import resolve_config
+
+        run.log_params(resolve_config(cfg).to_dict())
+        res = train(cfg, callbacks=[on_epoch])
+    except BaseException as exc:
+        run.set_tags({STATUS_TAG: "failed", "error": f"{type(exc).__name__}: {exc}"})
+        run.end("FAILED")
+        raise
+    final = {"top1": res.top1, "best_top1": res.best_top1, "best_epoch": res.best_epoch,
+             "epoch_seconds": res.epoch_seconds, "epochs_run": len(res.history),
+             **{f"params_{k}": v for k, v in res.params.items()},
+             **{f"top1_{m}": v for m, v in res.eval_modes.items()}}
+    if res.top5 is not None:
+        final.update(top5=res.top5, best_top5=res.best_top5)
+    run.log_metrics({k: v for k, v in final.items() if v is not None}, len(res.history))
+    run.set_tags({STATUS_TAG: res.status, "headline_mode": next(iter(res.eval_modes)), "message": res.message})
+    run.end("FINISHED" if res.status == "finished" else "FAILED")
+
+
+def _short_hash(cfg: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = False, address: str | None = None,
+              cpus_per_trial: int = 1, gpus_per_trial: float = 0.0, tracking_uri: str | None = None,
+              max_concurrent: int | None = None, log=print) -> SuiteOutcome:
+    import ray
+    from ray import tune
+
+    from bench import tracking
+    from bench.env import describe
+
+    results = Path(results_dir).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or tracking.default_tracking_uri(results)
+    exp_id = tracking.prepare(uri, suite.name)
+    keys = [t.key for t in suite.trials]
+    done = tracking.finished_keys(uri, exp_id) if resume else set()
+    todo = [t for t in suite.trials if t.key not in done]
+    if resume:
+        stale = tracking.kill_stale(uri, exp_id, {t.key for t in todo})
+        log(f"resume: {len(done & set(keys))} of {len(keys)} trials already ended, {len(todo)} to run"
+            + (f" ({stale} interrupted run(s) marked KILLED)" if stale else ""))
+    info = describe()
+    parent = tracking.start_parent(uri, exp_id, suite.name, {
+        "suite_file": suite.path, "git_commit": info["git_commit"], "resume": str(resume), "trials": str(len(keys)),
+        "submitted": str(len(todo)), **{f"version.{k}": v for k, v in info["versions"].items()},
+        **{f"hardware.{k}": v for k, v in info["hardware"].items()}})
+    if not todo:
+        tracking.end_run(uri, parent)
+        return SuiteOutcome(results, uri, exp_id, parent, 0, len(keys), _statuses(uri, exp_id, keys))
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # per-epoch checkpoints are small and wanted; Ray's warning about snapshot frequency is noise here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import logging
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            import torch
+
+            ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
+                     log_to_driver=False)
+    ctx = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "results_dir": str(results),
+           "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
+    space: dict[str, Any] = {"trial": tune.grid_search([t.as_dict() for t in todo]), "ctx": ctx}
+    tune_cfg: dict[str, Any] = {"max_concurrent_trials": max_concurrent, "reuse_actors": True,
+                                "trial_name_creator": lambda t: t.config["trial"]["label"],
+                                "trial_dirname_creator": lambda t: f"{t.config['trial']['label']}-{t.trial_id}"}
+    if suite.search:
+        from bench.search import CellASHA
+
+        for k, spec in suite.search["space"].items():
+            space[k] = _space(spec)
+        tune_cfg.update(num_samples=int(suite.search.get("num_samples", 1)),
+                        scheduler=CellASHA(metric=suite.search.get("metric", "test_top1"),
+                                           mode=suite.search.get("mode", "max"), **(suite.search.get("asha") or {})))
+    trainable = tune.with_resources(_trial_fn, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable, param_space=space, tune_config=tune.TuneConfig(**tune_cfg),
+        run_config=tune.RunConfig(
+            name=f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(results / "ray"),
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
+    log(f"suite {suite.name}: {len(todo)} trial(s) on Ray ({cpus_per_trial} CPU, {gpus_per_trial} GPU each); "
+        f"tracking {uri}")
+    grid = tuner.fit()
+    statuses = _statuses(uri, exp_id, keys)
+    failed = sum(1 for s in statuses.values() if s == "failed")
+    tracking.end_run(uri, parent, "FAILED" if failed else "FINISHED",
+                     {"finished": str(sum(s == "finished" for s in statuses.values())),
+                      "diverged": str(sum(s == "diverged" for s in statuses.values())), "failed": str(failed)})
+    del grid
+    return SuiteOutcome(results, uri, exp_id, parent, len(todo), len(keys) - len(todo), statuses)
+
+
+def _statuses(uri: str, exp_id: str, keys: list[str]) -> dict[str, str]:
+    from bench.tracking import KEY_TAG, STATUS_TAG, trial_runs
+
+    out: dict[str, str] = {}
+    for r in trial_runs(uri, exp_id):
+        k = r.data.tags.get(KEY_TAG)
+        st = r.data.tags.get(STATUS_TAG, "")
+        if k in keys and (out.get(k) not in ("finished", "diverged")):
+            out[k] = {"FINISHED": "finished"}.get(r.info.status, "diverged" if st == "diverged" else
+                                                  ("failed" if r.info.status == "FAILED" else "unfinished"))
+    for k in keys:
+        out.setdefault(k, "missing")
+    return out
+
+
+def check_address(address: str | None) -> None:
+    if address and address != "auto" and ":" not in address:
+        raise BinbenchError(f"--address must be auto or HOST:PORT, got {address!r}")
