@@ -15,8 +15,10 @@ would be valid.
       seeds: [0, 1]
     fp_baseline: true            # one full-precision run per model/dataset/seed
     defaults: {epochs: 5}        # run-config keys for every trial
-    overrides:                   # per estimator (or "estimator/recipe") run-config keys
-      vispa: {estimator_hparams: {samples: 8}}
+    overrides:                   # run-config keys for the cells whose estimator/model/dataset/bits/recipe
+      vispa: {estimator_hparams: {samples: 8}}     # match every '/'-separated part of the key
+      convnet: {epochs: 2}
+      biper/convnet: {epochs: 4}
     search:                      # optional: Ray Tune search with ASHA, same budget per grid cell
       metric: test_top1
       mode: max
@@ -216,16 +218,20 @@ def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool
     if not isinstance(overrides, dict):
         problems.append(f"{where}: 'overrides' must map estimator names to run-config keys")
         overrides = {}
+    known_parts = set(ESTIMATORS.names()) | set(MODELS.names()) | set(DATASETS.names()) | set(BITS) | {
+        "fp", "common", "published"}
     for est, ov in overrides.items():
-        base = str(est).split("/")[0]
-        if base not in ESTIMATORS and base != "fp":
-            problems.append(f"{where}: overrides: unknown estimator {est!r}{did_you_mean(base, ESTIMATORS)}")
+        for part in str(est).split("/"):
+            if part not in known_parts:
+                problems.append(f"{where}: overrides: {est!r}: {part!r} is no estimator, model, dataset, bits or "
+                                f"recipe name{did_you_mean(part, known_parts)}")
         if not isinstance(ov, dict):
             problems.append(f"{where}: overrides.{est} must be a mapping of run-config keys")
             continue
         for k in ov:
             if k not in FIELDS:
-                problems.append(f"{where}: overrides.{est}: unknown run-config key {k!r}{did_you_mean(str(k), FIELDS)}")
+                problems.append(f"{where}: overrides.{est}: unknown run-config key {k!r}"
+                                f"{did_you_mean(str(k), FIELDS)}")
     search = raw.get("search")
     if search is not None:
         problems += _check_search(where, search)
@@ -242,8 +248,9 @@ def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool
             for s in seeds:
                 w, a = BITS[b]
                 cfg: dict[str, Any] = {**defaults}
-                for ov_key in (e, f"{e}/{r}"):
-                    cfg.update(overrides.get(ov_key, {}) or {})
+                for ov_key, ov in overrides.items():  # in file order; a key matches when all its parts do
+                    if isinstance(ov, dict) and set(str(ov_key).split("/")) <= {e, m, d, b, r}:
+                        cfg.update(ov)
                 cfg.update({"estimator": "ste" if e == "fp" else e, "model": m, "dataset": d, "w_bits": w,
                             "a_bits": a, "recipe": r, "seed": s})
                 if data_root:
@@ -275,7 +282,8 @@ def _check_search(where: str, search: Any) -> list[str]:
            if k not in SEARCH_KEYS]
     space = search.get("space")
     if not isinstance(space, dict) or not space:
-        out.append(f"{where}: search.space must map run-config keys to one of {{{', '.join(sorted(SPACE_KINDS))}: ...}}")
+        kinds = ", ".join(sorted(SPACE_KINDS))
+        out.append(f"{where}: search.space must map run-config keys to one of {{{kinds}: ...}}")
         return out
     for k, spec in space.items():
         if k not in FIELDS:

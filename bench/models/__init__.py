@@ -19,7 +19,8 @@ from bench.registry import Registry
 
 ModelFn = Callable[..., nn.Module]
 MODELS: Registry[ModelFn] = Registry(
-    "model", ("bench.models.mlp", "bench.models.resnet_cifar", "bench.models.vgg", "bench.models.resnet_imagenet"),
+    "model", ("bench.models.mlp", "bench.models.convnet", "bench.models.resnet_cifar", "bench.models.vgg",
+     "bench.models.resnet_imagenet"),
     "binbench.models",
 )
 
