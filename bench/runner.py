@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -132,7 +133,8 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
             + (f" ({stale} interrupted run(s) marked KILLED)" if stale else ""))
     info = describe()
     parent = tracking.start_parent(uri, exp_id, suite.name, {
-        "suite_file": suite.path, "git_commit": info["git_commit"], "resume": str(resume), "trials": str(len(keys)),
+        "suite_file": suite.path, "command": " ".join(["binbench", *sys.argv[1:]]) if sys.argv else "",
+        "git_commit": info["git_commit"], "cpus_per_trial": str(cpus_per_trial), "gpus_per_trial": str(gpus_per_trial), "resume": str(resume), "trials": str(len(keys)),
         "submitted": str(len(todo)), **{f"version.{k}": v for k, v in info["versions"].items()},
         **{f"hardware.{k}": v for k, v in info["hardware"].items()}})
     if not todo:

@@ -1,0 +1,170 @@
+"""Suites: validation before anything starts, shipped suites, Ray execution, resume after SIGKILL, divergence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.suite import SuiteError, list_suites, load_suite
+
+from .conftest import REPO
+
+BROKEN = Path(__file__).parent / "suites_broken"
+EXPECTED = {
+    "unknown_keys.yaml": ["unknown key 'gird'", "did you mean: grid", "grid: unknown key 'seed'", "did you mean: seeds"],
+    "unknown_names.yaml": ["unknown estimator 'bipper'", "did you mean: biper", "unknown model 'resnet'",
+                           "unknown dataset 'digit'", "unknown 'W2A2'; valid: W1A1, W1A32, FP32"],
+    "wrong_types.yaml": ["grid.seeds must be a list of integers", "defaults.epochs", "must be int",
+                         "unknown run-config key 'lrr'", "'fp_baseline' must be true or false"],
+    "impossible.yaml": ["biper-mlp-digits-W1A1-common-s0", "trains in 2 stages", "cannot binarize activations"],
+    "bad_search.yaml": ["search.mode must be max or min", "search.space.lr must be one of"],
+    "not_yaml.yaml": ["not valid YAML at line"],
+}
+
+
+def cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_broken_suites_report_every_problem(name):
+    with pytest.raises(SuiteError) as exc:
+        load_suite(str(BROKEN / name))
+    msg = str(exc.value)
+    assert str(BROKEN / name) in msg
+    for needle in EXPECTED[name]:
+        assert needle in msg, f"{needle!r} missing from: {msg}"
+
+
+@pytest.mark.parametrize("name", ["unknown_names.yaml", "impossible.yaml"])
+def test_broken_suite_starts_nothing(tmp_path, name):
+    out = cli("suite", "run", str(BROKEN / name), "--results-dir", str(tmp_path / "res"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "problem" in out.stderr.splitlines()[0]
+    assert not (tmp_path / "res").exists()
+
+
+def test_missing_data_stops_before_ray(tmp_path):
+    out = cli("suite", "run", "mnist", "--data-root", str(tmp_path / "nothing"), "--results-dir", str(tmp_path / "r"))
+    assert out.returncode == 2 and "dataset 'mnist' not found in" in out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", list_suites())
+def test_shipped_suites_show_and_dry_run(name, tmp_path):
+    suite = load_suite(name)
+    assert suite.trials and len({t.key for t in suite.trials}) == len(suite.trials)
+    for args in (("suite", "show", name), ("suite", "run", name, "--dry-run", "--results-dir", str(tmp_path / "r"))):
+        out = cli(*args)
+        assert out.returncode == 0, out.stderr
+        assert f"{len(suite.trials)} trials" in out.stdout and "cost estimate" in out.stdout
+    assert not (tmp_path / "r").exists()
+    if name.startswith(("cifar", "imagenet", "vispa")):
+        assert "needs: a GPU" in out.stdout
+
+
+def test_smoke_covers_every_estimator():
+    from bench import list_estimators
+    from bench.estimator import get_estimator_class
+
+    suite = load_suite("smoke")
+    weight_estimators = {n for n in list_estimators() if "weight" in get_estimator_class(n).kinds
+                         and not n.startswith("test_")}
+    assert {t.estimator for t in suite.trials} == weight_estimators | {"fp"}
+
+
+def test_trial_keys_stable_and_execution_independent():
+    a = {t.label: t.key for t in load_suite("smoke").trials}
+    b = {t.label: t.key for t in load_suite("smoke", data_root="/elsewhere").trials}
+    assert a == b
+
+
+def _write(tmp_path, body: dict) -> Path:
+    p = tmp_path / "suite.yaml"
+    p.write_text(yaml.safe_dump(body))
+    return p
+
+
+def _runs(db: Path) -> list[tuple[str, str, str]]:
+    """(key, status, binbench.status) of the trial runs, read straight from the SQLite store."""
+    if not db.exists():
+        return []
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute(
+            "select r.run_uuid, r.status, r.start_time from runs r join tags t on t.run_uuid = r.run_uuid "
+            "where t.key = 'binbench.kind' and t.value = 'trial'").fetchall()
+        out = []
+        for run_id, status, start in rows:
+            tags = dict(con.execute("select key, value from tags where run_uuid = ?", (run_id,)).fetchall())
+            out.append((tags.get("binbench.key"), status, tags.get("binbench.status"), run_id, start))
+        return out
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
+    body = {"name": "killme", "grid": {"estimators": ["ste", "clipped_ste", "approx_sign"], "models": ["mlp"],
+                                       "datasets": ["digits"], "seeds": [0, 1]},
+            "defaults": {"epochs": 12, "model_args": {"hidden": [128, 128]}}}
+    path = _write(tmp_path, body)
+    res = tmp_path / "res"
+    db = res / "mlflow.db"
+    args = [sys.executable, "-m", "bench.cli", "suite", "run", str(path), "--results-dir", str(res),
+            "--max-concurrent", "1"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if sum(1 for r in _runs(db) if r[1] == "FINISHED") >= 1:
+                break
+            if proc.poll() is not None:
+                pytest.fail("the suite ended before it could be killed")
+            time.sleep(0.2)
+        else:
+            pytest.fail("no trial finished within 240 s")
+        proc.send_signal(signal.SIGKILL)  # the driver, as a crash would
+        proc.wait()
+    finally:
+        time.sleep(1)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # what the driver left behind (Ray's processes)
+        except ProcessLookupError:
+            pass
+    before = {r[3]: r for r in _runs(db) if r[1] == "FINISHED"}
+    assert 1 <= len(before) < 6
+    out = cli("suite", "run", str(path), "--results-dir", str(res), "--resume", timeout=400)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"{len(before)} of 6 trials already ended" in out.stdout
+    after = _runs(db)
+    finished = [r for r in after if r[1] == "FINISHED"]
+    keys = {t.key for t in load_suite(str(path)).trials}
+    assert sorted(r[0] for r in finished) == sorted(keys), "exactly one finished run per trial"
+    for run_id, r in before.items():  # the ones done before the kill were not trained again
+        assert any(a[3] == run_id and a[4] == r[4] for a in finished)
+    assert not any(r[1] == "RUNNING" for r in after)
+
+
+def test_diverging_trial_recorded_while_others_finish(tmp_path):
+    body = {"name": "diverge", "grid": {"estimators": ["ste", "clipped_ste"], "models": ["mlp"],
+                                        "datasets": ["digits"], "seeds": [0]},
+            "defaults": {"epochs": 2, "model_args": {"hidden": [64]}}, "overrides": {"ste": {"lr": 1e30}}}
+    path = _write(tmp_path, body)
+    out = cli("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = {r[0]: r for r in _runs(tmp_path / "res" / "mlflow.db")}
+    by_est = {t.estimator: runs[t.key] for t in load_suite(str(path)).trials}
+    assert by_est["ste"][1:3] == ("FAILED", "diverged")
+    assert by_est["clipped_ste"][1:3] == ("FINISHED", "finished")
