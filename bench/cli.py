@@ -192,6 +192,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
                            env=env)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import report
+
+    c, tables, figs = report(args.suite, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
+                             out_dir=args.out)
+    print(f"report of {c.suite}: {len(c.runs)} trial runs counted ({c.ignored} ignored) from {c.uri}")
+    for p in [*tables.values(), *figs]:
+        print(f"  wrote {p}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="binbench", description="Benchmark harness for BNN binarization estimators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -240,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default: results/<suite>)")
     su.add_argument("--data-root")
     su.set_defaults(func=cmd_suite)
+
+    rp = sub.add_parser("report", help="tables and figures of a suite, from its MLflow runs")
+    rp.add_argument("suite", help="suite name or .yaml path")
+    rp.add_argument("--results-dir", help="where the suite ran (default: results/<suite>)")
+    rp.add_argument("--tracking-uri")
+    rp.add_argument("--out", help="where to write (default: the results dir)")
+    rp.set_defaults(func=cmd_report)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI for a suite's store on 127.0.0.1")
     ui.add_argument("suite", nargs="?")

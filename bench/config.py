@@ -196,6 +196,10 @@ def resolve_config(config: RunConfig | dict[str, Any]) -> RunConfig:
         _check_type(key, getattr(cfg, key))
     if cfg.scaling not in ("none", "mean", "alpha", "internal"):
         raise ConfigError(f"scaling must be none, mean, alpha or native, got {cfg.scaling!r}")
+    from bench.estimator import coerce_hparams
+
+    # record every hyperparameter, defaults included: a run's config is complete on its own
+    cfg.estimator_hparams = {**est_cls.hparam_defaults(), **coerce_hparams(est_cls, cfg.estimator_hparams)}
     if cfg.a_bits == 32:
         cfg.activation_estimator = None
         cfg.activation_hparams = {}
@@ -203,6 +207,9 @@ def resolve_config(config: RunConfig | dict[str, Any]) -> RunConfig:
         act_cls = get_estimator_class(cfg.activation_estimator)
         if "activation" not in act_cls.kinds:
             raise ConfigError(f"estimator {cfg.activation_estimator!r} cannot binarize activations")
+        # the same estimator on both sides shares the weight side's hyperparameters unless told otherwise
+        base = cfg.estimator_hparams if cfg.activation_estimator == cfg.estimator else act_cls.hparam_defaults()
+        cfg.activation_hparams = {**base, **coerce_hparams(act_cls, cfg.activation_hparams)}
     if cfg.eval_modes is not None:
         bad = [m for m in cfg.eval_modes if m not in est_cls.eval_modes]
         if bad:

@@ -57,7 +57,9 @@ def _trial_fn(config: dict[str, Any]) -> None:
     torch.set_num_threads(cpus)
     ckpt_dir = Path(ctx["results_dir"]) / "checkpoints" / (trial["key"] + ("" if len(config) == 2 else
                                                                             "-" + _short_hash(cfg)))
-    restored = tune.get_checkpoint()
+    restored = tune.get_checkpoint()  # set when Ray retries this trial after a crash
+    if not ctx["resume"] and restored is None and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # a fresh execution trains from scratch; only --resume continues old checkpoints
     if restored is not None and not (ckpt_dir / "last.pt").exists():
         with restored.as_directory() as d:
             if (Path(d) / "last.pt").exists():
@@ -72,9 +74,12 @@ def _trial_fn(config: dict[str, Any]) -> None:
             "a_bits": str(cfg.get("a_bits"))}
     run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags)
 
+    logged: set[int] = set()
+
     def on_epoch(record: dict[str, Any]) -> None:
         step = int(record["global_epoch"])
         run.log_metrics(record, step)
+        logged.add(step)
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and "/" not in k}
         last = ckpt_dir / "last.pt"
         if last.exists():
@@ -93,6 +98,9 @@ def _trial_fn(config: dict[str, Any]) -> None:
         run.set_tags({STATUS_TAG: "failed", "error": f"{type(exc).__name__}: {exc}"})
         run.end("FAILED")
         raise
+    for record in res.history:  # epochs restored from a checkpoint: their metrics belong in this run too
+        if int(record["global_epoch"]) not in logged:
+            run.log_metrics(record, int(record["global_epoch"]))
     final = {"top1": res.top1, "best_top1": res.best_top1, "best_epoch": res.best_epoch,
              "epoch_seconds": res.epoch_seconds, "epochs_run": len(res.history),
              **{f"params_{k}": v for k, v in res.params.items()},
@@ -156,6 +164,7 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
             ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
                      log_to_driver=False)
     ctx = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "results_dir": str(results),
+           "resume": resume,
            "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
     space: dict[str, Any] = {"trial": tune.grid_search([t.as_dict() for t in todo]), "ctx": ctx}
     tune_cfg: dict[str, Any] = {"max_concurrent_trials": max_concurrent, "reuse_actors": True,
