@@ -115,7 +115,8 @@ def leaderboard(c: Collected) -> pd.DataFrame:
     df = c.runs
     pub = published_table()
     out = []
-    for (ds, model, bits, recipe, est), g in df.groupby(["dataset", "model", "bits", "recipe", "estimator"], sort=False):
+    cell = ["dataset", "model", "bits", "recipe", "estimator"]
+    for (ds, model, bits, recipe, est), g in df.groupby(cell, sort=False):
         fin = g[g["status"] == "finished"]
         vals = fin["top1"].tolist()
         n = len(vals)
@@ -246,7 +247,7 @@ def write_tables(c: Collected, out: Path) -> dict[str, Path]:
            "best binary method of its network, bits and recipe. Published: ../shared/reference/published.csv "
            "(bench/reference/published.csv); Δ = ours − published, only where the dataset and network match "
            "(clipped_ste is compared with BNN).", ""]
-    md += [f"## Paired difference to ste (same seeds) and ratio to FP", "", _md_table(_paired_display(pr)), "",
+    md += ["## Paired difference to ste (same seeds) and ratio to FP", "", _md_table(_paired_display(pr)), "",
            "diff: mean over shared seeds of (estimator − ste) top-1, 95% Student-t interval; ratio: mean top-1 / FP "
            "mean top-1 of the same network and dataset (BiBench style).", ""]
     if not dg.empty:

@@ -19,7 +19,8 @@ from .conftest import REPO
 
 BROKEN = Path(__file__).parent / "suites_broken"
 EXPECTED = {
-    "unknown_keys.yaml": ["unknown key 'gird'", "did you mean: grid", "grid: unknown key 'seed'", "did you mean: seeds"],
+    "unknown_keys.yaml": ["unknown key 'gird'", "did you mean: grid", "grid: unknown key 'seed'",
+                          "did you mean: seeds"],
     "unknown_names.yaml": ["unknown estimator 'bipper'", "did you mean: biper", "unknown model 'resnet'",
                            "unknown dataset 'digit'", "unknown 'W2A2'; valid: W1A1, W1A32, FP32"],
     "wrong_types.yaml": ["grid.seeds must be a list of integers", "defaults.epochs", "must be int",
