@@ -171,8 +171,26 @@ def cmd_suite(args: argparse.Namespace) -> int:
             print(f"  {labels.get(key, key)}: {st}")
     print(f"suite {suite.name}: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
           + f" ({out.submitted} run now, {out.skipped} already done); tracking {out.tracking_uri}")
-    print(f"next: binbench report {args.suite} --results-dir {out.results_dir}")
+    _print_summary(out.tracking_uri, suite)
+    print(f"tables and figures: binbench report {args.suite} --results-dir {out.results_dir}")
     return 0 if all(st in ("finished", "diverged") for st in out.statuses.values()) else 1
+
+
+def _print_summary(uri: str, suite) -> None:
+    """Final top-1 per cell, mean +- std over seeds, from the tracking store (what the report will say)."""
+    from bench.report import collect, leaderboard
+
+    try:
+        lb = leaderboard(collect(uri, suite.name, tuple(sorted(suite.search["space"])) if suite.search else ()))
+    except BinbenchError as exc:
+        print(f"no summary: {exc}")
+        return
+    print(f"{'dataset':<14}{'network':<10}{'bits':<8}{'recipe':<10}{'method':<14}{'top-1 (mean ± std, n)':>24}")
+    for _, r in lb.iterrows():
+        std = "" if r.n < 2 else f" ± {r.top1_std:.2f}"
+        mode = f" [{r.eval_mode}]" if r.eval_mode not in ("default", "") else ""
+        print(f"{r.dataset:<14}{r.network:<10}{r.bits:<8}{r.recipe:<10}{r.method:<14}"
+              f"{f'{r.top1_mean:.2f}{std} (n={r.n})':>24}{mode}" + (f"  {r.diverged} diverged" if r.diverged else ""))
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -42,7 +42,10 @@ def published_table() -> pd.DataFrame:
         return pd.read_csv(fh)
 
 
-def collect(uri: str, suite: str) -> Collected:
+def collect(uri: str, suite: str, search_keys: tuple[str, ...] = ()) -> Collected:
+    """Trial runs of ``suite``: each (cell, seed, searched values) once, its latest finished run (else its latest
+    diverged one). Counting by identity rather than by trial key keeps a resumed, repeated or re-keyed suite
+    (a newer binbench resolving configs differently) from counting a trial twice."""
     from mlflow.tracking import MlflowClient
 
     from bench.tracking import KEY_TAG, KIND_TAG, STATUS_TAG, trial_runs
@@ -69,6 +72,7 @@ def collect(uri: str, suite: str) -> Collected:
         for k, v in m.items():
             if "/" not in k or k in DIAG:
                 row[k] = v
+        row["search_point"] = "|".join(f"{k}={p.get(k)}" for k in search_keys)
         rows.append(row)
     df = pd.DataFrame(rows)
     total = len(trial_runs(uri, exp.experiment_id))
@@ -76,7 +80,8 @@ def collect(uri: str, suite: str) -> Collected:
         raise BinbenchError(f"suite {suite!r} in {uri} has no finished trial yet")
     # one row per trial key: its latest finished run, else its latest diverged one
     df["rank"] = (df["status"] == "finished").astype(int)
-    df = df.sort_values(["key", "rank", "start"]).groupby("key", as_index=False).tail(1).drop(columns="rank")
+    ident = ["estimator", "model", "dataset", "bits", "recipe", "seed", "search_point"]
+    df = df.sort_values(["rank", "start"]).groupby(ident, as_index=False).tail(1).drop(columns="rank")
     curves = []
     for run_id in df["run_id"]:
         per: dict[int, dict[str, float]] = {}
@@ -197,7 +202,7 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
     vispa = df[df.estimator == "vispa"]["samples"].dropna().unique()
     lines = [
         f"suite: {c.suite}; recipes: {', '.join(sorted(df.recipe.unique()))}; epochs per run: {epochs}",
-        f"seeds: {', '.join(map(str, sorted(df.seed.unique())))}; runs counted: {len(df)} (one per trial key; "
+        f"seeds: {', '.join(map(str, sorted(df.seed.unique())))}; runs counted: {len(df)} (one per cell and seed; "
         f"{c.ignored} other runs ignored: repeats, failed, killed or unfinished)",
         f"git commit(s): {', '.join(sorted(df.git_commit.unique()))}; torch {', '.join(sorted(df.torch.unique()))}",
         f"hardware: {'; '.join(sorted(set(df.cpu + ' / GPU: ' + df.gpu)))}; runs from {start} to {end}",
@@ -205,6 +210,10 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
         + f", then: binbench report {c.suite} --results-dir {results_dir}",
         f"tracking store: {c.uri}",
     ]
+    points = df["search_point"].replace("", pd.NA).dropna().unique() if "search_point" in df else []
+    if len(points):
+        lines.append(f"searched: {len(points)} points of ({df['search_point'].iloc[0].split('=')[0]}, ...); Top-1 "
+                     "aggregates every finished point and seed of a cell (sensitivity.png shows them one by one)")
     if len(vispa):
         lines.append(f"VISPA ensemble size L = {', '.join(map(str, vispa))} (published: 40)")
     return lines
@@ -412,7 +421,15 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise BinbenchError(f"no MLflow store at {uri[len('sqlite:///'):]}: run `binbench suite run {suite}` first, "
                             "or pass --results-dir / --tracking-uri")
-    c = collect(uri, name)
+    search_keys: tuple[str, ...] = ()
+    try:
+        from bench.suite import load_suite
+
+        search = load_suite(suite).search
+        search_keys = tuple(sorted(search["space"])) if search else ()
+    except BinbenchError:
+        pass
+    c = collect(uri, name, search_keys)
     out = Path(out_dir or results)
     tables = write_tables(c, out)
     figs = write_figures(c, out)

@@ -94,6 +94,10 @@ def _trial_fn(config: dict[str, Any]) -> None:
 
         run.log_params(resolve_config(cfg).to_dict())
         res = train(cfg, callbacks=[on_epoch])
+    except SystemExit:  # Ray ends a trial its scheduler stops (ASHA) this way: not a failure, not a result
+        run.set_tags({STATUS_TAG: "stopped"})
+        run.end("KILLED")
+        raise
     except BaseException as exc:
         run.set_tags({STATUS_TAG: "failed", "error": f"{type(exc).__name__}: {exc}"})
         run.end("FAILED")
@@ -176,9 +180,13 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
 
         for k, spec in suite.search["space"].items():
             space[k] = _space(spec)
-        tune_cfg.update(num_samples=int(suite.search.get("num_samples", 1)),
-                        scheduler=CellASHA(metric=suite.search.get("metric", "test_top1"),
-                                           mode=suite.search.get("mode", "max"), **(suite.search.get("asha") or {})))
+        tune_cfg["num_samples"] = int(suite.search.get("num_samples", 1))
+        if suite.search.get("asha") is not None:
+            asha = {k: v for k, v in (suite.search.get("asha") or {}).items() if k != "max_t"}
+            # past the longest run: a trial that reaches its last epoch ends by itself, not by the scheduler
+            max_t = max(int(t.resolved["epochs"]) for t in todo) + 1
+            tune_cfg["scheduler"] = CellASHA(metric=suite.search.get("metric", "test_top1"),
+                                             mode=suite.search.get("mode", "max"), max_t=max_t, **asha)
     trainable = tune.with_resources(_trial_fn, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     tuner = tune.Tuner(
         trainable, param_space=space, tune_config=tune.TuneConfig(**tune_cfg),

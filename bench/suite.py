@@ -24,7 +24,9 @@ would be valid.
       mode: max
       num_samples: 4
       space: {lr: {loguniform: [0.01, 0.5]}}
-      asha: {grace_period: 1, reduction_factor: 2}
+      asha: {grace_period: 1, reduction_factor: 2}   # optional: without it every sampled point runs to the end
+
+With a search, --resume skips a whole grid cell once any of its sampled points finished.
 """
 
 from __future__ import annotations

@@ -169,3 +169,21 @@ def test_diverging_trial_recorded_while_others_finish(tmp_path):
     by_est = {t.estimator: runs[t.key] for t in load_suite(str(path)).trials}
     assert by_est["ste"][1:3] == ("FAILED", "diverged")
     assert by_est["clipped_ste"][1:3] == ("FINISHED", "finished")
+
+
+def test_search_suite_asha_per_cell(tmp_path):
+    body = {"name": "searchme", "grid": {"estimators": ["ste", "reste"], "models": ["mlp"], "datasets": ["digits"],
+                                         "seeds": [0]},
+            "defaults": {"epochs": 4, "model_args": {"hidden": [64]}},
+            "search": {"metric": "test_top1", "mode": "max", "num_samples": 2,
+                       "space": {"lr": {"loguniform": [0.01, 0.5]}, "optimizer": {"grid": ["sgd", "adam"]}},
+                       "asha": {"grace_period": 1, "reduction_factor": 2}}}
+    path = _write(tmp_path, body)
+    out = cli("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = _runs(tmp_path / "res" / "mlflow.db")
+    assert len(runs) == 2 * 4  # 2 cells x (2 samples x 2 optimizers): the same budget for each estimator
+    assert {r[1] for r in runs} <= {"FINISHED", "KILLED"}
+    assert all(r[2] == "stopped" for r in runs if r[1] == "KILLED")
+    for t in load_suite(str(path)).trials:
+        assert any(r[0] == t.key and r[1] == "FINISHED" for r in runs), f"{t.label}: a point ran to the end"
