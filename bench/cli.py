@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from bench.errors import BinbenchError
@@ -221,6 +222,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from bench.benchmark import run_benchmark
+
+    only = set(args.only.split(",")) if args.only else None
+    bad = (only or set()) - {"overhead", "estimators", "suite", "memory"}
+    if bad:
+        raise BinbenchError(f"--only takes overhead, estimators, suite, memory; got {', '.join(sorted(bad))}")
+    run_benchmark(args.out, data_root=args.data_root, repeats=args.repeats, quick=args.quick, only=only)
+    print(open(next(Path(args.out).glob("benchmark-*.md"))).read())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="binbench", description="Benchmark harness for BNN binarization estimators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -276,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--tracking-uri")
     rp.add_argument("--out", help="where to write (default: the results dir)")
     rp.set_defaults(func=cmd_report)
+
+    bm = sub.add_parser("benchmark", help="speed and memory against a hand-written floor and the reference pipeline")
+    bm.add_argument("--out", default=os.path.join("results", "perf"))
+    bm.add_argument("--data-root")
+    bm.add_argument("--repeats", type=int, default=3)
+    bm.add_argument("--quick", action="store_true", help="reduced sizes: checks that it runs, not for numbers")
+    bm.add_argument("--only", help="comma-separated subset of: overhead, estimators, suite, memory")
+    bm.set_defaults(func=cmd_benchmark)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI for a suite's store on 127.0.0.1")
     ui.add_argument("suite", nargs="?")

@@ -53,3 +53,38 @@ def channel_dims(w: Tensor) -> tuple[int, ...]:
 def channel_view(stat: Tensor, w: Tensor) -> Tensor:
     """Reshape a per-channel statistic so that it broadcasts against ``w``."""
     return stat.reshape(-1, *([1] * (w.dim() - 1))) if w.dim() > 1 else stat.reshape(())
+
+
+class SignSte(torch.autograd.Function):
+    """y = sign(x); dL/dx = dL/dy (identity straight-through: no multiply, no saved tensor)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        return grad_out
+
+
+def sign_ste(x: Tensor) -> Tensor:
+    return SignSte.apply(x)
+
+
+def standardize_backward(g: Tensor, w1: Tensor, sigma: Tensor, c: float, dims: tuple[int, ...], n: int) -> Tensor:
+    """dL/dw for w1 = c (w - mean) / sigma with sigma^2 = unbiased Var(w) (+ eps), per channel:
+    (c/sigma)(g - mean g) - w1 * sum(g w1) / ((n - 1) sigma c)."""
+    gm = g.mean(dim=dims, keepdim=True)
+    gw = (g * w1).sum(dim=dims, keepdim=True)
+    return (c / sigma) * (g - gm) - w1 * gw / ((n - 1) * sigma * c)
+
+
+def standardize(w: Tensor, c: float, eps: float) -> tuple[Tensor, Tensor, tuple[int, ...], int]:
+    """(w1, sigma, dims, n): per-output-channel c (w - mean) / sqrt(unbiased Var + eps), without autograd."""
+    dims = channel_dims(w)
+    n = 1
+    for d in dims:
+        n *= w.shape[d]
+    var, mean = torch.var_mean(w, dim=dims, keepdim=True)
+    sigma = torch.sqrt(var + eps) if eps else torch.sqrt(var)
+    return c * (w - mean) / sigma, sigma, dims, n

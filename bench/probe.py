@@ -27,10 +27,10 @@ def probe(name: str, x: Iterable[float] | Tensor, kind: str = "weight", progress
     index = next((i for i, s in enumerate(stages) if s.name == stage_name), 0)
     est.set_progress(Progress.at(progress, index, stage_name))
     pts = as_tensor_points(x)
-    q = est.quantizer(kind, tuple(pts.shape) if kind == "weight" else None, internal_scale=False)
-    q.train()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # per-layer random state (VISPA's Z) and draws: both from the seed
+        q = est.quantizer(kind, tuple(pts.shape) if kind == "weight" else None, internal_scale=False)
+        q.train()
         xin = pts.clone().requires_grad_(True)
         y = q(xin)
         y.backward(torch.ones_like(y))

@@ -178,6 +178,28 @@ def count_params(model: nn.Module) -> dict[str, int]:
     return {"total": total, "binary_weights": binary, "estimator_state": quant}
 
 
+def training_step(model: nn.Module, est: Estimator | None, weight_qs: list, constrained: list,
+                  optimizer: torch.optim.Optimizer, scheduler, xb: torch.Tensor, yb: torch.Tensor,
+                  autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step as every run takes it: forward, task loss plus the estimator's loss term, backward,
+    step, learning-rate schedule, the estimator's projection. Returns (loss, logits) without a host sync."""
+    with autocast():
+        logits = model(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        extra = est.extra_loss(weight_qs) if est is not None else None
+        total = loss + extra if extra is not None else loss
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if constrained:
+        with torch.no_grad():
+            for q, w in constrained:
+                q.estimator.constrain_(w, q)
+    return loss, logits
+
+
 # -- evaluation -----------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: nn.Module, est: Estimator | None, loader, mode: str, topk: bool, autocast) -> dict[str, float]:
@@ -239,7 +261,7 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
 
     estimators = [e for e in dict.fromkeys([est, act_est]) if e is not None]
     weight_qs = estimator_quantizers(model, "weight")
-    constrained = [(q, layer_weight) for q, layer_weight in _quantized_weights(model) if q.estimator.has_constraint]
+    constrained = [(q, layer_weight) for q, layer_weight in quantized_weights(model) if q.estimator.has_constraint]
     for q, w in constrained:
         with torch.no_grad():
             q.estimator.constrain_(w, q)
@@ -290,19 +312,8 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
             for step, (xb, yb) in enumerate(train_loader.batches(cfg.seed, si, epoch)):
                 if step >= steps_per_epoch:
                     break
-                with autocast():
-                    logits = step_model(xb)
-                    loss = F.cross_entropy(logits.float(), yb)
-                    extra = est.extra_loss(weight_qs) if est is not None else None
-                    total = loss + extra if extra is not None else loss
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                scheduler.step()
-                if constrained:
-                    with torch.no_grad():
-                        for q, w in constrained:
-                            q.estimator.constrain_(w, q)
+                loss, logits = training_step(step_model, est, weight_qs, constrained, optimizer, scheduler, xb, yb,
+                                             autocast)
                 loss_sum += loss.detach() * yb.shape[0]
                 correct += (logits.detach().argmax(1) == yb).sum()
                 seen += yb.shape[0]
@@ -374,7 +385,7 @@ def stage_handoff(cfg: RunConfig) -> str:
     return cfg.stage_handoff or "last"
 
 
-def _quantized_weights(model: nn.Module):
+def quantized_weights(model: nn.Module):
     from bench.layers import binary_layers
 
     return [(layer.weight_quantizer, layer.weight) for _, layer in binary_layers(model)]

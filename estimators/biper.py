@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from bench import Estimator, Stage, register_estimator
-from bench.functional import sign, straight_through
+from bench.functional import sign_ste
 
 
 @register_estimator("biper")
@@ -65,7 +65,7 @@ class BiPer(Estimator):
             q._sin2 = w_hat.square().mean()  # reused by extra_loss: no second pass over the weights
         if self.progress.stage_name == "real":
             return w_hat
-        return straight_through(sign(w_hat), w_hat)
+        return sign_ste(w_hat)
 
     def extra_loss(self, quantizers) -> Tensor | None:
         if not self.tau or not quantizers:

@@ -6,7 +6,41 @@ import torch
 from torch import Tensor, nn
 
 from bench import Estimator, register_estimator
-from bench.functional import sign, straight_through
+from bench.functional import sign
+
+
+class _DsqSign(torch.autograd.Function):
+    """u sign(x) forward; backward of the soft quantizer Q_S(x) = u s tanh(k x) on |x| <= u (u sign(x) outside),
+    s = 1/(1 - alpha), k = c/u, c = ln(2/alpha - 1)/2, with respect to x, alpha and u."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, u: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, alpha, u)
+        return u * sign(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, alpha_raw, u_raw = ctx.saved_tensors
+        alpha = alpha_raw.clamp(1e-3, 0.999)
+        u = u_raw.abs() + 1e-8
+        s = 1.0 / (1.0 - alpha)
+        c = torch.log(2.0 / alpha - 1.0) / 2
+        k = c / u
+        inside = (x.abs() <= u).to(g.dtype)
+        th = torch.tanh(k * x)
+        sech2 = 1.0 - th * th
+        gi = g * inside
+        grad_x = gi * (s * c * sech2)
+        grad_alpha = grad_u = None
+        if ctx.needs_input_grad[1]:
+            ds = s * s
+            dk = -1.0 / (u * alpha * (2.0 - alpha))
+            in_range = ((alpha_raw >= 1e-3) & (alpha_raw <= 0.999)).to(g.dtype)  # clamp: no gradient outside
+            grad_alpha = (gi * u * (ds * th + s * sech2 * x * dk)).sum() * in_range
+        if ctx.needs_input_grad[2]:
+            d_u = torch.where(inside.bool(), s * (th - k * x * sech2), sign(x))
+            grad_u = (g * d_u).sum() * torch.sign(u_raw)
+        return grad_x, grad_alpha, grad_u
 
 
 @register_estimator("dsq")
@@ -44,16 +78,7 @@ class DsqSign(Estimator):
         q.register_parameter("u", nn.Parameter(u)) if self.learnable_bounds else q.register_buffer("u", u)
 
     def quantize(self, x: Tensor, q) -> Tensor:
-        alpha = q.alpha.clamp(1e-3, 0.999)
-        u = q.u.abs() + 1e-8
-        delta = 2 * u
-        k = torch.log(2.0 / alpha - 1.0) / delta
-        s = 1.0 / (1.0 - alpha)
-        inside = x.abs() <= u
-        xc = torch.where(inside, x, torch.zeros_like(x))  # keeps the soft gradient 0 outside [l, u]
-        soft = torch.where(inside, -u + delta * (s * torch.tanh(k * xc) + 1) / 2, u * sign(x))
-        hard = u * sign(x)
-        return straight_through(hard, soft)
+        return _DsqSign.apply(x, q.alpha, q.u)
 
     @staticmethod
     def peak_slope(alpha: float, u: float = 1.0) -> float:

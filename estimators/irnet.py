@@ -1,13 +1,42 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 from torch import Tensor
 
 from bench import Estimator, register_estimator
-from bench.functional import channel_dims, channel_view, surrogate_sign
+from bench.functional import channel_dims, channel_view, sign, standardize, standardize_backward
+
+
+class _IrNetSign(torch.autograd.Function):
+    """sign(w_hat) * s, w_hat the Libra-PB standardised w (or w itself), s the detached power-of-two scale;
+    backward: EDE at w_hat (times s), then through the standardisation."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, k: float, t: float, std: bool, scale: bool) -> Tensor:  # type: ignore[override]
+        if std:
+            w_hat, sigma, dims, n = standardize(w, 1.0, 0.0)
+        else:
+            w_hat, sigma, dims, n = w, w.new_empty(0), (), 1
+        s = None
+        if scale:
+            d = channel_dims(w_hat)
+            s = channel_view(torch.pow(2.0, torch.round(torch.log2(w_hat.abs().mean(dim=d)))), w_hat)
+        ctx.save_for_backward(w_hat, sigma, s if s is not None else w.new_empty(0))
+        ctx.k, ctx.t, ctx.std, ctx.dims, ctx.n, ctx.scaled = k, t, std, dims, n, s is not None
+        out = sign(w_hat)
+        return out * s if s is not None else out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        w_hat, sigma, s = ctx.saved_tensors
+        gh = g * ede_grad(w_hat, ctx.k, ctx.t)
+        if ctx.scaled:
+            gh = gh * s
+        if ctx.std:
+            gh = standardize_backward(gh, w_hat, sigma, 1.0, ctx.dims, ctx.n)
+        return gh, None, None, None, None
 
 
 def ede_grad(x: Tensor, k: float, t: float) -> Tensor:
@@ -64,10 +93,5 @@ class IrNetEde(Estimator):
 
     def quantize(self, x: Tensor, q) -> Tensor:
         k, t = self.kt
-        w_hat = self.latent(x, q)
-        out = surrogate_sign(w_hat, partial(ede_grad, k=k, t=t))
-        if q.internal_scale and q.kind == "weight":
-            dims = channel_dims(w_hat)
-            scale = torch.pow(2.0, torch.round(torch.log2(w_hat.detach().abs().mean(dim=dims))))
-            out = out * channel_view(scale, w_hat)
-        return out
+        weight = q.kind == "weight"
+        return _IrNetSign.apply(x, k, t, self.standardize and weight, q.internal_scale and weight)

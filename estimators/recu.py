@@ -6,7 +6,32 @@ import torch
 from torch import Tensor
 
 from bench import Estimator, register_estimator
-from bench.functional import channel_dims, sign, straight_through
+from bench.functional import channel_dims, sign, standardize, standardize_backward
+
+C = 2 * math.sqrt(2)
+
+
+class _ReCUSign(torch.autograd.Function):
+    """sign(clamp(w1, -Q, Q)), w1 the standardised w; backward 1{|w1| <= Q} then through the standardisation."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, tau: float, std: bool) -> Tensor:  # type: ignore[override]
+        if std:
+            w1, sigma, dims, n = standardize(w, C, 1e-5)
+        else:
+            w1, sigma, dims, n = w, None, (), 1
+        q = -w1.abs().mean() * math.log(2 - 2 * tau)
+        ctx.save_for_backward(w1, q, sigma if sigma is not None else w1.new_empty(0))
+        ctx.dims, ctx.n, ctx.std = dims, n, std
+        return sign(w1)  # clamping at Q > 0 never changes a sign
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        w1, q, sigma = ctx.saved_tensors
+        g1 = g * (w1.abs() <= q).to(g.dtype)
+        if ctx.std:
+            g1 = standardize_backward(g1, w1, sigma, C, ctx.dims, ctx.n)
+        return g1, None, None
 
 
 def tau_schedule(fraction: float, tau_min: float, tau_max: float) -> float:
@@ -55,16 +80,13 @@ class ReCU(Estimator):
             return w
         dims = channel_dims(w)
         w0 = w - w.mean(dim=dims, keepdim=True)
-        return w0 / (torch.sqrt(w0.var(dim=dims, keepdim=True) + 1e-5) / (2 * math.sqrt(2)))
+        return w0 / (torch.sqrt(w0.var(dim=dims, keepdim=True) + 1e-5) / C)
 
     def q_tau(self, w1: Tensor) -> Tensor:
         return (-w1.abs().mean() * math.log(2 - 2 * self.tau)).detach()
 
     def quantize(self, x: Tensor, q) -> Tensor:
-        w1 = self.latent(x)
-        qt = self.q_tau(w1)
-        w2 = torch.clamp(w1, -qt, qt)
-        return straight_through(sign(w2), w2)
+        return _ReCUSign.apply(x, self.tau, self.standardize)
 
     def saturated(self, w: Tensor, q) -> Tensor:
         w1 = self.latent(w)

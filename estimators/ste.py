@@ -1,14 +1,9 @@
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from bench import Estimator, register_estimator
-from bench.functional import surrogate_sign
-
-
-def _identity_grad(x: Tensor) -> Tensor:
-    return torch.ones_like(x)
+from bench.functional import sign_ste
 
 
 @register_estimator("ste")
@@ -38,7 +33,7 @@ class SteSign(Estimator):
         return self.clip is not None
 
     def quantize(self, x: Tensor, q) -> Tensor:
-        return surrogate_sign(x, _identity_grad)
+        return sign_ste(x)
 
     def constrain_(self, w: Tensor, q) -> None:
         if self.clip is not None:

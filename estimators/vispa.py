@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from bench import Estimator, register_estimator
-from bench.functional import sign, straight_through
+from bench.functional import sign_ste
 
 
 @register_estimator("vispa")
@@ -77,7 +77,7 @@ class Vispa(Estimator):
 
     def quantize(self, x: Tensor, q) -> Tensor:
         w = self.sample(x, q)
-        return straight_through(sign(w), w)
+        return sign_ste(w)
 
     def latent(self, w: Tensor, q=None) -> Tensor:
         return w

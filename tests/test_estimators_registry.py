@@ -32,6 +32,8 @@ def test_forward_is_binary_and_gradient_finite(name, kind):
 @pytest.mark.parametrize("name", list_estimators())
 def test_sign_of_zero_is_plus_one(name):
     cls = get_estimator_class(name)
+    if cls.stochastic:
+        pytest.skip(f"{name} binarizes a random sample around x: the value at x = 0 is the noise's sign")
     kind = "activation" if "activation" in cls.kinds else "weight"
     fwd, _ = bench.probe(name, [-0.5, 0.0, 0.5], kind=kind, progress=0.5, **_elementwise(name))
     assert fwd[1] > 0

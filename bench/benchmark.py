@@ -1,0 +1,411 @@
+"""``binbench benchmark``: binbench's speed and memory against the loops researchers run today.
+
+Every comparison is measured side by side in one process run, repeated, with medians and min-max:
+
+1. overhead   a binbench epoch against the floor: a minimal hand-written loop over the same ready tensors
+              (forward, backward, step, nothing else);
+2. reference  against the pipeline of the official BiPer/ReCU/ReSTE code: torchvision dataset objects with
+              per-image transforms and a DataLoader (the better of 0 and 2 workers);
+3. estimator  each estimator's training step against ``ste``'s on the same model;
+4. suite      trials of the ``mnist`` suite through Ray Tune in parallel against the same trials one after
+              another in one process with all cores;
+5. memory     peak RSS of a resnet20 trial and of the suite driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TARGETS = {
+    ("overhead", "mlp/mnist"): 1.05, ("overhead", "resnet20/cifar-format"): 1.05,
+    ("reference", "mlp/mnist"): 0.5, ("reference", "resnet20/cifar-format"): 1.0,
+    ("suite", "mnist trials"): 1.0,
+}
+GPU_TARGETS = {("reference", "resnet20/cifar-format"): 0.2, ("reference", "resnet18/cifar-format"): 0.2}
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+def write_cifar_format(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """A CIFAR-10 folder in the real on-disk format (python pickles), random images."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    per = -(-n_train // 5)
+    for i in range(5):
+        k = max(0, min(per, n_train - i * per))
+        with open(d / f"data_batch_{i + 1}", "wb") as fh:
+            pickle.dump({"data": rng.integers(0, 256, (k, 3072), dtype=np.uint8),
+                         "labels": rng.integers(0, 10, k).tolist()}, fh, protocol=2)
+    with open(d / "test_batch", "wb") as fh:
+        pickle.dump({"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+                     "labels": rng.integers(0, 10, n_test).tolist()}, fh, protocol=2)
+    with open(d / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, fh, protocol=2)
+    return root
+
+
+class Workload:
+    """A model + dataset + batch size, and the four ways to train one epoch of it."""
+
+    def __init__(self, name: str, model: str, dataset: str, data_root: str, batch: int, device: torch.device,
+                 threads: int, train_subset: int | None = None, model_args: dict | None = None):
+        self.name, self.model, self.dataset, self.data_root = name, model, dataset, data_root
+        self.batch, self.device, self.threads, self.subset = batch, device, threads, train_subset
+        self.model_args = model_args or {}
+
+    def config(self, **kw: Any) -> dict[str, Any]:
+        return {"estimator": "ste", "model": self.model, "dataset": self.dataset, "data_root": self.data_root,
+                "epochs": 1, "batch_size": self.batch, "threads": self.threads, "diagnostics": False,
+                "train_subset": self.subset, "model_args": self.model_args, "seed": 0,
+                "device": self.device.type, **kw}
+
+    def binbench_epoch(self) -> float:
+        """Seconds of the training part of one binbench epoch (the loop's own clock, evaluation excluded)."""
+        from bench.train import train
+
+        return train(self.config()).history[0]["epoch_seconds"]
+
+    def _model(self):
+        from bench.config import resolve_config
+        from bench.data import get_dataset
+        from bench.train import build_model
+
+        cfg = resolve_config(self.config())
+        torch.manual_seed(0)
+        model, est, _ = build_model(cfg, get_dataset(self.dataset))
+        model.to(self.device)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        return model, opt
+
+    def ready_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from bench.data import get_dataset, load_dataset
+
+        spec = get_dataset(self.dataset)
+        d = load_dataset(self.dataset, self.data_root)
+        x, y = d.train_x, d.train_y
+        if self.subset:
+            x, y = x[: self.subset], y[: self.subset]
+        mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std).view(1, -1, 1, 1)
+        return ((x.float() / 255 - mean) / std).to(self.device), y.to(self.device)
+
+    def floor_epoch(self) -> Callable[[], None]:
+        x, y = self.ready_tensors()
+        model, opt = self._model()
+        model.train()
+
+        def run() -> None:
+            for i in range(0, x.shape[0], self.batch):
+                loss = F.cross_entropy(model(x[i:i + self.batch]), y[i:i + self.batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+        return run
+
+    def reference_epoch(self, workers: int) -> Callable[[], None]:
+        """The official repos' pipeline: torchvision dataset + per-image transforms + DataLoader."""
+        import torchvision.transforms as T
+
+        from bench.data import get_dataset
+
+        spec = get_dataset(self.dataset)
+        norm = T.Normalize(spec.mean, spec.std)
+        if self.dataset == "cifar10":
+            from torchvision.datasets import CIFAR10
+
+            class Cifar(CIFAR10):  # files in the real format, other size: skip the md5 of the full archive
+                def _check_integrity(self) -> bool:
+                    return True
+
+                def _load_meta(self) -> None:
+                    self.classes = [f"c{i}" for i in range(10)]
+
+            ds = Cifar(self.data_root, train=True, transform=T.Compose(
+                [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm]))
+        else:
+            from torchvision.datasets import MNIST
+
+            from bench.data import cache_dir
+
+            root = self.data_root
+            if not (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+                root = str(cache_dir() / "extracted")  # where binbench extracted the archives
+            ds = MNIST(root, train=True, transform=T.Compose([T.ToTensor(), norm]))
+        if self.subset:
+            ds = torch.utils.data.Subset(ds, range(self.subset))
+        model, opt = self._model()
+        model.train()
+
+        def run() -> None:
+            loader = torch.utils.data.DataLoader(ds, batch_size=self.batch, shuffle=True, num_workers=workers,
+                                                 pin_memory=self.device.type == "cuda")
+            for xb, yb in loader:
+                xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+        return run
+
+
+# -- the measurements ----------------------------------------------------------------------------------------
+def measure_overhead_and_reference(w: Workload, repeats: int, rows: list[dict], log) -> None:
+    floor = w.floor_epoch()
+    floor()  # warm-up: allocator, kernels
+    ref0, ref2 = w.reference_epoch(0), w.reference_epoch(2)
+    times: dict[str, list[float]] = {"binbench": [], "floor": [], "reference (0 workers)": [],
+                                     "reference (2 workers)": []}
+    w.binbench_epoch()  # warm-up
+    for _ in range(repeats):  # interleaved, so drifting load hits every variant alike
+        times["binbench"].append(w.binbench_epoch())
+        times["floor"] += _timed(floor, 1)
+        times["reference (0 workers)"] += _timed(ref0, 1)
+        times["reference (2 workers)"] += _timed(ref2, 1)
+        log(f"  {w.name}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    st = {k: _stats(v) for k, v in times.items()}
+    best_ref = min(("reference (0 workers)", "reference (2 workers)"), key=lambda k: st[k]["median"])
+    for variant in times:
+        rows.append({"measure": "epoch time", "workload": w.name, "variant": variant, **st[variant], "unit": "s"})
+    gpu = w.device.type == "cuda"
+    for measure, base in (("overhead", "floor"), ("reference", best_ref)):
+        ratio = st["binbench"]["median"] / st[base]["median"]
+        target = (GPU_TARGETS if gpu else TARGETS).get((measure, w.name), TARGETS.get((measure, w.name)))
+        rows.append({"measure": measure, "workload": w.name, "variant": f"binbench / {base}", "ratio": ratio,
+                     "target": target, "met": None if target is None else ratio <= target})
+
+
+def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], log) -> None:
+    from bench import list_estimators
+    from bench.config import resolve_config
+    from bench.data import get_dataset
+    from bench.estimator import estimator_quantizers, get_estimator_class
+    from bench.train import build_model, quantized_weights, training_step
+
+    spec = get_dataset(w.dataset)
+    x = torch.randn(w.batch, *spec.shape, device=w.device)
+    y = torch.randint(0, spec.num_classes, (w.batch,), device=w.device)
+    names = [n for n in list_estimators() if "weight" in get_estimator_class(n).kinds and not n.startswith("test_")]
+    runners = {}
+    for name in names:
+        cfg = resolve_config(w.config(estimator=name))
+        torch.manual_seed(0)
+        model, est, act = build_model(cfg, spec)
+        model.to(w.device).train()
+        for e in {est, act} - {None}:
+            stages = e.stages()
+            e.begin_stage(len(stages) - 1, stages[-1])  # the binary stage: the one that costs
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        qs = estimator_quantizers(model, "weight")
+        constrained = [(q, p) for q, p in quantized_weights(model) if q.estimator.has_constraint]
+
+        def run(model=model, est=est, qs=qs, constrained=constrained, opt=opt) -> None:
+            for _ in range(steps):
+                training_step(model, est, qs, constrained, opt, None, x, y)
+
+        run()
+        runners[name] = (run, cfg, sum(p.numel() for q in qs for p in q.parameters()))
+    times = {n: [] for n in names}
+    for _ in range(repeats):
+        for n in names:
+            times[n] += _timed(runners[n][0], 1)
+    base = statistics.median(times["ste"])
+    for n in names:
+        med = statistics.median(times[n])
+        extra = f" (K = {runners[n][1].estimator_hparams.get('rank')}, {runners[n][2]:,} extra latent values)" \
+            if n == "vispa" else ""
+        target = None if n == "vispa" else 1.15
+        rows.append({"measure": "estimator step", "workload": w.name, "variant": f"{n} / ste{extra}",
+                     "ratio": med / base, "median": med / steps, "min": min(times[n]) / steps,
+                     "max": max(times[n]) / steps, "unit": "s/step", "target": target,
+                     "met": None if target is None else med / base <= target})
+    log(f"  estimators on {w.name}: " + ", ".join(f"{n} {statistics.median(times[n]) / base:.2f}x" for n in names))
+
+
+def _peak_rss_of(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """Run a command; return (wall seconds, peak RSS in bytes of that process, sampled from /proc)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            with contextlib.suppress(OSError):
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+            time.sleep(0.1)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    _, err = proc.communicate()
+    th.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err[-1500:]}")
+    return time.perf_counter() - t0, peak[0]
+
+
+def measure_suite(data_root: str, n_trials: int, epochs: int, subset: int, rows: list[dict], log, tmp: Path) -> None:
+    import yaml
+
+    from bench.suite import load_suite
+    from bench.train import train
+
+    mnist = load_suite("mnist", data_root=data_root)
+    picked = [t for t in mnist.trials if t.model == "mlp" and t.bits == "W1A1"][:n_trials]
+    est = sorted({t.estimator for t in picked} - {"fp"}) or ["ste"]
+    body = {"name": "bench-suite", "grid": {"estimators": est, "models": ["mlp"], "datasets": ["mnist"],
+                                            "bits": ["W1A1"], "seeds": sorted({t.seed for t in picked})},
+            "defaults": {"epochs": epochs, "train_subset": subset, "data_root": data_root}}
+    path = tmp / "bench-suite.yaml"
+    path.write_text(yaml.safe_dump(body))
+    trials = load_suite(str(path)).trials
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    cores = os.cpu_count() or 1
+    wall_ray, driver_rss = _peak_rss_of([sys.executable, "-m", "bench.cli", "suite", "run", str(path),
+                                         "--results-dir", str(tmp / "suite"), "--cpus-per-trial", "1",
+                                         "--data-root", data_root], env)
+    t0 = time.perf_counter()
+    for t in trials:
+        train({**t.config, "threads": cores})
+    wall_seq = time.perf_counter() - t0
+    log(f"  suite: {len(trials)} trials, Ray parallel {wall_ray:.1f}s, sequential {wall_seq:.1f}s")
+    rows.append({"measure": "suite", "workload": "mnist trials",
+                 "variant": f"Ray, {cores} x 1-CPU trials / sequential with {cores} threads "
+                            f"({len(trials)} MLP trials, {epochs} epoch(s), {subset} images)",
+                 "ratio": wall_ray / wall_seq, "median": wall_ray, "unit": "s", "target": 1.0,
+                 "met": wall_ray / wall_seq <= 1.0})
+    rows.append({"measure": "memory", "workload": "suite driver", "variant": "peak RSS", "median": driver_rss / 2**20,
+                 "unit": "MiB"})
+
+
+def measure_trial_memory(data_root: str, rows: list[dict], log) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "bench.cli", "run", "-e", "ste", "-m", "resnet20", "-d", "cifar10", "--data-root",
+           data_root, "--epochs", "1", "--json", "--set", "threads=2", "--set", "diagnostics=false"]
+    _, rss = _peak_rss_of(cmd, env)
+    log(f"  resnet20 trial peak RSS {rss / 2**20:.0f} MiB")
+    rows.append({"measure": "memory", "workload": "resnet20/cifar-format trial", "variant": "peak RSS",
+                 "median": rss / 2**20, "unit": "MiB"})
+
+
+# -- the whole benchmark --------------------------------------------------------------------------------------
+def machine() -> dict[str, str]:
+    from bench.env import cpu_model
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu_model(), "cores": str(os.cpu_count()), "gpu": gpu, "torch": torch.__version__,
+            "threads": str(torch.get_num_threads())}
+
+
+def run_benchmark(out_dir: str | Path, data_root: str | None = None, repeats: int = 3, quick: bool = False,
+                  only: set[str] | None = None, log=print) -> list[dict[str, Any]]:
+    from bench.data import resolve_data_root
+
+    only = only or {"overhead", "estimators", "suite", "memory"}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    root = str(resolve_data_root(data_root))
+    rows: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        n_cifar = 256 if quick else 2560
+        cifar_root = str(write_cifar_format(tmp / "cifar", n_cifar, 256))
+        has_mnist = (Path(root) / "MNIST" / "raw").is_dir()
+        works = []
+        if has_mnist:
+            works.append(Workload("mlp/mnist", "mlp", "mnist", root, 128, device, threads,
+                                  train_subset=6000 if quick else None))
+        else:
+            log(f"MNIST not found under {root}: the mlp/mnist workloads are skipped (pass --data-root)")
+        works.append(Workload("resnet20/cifar-format", "resnet20", "cifar10", cifar_root, 128, device, threads))
+        if device.type == "cuda":
+            works.append(Workload("resnet18/cifar-format", "resnet18", "cifar10", cifar_root, 128, device, threads))
+        if "overhead" in only:
+            for w in works:
+                log(f"overhead and reference: {w.name}")
+                measure_overhead_and_reference(w, repeats, rows, log)
+        if "estimators" in only:
+            log("estimator cost")
+            mlp = works[0] if has_mnist else Workload("mlp/digits", "mlp", "digits", root, 128, device, threads)
+            measure_estimators(mlp, 5 if quick else 50, repeats, rows, log)
+            conv = next(w for w in works if w.model == "resnet20")
+            measure_estimators(conv, 2 if quick else 8, repeats, rows, log)
+        if "suite" in only and has_mnist:
+            log("suite throughput")
+            measure_suite(root, 2 if quick else 6, 1, 2000 if quick else 10000, rows, log, tmp)
+        if "memory" in only:
+            log("memory")
+            measure_trial_memory(cifar_root, rows, log)
+    write(rows, Path(out_dir), time.perf_counter() - t_start, repeats, quick)
+    return rows
+
+
+def write(rows: list[dict[str, Any]], out: Path, seconds: float, repeats: int, quick: bool) -> None:
+    from bench.env import git_commit
+
+    out.mkdir(parents=True, exist_ok=True)
+    m = machine()
+    tag = "gpu" if m["gpu"] != "none" else "cpu"
+    cols = ["measure", "workload", "variant", "median", "min", "max", "unit", "ratio", "target", "met"]
+    with open(out / f"benchmark-{tag}.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        wr.writeheader()
+        wr.writerows(rows)
+
+    def f(v: Any, nd: int = 3) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        if isinstance(v, bool):
+            return "yes" if v else "**no**"
+        return f"{v:.{nd}g}" if isinstance(v, float) else str(v)
+
+    lines = [f"# binbench benchmark ({tag})", "",
+             f"- machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}, torch {m['torch']}",
+             f"- commit {git_commit()}; {repeats} repeats per measurement, medians (min-max); "
+             f"{'QUICK (reduced sizes) ' if quick else ''}run took {seconds:.0f} s",
+             f"- made by: binbench benchmark{' --quick' if quick else ''} --repeats {repeats}", "",
+             "| measure | workload | variant | median | min | max | unit | ratio | target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| " + " | ".join(f(r.get(c)) for c in cols) + " |")
+    lines += ["", "ratio: binbench's time over the named baseline's (lower is better); target: the bound the "
+              "project set (issue 7)."]
+    (out / f"benchmark-{tag}.md").write_text("\n".join(lines) + "\n")
