@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from bench.registry import Registry
@@ -92,4 +91,4 @@ def dataset_tensor_bytes(d: DatasetTensors) -> int:
 
 
 __all__ = ["DATASETS", "DatasetSpec", "DatasetTensors", "get_dataset", "list_datasets", "load_dataset",
-           "register_dataset", "resolve_data_root", "torch"]
+           "register_dataset", "resolve_data_root"]

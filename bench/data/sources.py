@@ -147,7 +147,10 @@ def _load_imagenet(root: Path, download: bool = False) -> DatasetTensors:  # str
     base = Path(root) / "imagenet"
     if not (base / "train").is_dir() or not (base / "val").is_dir():
         raise _missing("imagenet", base, IMAGENET_HOW)
-    raise DataNotFoundError("imagenet streams from disk: use bench.data.loader.imagenet_loaders")  # pragma: no cover
+    # never decoded into memory: train() streams it through bench.data.stream.imagenet_loaders
+    from bench.errors import BinbenchError
+
+    raise BinbenchError("imagenet is streamed from disk, not loaded whole: train on it with binbench run / train()")
 
 
 MNIST_HOW = "copy the 4 MNIST idx files (.gz or plain) into <data root>/MNIST/raw/, pass --download on a " \
