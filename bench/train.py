@@ -287,8 +287,8 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
         si = stage["index"]
         if status != "running" or si < state["stage"]:
             continue
-        for e in estimators:
-            e.begin_stage(si, Stage(stage["name"], 1.0, stage["estimator"]))
+        for e in estimators:  # a stage's hyperparameter overrides are the weight estimator's
+            e.begin_stage(si, Stage(stage["name"], 1.0, stage["estimator"] if e is est else {}))
         optimizer = make_optimizer(model, stage)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s, st=stage: lr_factor(s, steps_per_epoch, st))

@@ -63,3 +63,22 @@ def test_recipes_resolve(name, recipe):
         assert cfg.scaling in ("none", "mean", "alpha", "internal")
         if a == 32:
             assert cfg.activation_estimator is None
+
+
+@pytest.fixture(scope="module")
+def cifar_format(tmp_path_factory):
+    from bench.benchmark import write_cifar_format
+
+    return str(write_cifar_format(tmp_path_factory.mktemp("cifar"), 40, 16))
+
+
+@pytest.mark.parametrize("name", [n for n in list_estimators() if "weight" in get_estimator_class(n).kinds])
+def test_published_recipe_starts_on_resnet20_cifar_format(name, cifar_format):
+    # the paper's recipe, its epochs cut to one per stage and one batch per epoch
+    n_stages = len(bench.create_estimator(name).stages())
+    res = train({"estimator": name, "recipe": "published", "model": "resnet20", "dataset": "cifar10",
+                 "data_root": cifar_format, "epochs": n_stages, "batch_size": 8, "limit_train_batches": 1,
+                 "eval_batch_size": 16, "threads": 2, "diagnostics": False,
+                 "estimator_hparams": {"samples": 2} if name == "vispa" else {}})
+    assert res.status == "finished" and len(res.history) == n_stages
+    assert res.config["scaling"] == get_estimator_class(name).native_scaling
