@@ -33,8 +33,8 @@ def _shortcut(in_planes: int, planes: int, stride: int) -> nn.Module:
     return PadShortcut(in_planes, planes, stride) if stride != 1 or in_planes != planes else nn.Identity()
 
 
-class BiRealBlock(nn.Module):
-    """out1 = act(BN(conv1(x)) + sc(x)); out = act(BN(conv2(out1)) + out1)."""
+class _TwoConvBlock(nn.Module):
+    """Two binary 3x3 convs with BN and activation, and the parameter-free shortcut; forward wires them."""
 
     def __init__(self, spec: BinarySpec, in_planes: int, planes: int, stride: int, act: str):
         super().__init__()
@@ -45,24 +45,18 @@ class BiRealBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.act2 = make_act(act, planes)
         self.shortcut = _shortcut(in_planes, planes, stride)
+
+
+class BiRealBlock(_TwoConvBlock):
+    """out1 = act(BN(conv1(x)) + sc(x)); out = act(BN(conv2(out1)) + out1): a shortcut around every conv."""
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.act1(self.bn1(self.conv1(x)) + self.shortcut(x))
         return self.act2(self.bn2(self.conv2(out)) + out)
 
 
-class BasicBlock(nn.Module):
-    """h = act(BN(conv1(x))); out = act(BN(conv2(h)) + sc(x))."""
-
-    def __init__(self, spec: BinarySpec, in_planes: int, planes: int, stride: int, act: str):
-        super().__init__()
-        self.conv1 = spec.conv(in_planes, planes, 3, stride, 1)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.act1 = make_act(act, planes)
-        self.conv2 = spec.conv(planes, planes, 3, 1, 1)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.act2 = make_act(act, planes)
-        self.shortcut = _shortcut(in_planes, planes, stride)
+class BasicBlock(_TwoConvBlock):
+    """h = act(BN(conv1(x))); out = act(BN(conv2(h)) + sc(x)): one shortcut per block."""
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.act1(self.bn1(self.conv1(x)))
