@@ -351,10 +351,18 @@ def write_figures(c: Collected, out: Path) -> list[Path]:
     if not cur.empty and "test_top1" in cur:
         acc = cur[cur["test_top1"].notna()].copy()
         acc["epoch"] = acc["step"] + 1
-        g = sns.relplot(data=acc, x="epoch", y="test_top1", hue="estimator", col="model", row="bits", kind="line",
-                        errorbar=("pi", 100), height=3, aspect=1.2, facet_kws={"sharey": False})
+        binary = acc[acc.estimator != "fp"]
+        g = sns.relplot(data=binary if len(binary) else acc, x="epoch", y="test_top1", hue="estimator", col="model",
+                        row="bits", kind="line", errorbar=("pi", 100), height=3, aspect=1.2,
+                        facet_kws={"sharey": False, "margin_titles": True})
+        fp = acc[acc.estimator == "fp"]
+        for (_bits, model), ax in g.axes_dict.items():  # the FP baseline as a dashed reference in every panel
+            ref = fp[fp.model == model].groupby("epoch")["test_top1"].mean()
+            if len(ref):
+                ax.plot(ref.index, ref.values, color="black", ls="--", lw=1, label="FP")
         g.set_axis_labels("epoch", "test top-1 (%)")
-        g.figure.suptitle(f"{c.suite}: test accuracy per epoch (mean, band = min-max over seeds)", y=1.02)
+        g.figure.suptitle(f"{c.suite}: test accuracy per epoch (mean, band = min-max over seeds; dashed: FP)",
+                         y=1.02)
         save(g.figure, "accuracy_curves")
     g = sns.catplot(data=runs, x="top1", y="estimator", col="model", row="bits", kind="point", errorbar=("ci", 95),
                     linestyle="none", height=3, aspect=1.3, sharex=False)
