@@ -290,6 +290,10 @@ def measure_suite(data_root: str, n_trials: int, epochs: int, subset: int, rows:
     body = {"name": "bench-suite", "grid": {"estimators": est, "models": ["mlp"], "datasets": ["mnist"],
                                             "bits": ["W1A1"], "seeds": sorted({t.seed for t in picked})},
             "defaults": {"epochs": epochs, "train_subset": subset, "data_root": data_root}}
+    # at least as many epochs as the estimators have stages (BiPer: 2)
+    from bench.estimator import get_estimator_class
+
+    body["defaults"]["epochs"] = max(epochs, *(len(get_estimator_class(e)().stages()) for e in est))
     path = tmp / "bench-suite.yaml"
     path.write_text(yaml.safe_dump(body))
     trials = load_suite(str(path)).trials
@@ -306,7 +310,7 @@ def measure_suite(data_root: str, n_trials: int, epochs: int, subset: int, rows:
     log(f"  suite: {len(trials)} trials, Ray parallel {wall_ray:.1f}s, sequential {wall_seq:.1f}s")
     rows.append({"measure": "suite", "workload": "mnist trials",
                  "variant": f"Ray, {cores} x 1-CPU trials / sequential with {cores} threads "
-                            f"({len(trials)} MLP trials, {epochs} epoch(s), {subset} images)",
+                            f"({len(trials)} MLP trials, {body['defaults']['epochs']} epoch(s), {subset} images)",
                  "ratio": wall_ray / wall_seq, "median": wall_ray, "unit": "s", "target": 1.0,
                  "met": wall_ray / wall_seq <= 1.0})
     rows.append({"measure": "memory", "workload": "suite driver", "variant": "peak RSS", "median": driver_rss / 2**20,
@@ -344,6 +348,16 @@ def run_benchmark(out_dir: str | Path, data_root: str | None = None, repeats: in
     root = str(resolve_data_root(data_root))
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
+
+    def section(name: str, fn: Callable[[], None]) -> None:
+        """Run one measurement; a failure becomes a row and the table is rewritten after every section."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - the other sections' numbers must survive
+            log(f"  {name} failed: {type(exc).__name__}: {exc}")
+            rows.append({"measure": name, "workload": "", "variant": f"FAILED: {type(exc).__name__}: {exc}"[:300]})
+        write(rows, Path(out_dir), time.perf_counter() - t_start, repeats, quick)
+
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         n_cifar = 256 if quick else 2560
@@ -361,20 +375,20 @@ def run_benchmark(out_dir: str | Path, data_root: str | None = None, repeats: in
         if "overhead" in only:
             for w in works:
                 log(f"overhead and reference: {w.name}")
-                measure_overhead_and_reference(w, repeats, rows, log)
+                section("overhead", lambda w=w: measure_overhead_and_reference(w, repeats, rows, log))
         if "estimators" in only:
             log("estimator cost")
             mlp = works[0] if has_mnist else Workload("mlp/digits", "mlp", "digits", root, 128, device, threads)
-            measure_estimators(mlp, 5 if quick else 50, repeats, rows, log)
+            section("estimator step", lambda: measure_estimators(mlp, 5 if quick else 50, repeats, rows, log))
             conv = next(w for w in works if w.model == "resnet20")
-            measure_estimators(conv, 2 if quick else 8, repeats, rows, log)
+            section("estimator step", lambda: measure_estimators(conv, 2 if quick else 8, repeats, rows, log))
         if "suite" in only and has_mnist:
             log("suite throughput")
-            measure_suite(root, 2 if quick else 6, 1, 2000 if quick else 10000, rows, log, tmp)
+            section("suite", lambda: measure_suite(root, 2 if quick else 6, 1, 2000 if quick else 10000, rows, log,
+                                                   tmp))
         if "memory" in only:
             log("memory")
-            measure_trial_memory(cifar_root, rows, log)
-    write(rows, Path(out_dir), time.perf_counter() - t_start, repeats, quick)
+            section("memory", lambda: measure_trial_memory(cifar_root, rows, log))
     return rows
 
 
