@@ -10,7 +10,6 @@ suites with a search, the sensitivity spread.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass
@@ -444,4 +443,4 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     return c, tables, figs
 
 
-__all__ = ["collect", "csv", "leaderboard", "paired", "report", "t_interval"]
+__all__ = ["collect", "leaderboard", "paired", "report", "t_interval"]

@@ -87,9 +87,7 @@ class IrNetEde(Estimator):
     def latent(self, w: Tensor, q=None) -> Tensor:
         if not self.standardize or (q is not None and q.kind == "activation"):
             return w
-        dims = channel_dims(w)
-        w0 = w - w.mean(dim=dims, keepdim=True)
-        return w0 / w0.std(dim=dims, keepdim=True)
+        return standardize(w, 1.0, 0.0)[0]
 
     def quantize(self, x: Tensor, q) -> Tensor:
         k, t = self.kt

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from bench import Estimator, register_estimator
-from bench.functional import channel_dims, sign, standardize, standardize_backward
+from bench.functional import sign, standardize, standardize_backward
 
 C = 2 * math.sqrt(2)
 
@@ -76,11 +76,7 @@ class ReCU(Estimator):
         return tau_schedule(self.progress.fraction, self.tau_min, self.tau_max)
 
     def latent(self, w: Tensor, q=None) -> Tensor:
-        if not self.standardize:
-            return w
-        dims = channel_dims(w)
-        w0 = w - w.mean(dim=dims, keepdim=True)
-        return w0 / (torch.sqrt(w0.var(dim=dims, keepdim=True) + 1e-5) / C)
+        return standardize(w, C, 1e-5)[0] if self.standardize else w
 
     def q_tau(self, w1: Tensor) -> Tensor:
         return (-w1.abs().mean() * math.log(2 - 2 * self.tau)).detach()
