@@ -36,6 +36,7 @@ class RunConfig:
     download: bool = False
     augment: bool = True
     train_subset: int | None = None  # first N training images (quick runs, tests)
+    val_split: float | None = None  # a seeded share of the training images held out for model selection
     # optimisation
     epochs: int | None = None
     batch_size: int | None = None
@@ -215,6 +216,10 @@ def resolve_config(config: RunConfig | dict[str, Any]) -> RunConfig:
         if bad:
             raise ConfigError(f"eval mode(s) {bad} unknown for {cfg.estimator!r}; "
                               f"valid: {', '.join(est_cls.eval_modes)}")
-    if ds.streaming and cfg.train_subset:
-        raise ConfigError("train_subset is not supported for streaming datasets")
+    if ds.streaming and (cfg.train_subset or cfg.val_split):
+        raise ConfigError("train_subset and val_split are not supported for streaming datasets (ImageNet)")
+    if cfg.val_split is not None and not 0.0 < cfg.val_split < 1.0:
+        raise ConfigError(f"val_split must be a fraction in (0, 1), got {cfg.val_split} (e.g. --set val_split=0.1)")
+    if cfg.train_subset is not None and cfg.train_subset < 1:
+        raise ConfigError(f"train_subset must be >= 1, got {cfg.train_subset}")
     return cfg

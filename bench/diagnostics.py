@@ -45,7 +45,10 @@ def surrogate_grad(q: Quantizer, w: Tensor) -> Tensor:
     """d q(w) / d w elementwise as the estimator's backward defines it (random state untouched)."""
     with torch.random.fork_rng(devices=[w.device] if w.is_cuda else []), torch.enable_grad():
         x = w.detach().clone().requires_grad_(True)
-        q(x).backward(torch.ones_like(x))
+        y = q(x)
+        if not y.requires_grad:  # nothing reaches the latent weights (the frozen control)
+            return torch.zeros_like(x)
+        y.backward(torch.ones_like(x))
     return x.grad.detach()
 
 
@@ -54,7 +57,11 @@ class DiagnosticsTracker:
 
     def __init__(self, model: nn.Module):
         self.layers = binary_layers(model)
-        self.prev: dict[str, Tensor] = {}
+        # the signs at initialisation, so that the first epoch's flips are measured too
+        with torch.no_grad():
+            self.prev: dict[str, Tensor] = {
+                name: (q.estimator.latent(layer.weight.detach(), q) >= 0).cpu()
+                for name, layer in self.layers for q in [layer.weight_quantizer]}
 
     def state_dict(self) -> dict[str, Tensor]:
         return dict(self.prev)

@@ -14,6 +14,7 @@ What an estimator can do, each by overriding one method (all optional but :meth:
 * ``set_progress(p)``      training progress (stage, epoch fraction) for schedules;
 * ``extra_loss(qs)``       a loss term added to the task loss;
 * ``stages()``             training stages (BiPer: real sine weights, then the square wave);
+* ``init_latent_(w, q)``   re-initialise (or read) the layer's latent weight once, at construction;
 * ``constrain_(w, q)``     an in-place projection of the latent weights after each optimizer step;
 * ``eval_modes``/``predict`` how evaluation runs (VISPA: an ensemble of sampled networks);
 * ``layer_diagnostics``    extra per-layer diagnostics (ReSTE's indicators).
@@ -111,6 +112,9 @@ class Estimator:
     has_constraint: ClassVar[bool] = False
     #: True when the estimator draws random numbers in its forward pass
     stochastic: ClassVar[bool] = False
+    #: "method" (a binarization method), or "control" (a reference that is not a method, such as ``frozen``:
+    #: listed, tabulated and drawn as a control, never ranked among the methods)
+    role: ClassVar[str] = "method"
 
     def __init__(self) -> None:
         self.progress = Progress()
@@ -164,6 +168,10 @@ class Estimator:
     def begin_stage(self, index: int, stage: Stage) -> None:
         if stage.overrides:
             self.set_hparams(**stage.overrides)
+
+    def init_latent_(self, w: Tensor, q: Quantizer) -> None:
+        """Called once per binary layer, under no_grad, after ``init_state``: may re-initialise the latent weight
+        ``w`` in place (VISPA's xavier M) or read its statistics into ``q`` (DSQ's clipping range)."""
 
     def constrain_(self, w: Tensor, q: Quantizer) -> None:
         """Project latent weights in place (under no_grad) after an optimizer step."""
@@ -281,6 +289,7 @@ def estimator_info(name: str) -> dict[str, Any]:
         "native_scaling": cls.native_scaling,
         "native_activation": cls.native_activation or name,
         "eval_modes": cls.eval_modes,
+        "role": cls.role,
         "stages": [s.name for s in cls().stages()],
         "recipes": recipe_table(name),
         "source": entry.source,

@@ -41,6 +41,9 @@ class _Binary:
             if weight_est is not None
             else None
         )
+        if self.weight_quantizer is not None:
+            with torch.no_grad():
+                weight_est.init_latent_(self.weight, self.weight_quantizer)
         self.input_quantizer = act_est.quantizer("activation") if act_est is not None else None
         if self.scaling == "alpha":
             self.alpha = nn.Parameter(torch.rand(self.weight.shape[0]))

@@ -33,5 +33,7 @@ def probe(name: str, x: Iterable[float] | Tensor, kind: str = "weight", progress
         q.train()
         xin = pts.clone().requires_grad_(True)
         y = q(xin)
+        if not y.requires_grad:  # no gradient reaches x at all (the frozen control): the surrogate is 0
+            return y.detach(), torch.zeros_like(pts)
         y.backward(torch.ones_like(y))
     return y.detach(), xin.grad.detach()

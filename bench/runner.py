@@ -71,7 +71,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
     info = describe()
     tags = {"git_commit": info["git_commit"], **{f"version.{k}": v for k, v in info["versions"].items()},
             **{f"hardware.{k}": v for k, v in info["hardware"].items()}, "w_bits": str(cfg.get("w_bits")),
-            "a_bits": str(cfg.get("a_bits"))}
+            "a_bits": str(cfg.get("a_bits")), "role": _role(trial["estimator"])}
     run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags)
 
     logged: set[int] = set()
@@ -106,14 +106,25 @@ def _trial_fn(config: dict[str, Any]) -> None:
         if int(record["global_epoch"]) not in logged:
             run.log_metrics(record, int(record["global_epoch"]))
     final = {"top1": res.top1, "best_top1": res.best_top1, "best_epoch": res.best_epoch,
-             "epoch_seconds": res.epoch_seconds, "epochs_run": len(res.history),
+             "late_gain": res.late_gain, "epoch_seconds": res.epoch_seconds, "epochs_run": len(res.history),
              **{f"params_{k}": v for k, v in res.params.items()},
              **{f"top1_{m}": v for m, v in res.eval_modes.items()}}
     if res.top5 is not None:
         final.update(top5=res.top5, best_top5=res.best_top5)
-    run.log_metrics({k: v for k, v in final.items() if v is not None}, len(res.history))
-    run.set_tags({STATUS_TAG: res.status, "headline_mode": next(iter(res.eval_modes)), "message": res.message})
+    if res.selected_epoch >= 0:
+        final.update(selected_top1=res.selected_top1, selected_epoch=res.selected_epoch)
+    run.log_metrics({k: v for k, v in final.items() if v is not None and v == v}, len(res.history))  # v == v: not nan
+    run.set_tags({STATUS_TAG: res.status, "headline_mode": next(iter(res.eval_modes)), "message": res.message,
+                  "dataset_source": res.data_source,
+                  "stage_epochs": ", ".join(f"{st['name']}: {st['epochs']}" for st in res.stages)})
     run.end("FINISHED" if res.status == "finished" else "FAILED")
+
+
+def _role(estimator: str) -> str:
+    """How tables treat a trial: "baseline" (the FP network), "control" or "method" (the estimator's role)."""
+    from bench.estimator import get_estimator_class
+
+    return "baseline" if estimator == "fp" else get_estimator_class(estimator).role
 
 
 def _short_hash(cfg: dict[str, Any]) -> str:

@@ -54,6 +54,12 @@ class RunResult:
     env: dict[str, Any]
     message: str = ""
     stages: list[dict[str, Any]] = field(default_factory=list)
+    #: test top-1 (headline mode) at the last-stage epoch with the best validation top-1; nan without val_split
+    selected_top1: float = float("nan")
+    selected_epoch: int = -1  # that epoch, 0-based within the last stage (as best_epoch)
+    #: test top-1 gain (points) over the last quarter of the run's epochs: > 0.5 means still learning
+    late_gain: float = float("nan")
+    data_source: str = ""  # which files the data came from ("CIFAR-10 (JPEG copy)", ...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,22 +120,48 @@ def plan_stages(cfg: RunConfig, est: Estimator | None) -> list[dict[str, Any]]:
     return plan
 
 
-def make_loaders(cfg: RunConfig, ds: DatasetSpec, device: torch.device, channels_last: bool):
-    """Train and test loaders: device-resident tensors, or a streaming DataLoader for ImageNet."""
+@dataclass
+class Loaders:
+    train: Any
+    test: Any
+    val: Any = None  # None without val_split
+    source: str = ""
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices: a seeded random ``fraction`` of range(n) held out, both sorted."""
+    n_val = round(n * fraction)
+    if not 0 < n_val < n:
+        raise ConfigError(f"val_split={fraction} of {n} training images leaves an empty split; pick a fraction "
+                          "that holds out between 1 image and all but one")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def make_loaders(cfg: RunConfig, ds: DatasetSpec, device: torch.device, channels_last: bool) -> Loaders:
+    """Train, test (and validation) loaders: device-resident tensors, or a streaming DataLoader for ImageNet."""
     if ds.streaming:
         from bench.data import resolve_data_root
         from bench.data.stream import imagenet_loaders
 
-        return imagenet_loaders(resolve_data_root(cfg.data_root), cfg.batch_size, cfg.eval_batch_size, device,
-                                workers=max(1, int(cfg.threads or 4)), image_size=ds.shape[-1])
+        train, test = imagenet_loaders(resolve_data_root(cfg.data_root), cfg.batch_size, cfg.eval_batch_size, device,
+                                       workers=max(1, int(cfg.threads or 4)), image_size=ds.shape[-1])
+        return Loaders(train, test, source="ImageNet (ImageFolder)")
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+    train_x, train_y = data.train_x, data.train_y
     if cfg.train_subset:
-        data.train_x, data.train_y = data.train_x[: cfg.train_subset], data.train_y[: cfg.train_subset]
-    train = ResidentLoader(data.train_x, data.train_y, ds, cfg.batch_size, device, train=True, augment=cfg.augment,
+        train_x, train_y = train_x[: cfg.train_subset], train_y[: cfg.train_subset]
+    val = None
+    if cfg.val_split:
+        tr, va = split_validation(len(train_y), cfg.val_split, cfg.seed)
+        val = ResidentLoader(train_x[va], train_y[va], ds, cfg.eval_batch_size, device, train=False,
+                             channels_last=channels_last)
+        train_x, train_y = train_x[tr], train_y[tr]
+    train = ResidentLoader(train_x, train_y, ds, cfg.batch_size, device, train=True, augment=cfg.augment,
                            channels_last=channels_last)
     test = ResidentLoader(data.test_x, data.test_y, ds, cfg.eval_batch_size, device, train=False,
                           channels_last=channels_last)
-    return train, test
+    return Loaders(train, test, val, str(getattr(data, "source", "") or ds.name))
 
 
 def make_optimizer(model: nn.Module, stage: dict[str, Any]) -> torch.optim.Optimizer:
@@ -170,12 +202,16 @@ def seed_everything(seed: int) -> None:
 
 
 def count_params(model: nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    quant = sum(p.numel() for q in estimator_quantizers(model) for p in q.parameters())
+    """Parameter counts, and how much of the network is binary: conv/linear layers and their weights."""
     from bench.layers import binary_layers
 
-    binary = sum(layer.weight.numel() for _, layer in binary_layers(model))
-    return {"total": total, "binary_weights": binary, "estimator_state": quant}
+    total = sum(p.numel() for p in model.parameters())
+    quant = sum(p.numel() for q in estimator_quantizers(model) for p in q.parameters())
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    binary = binary_layers(model)
+    return {"total": total, "binary_weights": sum(layer.weight.numel() for _, layer in binary),
+            "layer_weights": sum(m.weight.numel() for m in layers), "binary_layers": len(binary),
+            "layers": len(layers), "estimator_state": quant}
 
 
 def training_step(model: nn.Module, est: Estimator | None, weight_qs: list, constrained: list,
@@ -250,7 +286,7 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
     ds = get_dataset(cfg.dataset)
     cuda = device.type == "cuda"
     channels_last = cfg.channels_last and cuda and len(ds.shape) == 3
-    train_loader, test_loader = make_loaders(cfg, ds, device, channels_last)
+    loaders = make_loaders(cfg, ds, device, channels_last)
     model, est, act_est = build_model(cfg, ds)
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     step_model = torch.compile(model) if cfg.compile else model
@@ -281,8 +317,10 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
     history: list[dict[str, Any]] = state["history"]
     status = state["status"] if state["status"] in ("finished", "diverged") else "running"
     message = ""
+    train_loader = loaders.train
     steps_per_epoch = len(train_loader) if not cfg.limit_train_batches else min(len(train_loader),
                                                                                 cfg.limit_train_batches)
+    handoff: dict[int, dict[str, Any]] = {}  # stage -> the best state dict, kept in memory for the hand-off
     for stage in plan:
         si = stage["index"]
         if status != "running" or si < state["stage"]:
@@ -309,9 +347,11 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
             bar = reporter.epoch_bar(si, stage, epoch, steps_per_epoch)
+            lr_used = optimizer.param_groups[0]["lr"]
             for step, (xb, yb) in enumerate(train_loader.batches(cfg.seed, si, epoch)):
                 if step >= steps_per_epoch:
                     break
+                lr_used = optimizer.param_groups[0]["lr"]
                 loss, logits = training_step(step_model, est, weight_qs, constrained, optimizer, scheduler, xb, yb,
                                              autocast)
                 loss_sum += loss.detach() * yb.shape[0]
@@ -325,7 +365,7 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
             train_loss = loss_sum.item() / max(1, seen)
             record: dict[str, Any] = {
                 "stage": si, "stage_name": stage["name"], "epoch": epoch, "global_epoch": len(history),
-                "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                "lr": lr_used, "train_loss": train_loss,
                 "train_top1": 100.0 * correct.item() / max(1, seen), "epoch_seconds": train_seconds,
             }
             if not math.isfinite(train_loss):
@@ -338,47 +378,81 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
                 for cb in callbacks:
                     cb(record)
                 break
-            t1 = time.perf_counter()
-            for i, mode in enumerate(eval_modes):
-                res = evaluate(model, est, test_loader, mode, topk, autocast)
-                prefix = "test" if i == 0 else f"test_{mode}"
-                record[f"{prefix}_top1"] = res["top1"]
-                record[f"{prefix}_loss"] = res["loss"]
-                if topk:
-                    record[f"{prefix}_top5"] = res["top5"]
-                if i == 0 and len(eval_modes) > 1:
-                    record[f"test_{mode}_top1"] = res["top1"]
-            record["eval_seconds"] = time.perf_counter() - t1
+            record.update(evaluate_epoch(model, est, loaders, eval_modes, topk, autocast))
             if diag is not None:
                 record.update(diag.collect())
             history.append(record)
-            best = state["best"]
-            if si == len(plan) - 1 and record["test_top1"] > best.get("top1", -1.0):
-                best.update(top1=record["test_top1"], top5=record.get("test_top5"), epoch=epoch)
-            if record["test_top1"] > best.get(f"stage{si}", -1.0):
-                best[f"stage{si}"] = record["test_top1"]
-                if ckpt_dir is not None and stage_handoff(cfg) == "best" and si < len(plan) - 1:
-                    ckpt.save(ckpt_dir / f"best_stage{si}.pt", {"model": model.state_dict()})
+            if _update_best(state["best"], record, si, last_stage=si == len(plan) - 1) and si < len(plan) - 1 \
+                    and stage_handoff(cfg) == "best":
+                handoff[si] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if ckpt_dir is not None:  # on disk too, so that a resumed run hands the same weights on
+                    ckpt.save(ckpt_dir / f"best_stage{si}.pt", {"model": handoff[si]})
             if ckpt_dir is not None:
-                _save(ckpt_dir, cfg, model, optimizer, scheduler, diag, si, epoch + 1, history, best, "running")
+                _save(ckpt_dir, cfg, model, optimizer, scheduler, diag, si, epoch + 1, history, state["best"],
+                      "running")
             reporter.epoch(record)
             for cb in callbacks:  # after the checkpoint: a callback may hand it on (Ray Tune)
                 cb(record)
-        if status == "running" and si < len(plan) - 1 and stage_handoff(cfg) == "best" and ckpt_dir is not None:
-            best_file = ckpt_dir / f"best_stage{si}.pt"
-            if best_file.exists():
-                model.load_state_dict(ckpt.load(best_file, device)["model"])
+        if status == "running" and si < len(plan) - 1 and stage_handoff(cfg) == "best":
+            _hand_off(model, handoff.get(si), ckpt_dir / f"best_stage{si}.pt" if ckpt_dir else None, device)
         for hook in stage_hooks:
             hook("end", si, model)
         state["stage"], state["epoch"] = si + 1, 0
     if status == "running":
         status = "finished"
     result = _result(cfg, status, message, history, state["best"], eval_modes, params, env, plan)
+    result.data_source = loaders.source
     if ckpt_dir is not None:
         ckpt.save(ckpt_dir / "final.pt", {"status": status, "history": history, "best": state["best"]})
         _final_model(ckpt_dir, model)
     reporter.finish(result)
     return result
+
+
+def evaluate_epoch(model: nn.Module, est: Estimator | None, loaders: Loaders, eval_modes: list[str], topk: bool,
+                   autocast) -> dict[str, float]:
+    """The epoch's test metrics in every evaluation mode (the first is the headline, ``test_*``) and, with a
+    validation split, the headline mode's ``val_top1``."""
+    t1 = time.perf_counter()
+    out: dict[str, float] = {}
+    for i, mode in enumerate(eval_modes):
+        res = evaluate(model, est, loaders.test, mode, topk, autocast)
+        prefix = "test" if i == 0 else f"test_{mode}"
+        out[f"{prefix}_top1"] = res["top1"]
+        out[f"{prefix}_loss"] = res["loss"]
+        if topk:
+            out[f"{prefix}_top5"] = res["top5"]
+        if i == 0 and len(eval_modes) > 1:
+            out[f"test_{mode}_top1"] = res["top1"]
+    if loaders.val is not None:
+        res = evaluate(model, est, loaders.val, eval_modes[0], False, autocast)
+        out["val_top1"], out["val_loss"] = res["top1"], res["loss"]
+    out["eval_seconds"] = time.perf_counter() - t1
+    return out
+
+
+def _update_best(best: dict[str, Any], record: dict[str, Any], si: int, last_stage: bool) -> bool:
+    """Track the best test epoch (what the papers report) and the validation-selected one of the last stage, and
+    the stage's best epoch for the hand-off (by validation when there is a split, else by test, as the official
+    BiPer code). Returns True when this epoch is the stage's best so far."""
+    epoch = record["epoch"]
+    if last_stage and record["test_top1"] > best.get("top1", -1.0):
+        best.update(top1=record["test_top1"], top5=record.get("test_top5"), epoch=epoch)
+    if last_stage and "val_top1" in record and record["val_top1"] > best.get("val_top1", -1.0):
+        best.update(val_top1=record["val_top1"], selected_top1=record["test_top1"], selected_epoch=epoch)
+    score = record.get("val_top1", record["test_top1"])
+    if score > best.get(f"stage{si}", -1.0):
+        best[f"stage{si}"] = score
+        return True
+    return False
+
+
+def _hand_off(model: nn.Module, in_memory: dict[str, Any] | None, file: Path | None, device) -> None:
+    """Load the stage's best weights before the next stage: from memory, else (after a resume) from its file."""
+    if in_memory is not None:
+        model.load_state_dict(in_memory)
+    elif file is not None and file.exists():
+        model.load_state_dict(ckpt.load(file, device)["model"])
 
 
 def stage_handoff(cfg: RunConfig) -> str:
@@ -397,12 +471,22 @@ def _result(cfg, status, message, history, best, eval_modes, params, env, plan) 
     modes = {m: last.get(f"test_{m}_top1", last.get("test_top1", float("nan"))) for m in eval_modes}
     timed = [h["epoch_seconds"] for h in history]
     return RunResult(
+        selected_top1=float(best.get("selected_top1", float("nan"))),
+        selected_epoch=int(best.get("selected_epoch", -1)),
+        late_gain=late_gain([h["test_top1"] for h in evals]),
         status=status, config=cfg.to_dict(), top1=last.get("test_top1", float("nan")),
         best_top1=best.get("top1", float("nan")), best_epoch=int(best.get("epoch", -1)),
         top5=last.get("test_top5"), best_top5=best.get("top5"), eval_modes=modes, history=history,
         epoch_seconds=float(np.median(timed)) if timed else float("nan"), params=params, env=env,
         message=message, stages=plan,
     )
+
+
+def late_gain(top1_per_epoch: list[float]) -> float:
+    """Test top-1 at the last epoch minus at the epoch where the last quarter of the epochs begins (points)."""
+    n = len(top1_per_epoch)
+    k = max(1, round(n / 4))
+    return float(top1_per_epoch[-1] - top1_per_epoch[-1 - k]) if n > k else float("nan")
 
 
 def _fingerprint(cfg: RunConfig) -> dict[str, Any]:

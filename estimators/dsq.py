@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from bench import Estimator, register_estimator
+from bench.errors import ConfigError
 from bench.functional import sign
+
+RANGE_INIT = ("minmax", "fixed")
 
 
 class _DsqSign(torch.autograd.Function):
@@ -53,34 +54,53 @@ class DsqSign(Estimator):
                      k = ln(2/alpha - 1)/Delta,  s = 1/(1 - alpha);
                      dQ_S/dx = (Delta/2) * s * k * (1 - tanh^2(k (x - m))) inside [l, u], 0 outside.
                      Gradients also reach alpha (through s and k) and u when learnable.
-    Peak slope at x = 0 for u = 1: 1.155, 1.373, 1.636, 2.673 at alpha = 0.4, 0.2, 0.1, 0.01.
+    The surrogate's peak (at x = 0) is s c with c = ln(2/alpha - 1)/2; at the range's edge |x| = u it is
+    sech^2(c) of the peak (0.36 at alpha = 0.2): the curve bends only if the range sits where the values live.
+
+    The range. With u = 1 fixed and kaiming-scale weights (|W| ~ 0.02-0.1) the tanh is flat over the whole weight
+    range and "DSQ" is an STE scaled by ~1.37. So by default (``range_init="minmax"``) u starts at the tensor's own
+    max |x| (the symmetric form of the min/max statistics of the unofficial ricky40403/DSQ; MQBench uses an
+    observer instead): for weights, the layer's initial weights; for activations, the first training batch.
+    ``range_init="fixed"`` keeps u as given.
 
     Hyperparameters:
         alpha (float, default 0.2): characteristic variable in (0, 1); 0.2 is the unofficial ricky40403/DSQ
-            initialisation, MQBench keeps it fixed at 0.4 [UNCERTAIN: no official code].
+            initialisation, MQBench keeps it fixed at 0.4 (there is no official code).
         learnable_alpha (bool, default True): alpha is a per-layer parameter (clamped to [1e-3, 0.999]).
-        u (float, default 1.0): upper clipping bound (l = -u).
-        learnable_bounds (bool, default False): u is a per-layer parameter; the forward levels become +-u.
-    The hard forward with the soft backward follows MQBench and ricky40403 [UNCERTAIN, sheet section 4].
+        range_init (str, default "minmax"): ``minmax`` (u = max |x| of the tensor, see above) or ``fixed``.
+        u (float, default 1.0): the upper clipping bound (l = -u) when ``range_init="fixed"``.
+        learnable_bounds (bool, default True): u is a per-layer parameter; the forward levels are +-u.
+    The hard forward with the soft backward follows MQBench and ricky40403 (the paper converts to the hard
+    quantizer after training; both third-party codes run it hard forward, soft backward).
     """
 
     native_activation = None  # DSQ quantizes weights and activations
 
-    def __init__(self, alpha: float = 0.2, learnable_alpha: bool = True, u: float = 1.0,
-                 learnable_bounds: bool = False):
+    def __init__(self, alpha: float = 0.2, learnable_alpha: bool = True, range_init: str = "minmax", u: float = 1.0,
+                 learnable_bounds: bool = True):
         super().__init__()
-        self.alpha, self.learnable_alpha, self.u, self.learnable_bounds = alpha, learnable_alpha, u, learnable_bounds
+        if range_init not in RANGE_INIT:
+            raise ConfigError(f"dsq: range_init must be one of {', '.join(RANGE_INIT)}, got {range_init!r}")
+        if not 0.0 < alpha < 1.0 or u <= 0:
+            raise ConfigError(f"dsq needs 0 < alpha < 1 and u > 0 (got alpha={alpha}, u={u})")
+        self.alpha, self.learnable_alpha, self.range_init = alpha, learnable_alpha, range_init
+        self.u, self.learnable_bounds = u, learnable_bounds
 
     def init_state(self, q, shape) -> None:
         a = torch.tensor(float(self.alpha))
         q.register_parameter("alpha", nn.Parameter(a)) if self.learnable_alpha else q.register_buffer("alpha", a)
         u = torch.tensor(float(self.u))
         q.register_parameter("u", nn.Parameter(u)) if self.learnable_bounds else q.register_buffer("u", u)
+        # activations learn their range from the first training batch; weights at construction (init_latent_)
+        q.register_buffer("range_ready", torch.tensor(self.range_init == "fixed" or q.kind == "weight"))
+
+    def init_latent_(self, w: Tensor, q) -> None:
+        if self.range_init == "minmax":
+            q.u.copy_(w.detach().abs().max().clamp_min(1e-8))
 
     def quantize(self, x: Tensor, q) -> Tensor:
+        if q.training and not bool(q.range_ready):  # one host sync, on the first training batch only
+            with torch.no_grad():
+                q.u.copy_(x.detach().abs().max().clamp_min(1e-8))
+                q.range_ready.fill_(True)
         return _DsqSign.apply(x, q.alpha, q.u)
-
-    @staticmethod
-    def peak_slope(alpha: float, u: float = 1.0) -> float:
-        delta = 2 * u
-        return (delta / 2) * (1 / (1 - alpha)) * math.log(2 / alpha - 1) / delta

@@ -1,44 +1,80 @@
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from bench import Estimator, register_estimator
-from bench.functional import sign_ste
+from bench.errors import ConfigError
+from bench.functional import sign, sign_ste
+
+NORMALIZE = ("forward", "persistent")
+M_INIT = ("model", "xavier")
+
+
+class _VispaSign(torch.autograd.Function):
+    """sign(m_n + eps . z_n / sqrt(S)) forward, where (m_n, z_n) = (M, Z) / sqrt(A) (or M, Z themselves when
+    ``normalise`` is False); backward as the official code: dL/dM = g, dL/dZ = eps g (no chain rule through the
+    normalisation, identity STE through the sign). One Function so that normalisation, sampling and sign are one
+    pass with nothing but eps kept for the backward."""
+
+    @staticmethod
+    def forward(ctx, m: Tensor, z: Tensor, eps: Tensor, scale: float, normalise: bool) -> Tensor:  # type: ignore[override]
+        zs = torch.tensordot(eps, z, dims=1)  # eps . z, shape of m
+        w = m + zs / scale**0.5
+        if normalise:
+            w = w * torch.rsqrt((m * m + (z * z).sum(0) / scale).clamp_min(1e-12))
+        ctx.save_for_backward(eps)
+        ctx.z_shape = z.shape
+        return sign(w)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        (eps,) = ctx.saved_tensors
+        grad_z = eps.view(-1, *([1] * g.dim())) * g.unsqueeze(0) if ctx.needs_input_grad[1] else None
+        return g, grad_z, None, None, None
 
 
 @register_estimator("vispa")
 class Vispa(Estimator):
-    r"""Gaussian variational inference with a low-rank SDP constraint, "VISPA" (Orecchia et al., NeurIPS 2024;
-    official code snownus/bnn_vi, `models/sdp_wo_entropy.py`).
+    r"""Gaussian variational inference with a low-rank SDP constraint, "VISPA" (Orecchia et al., NeurIPS 2024).
+
+    Official code: snownus/bnn_vi, `models/sdp_wo_entropy.py`, class BinarizeConv2dSDP.
 
     Per binary layer: mean M (the latent weight), low-rank factor Z (K, *M.shape), variance scale S.
-    Constraint (after every optimizer step and at initialisation; the official code projects before every
-                forward, which is the same on every forward that follows a step):
-               m_i^2 + ||z_i||^2 / S = 1 for every weight i        (SDP unit diagonal, Burer-Monteiro rank K)
-    Sample:    r ~ N(0, I_K / S), one draw per layer per forward, shared by all weights and images;
-               w = M + r^T Z  ~  N(M, Z^T Z / S)
+    Unit diagonal:  A_i = m_i^2 + ||z_i||^2 / S;  (m_n, z_n) = (M, Z) / sqrt(A)   (SDP, Burer-Monteiro rank K)
+    Sample:    eps ~ N(0, I_K), one draw per layer per forward, shared by all weights and images
+               (the code's r = eps / sqrt(S) ~ N(0, I_K / S));  w = m_n + eps^T z_n / sqrt(S)
     Forward:   w_b = sign(w)                                       (identity STE, no clipping)
-    Backward:  dL/dM = dL/dw_b ;  dL/dZ = r * dL/dw_b * sqrt(S)    (Theorem 1 in the coordinates
-               Z_paper = Z / sqrt(S): grad_Z E[L] = E[g eps^T], eps = sqrt(S) r ~ N(0, I))
+    Backward:  dL/dM = dL/dw_b ;  dL/dZ = eps * dL/dw_b = sqrt(S) r dL/dw_b   (Theorem 1 in the coordinates
+               Z_paper = Z / sqrt(S): grad_Z E[L] = E[g eps^T]); no chain rule through the normalisation.
     Evaluation modes: ``ensemble`` (average the logits of L independently sampled networks; L = 40 as
                published; the headline), ``sample`` (one sampled network), ``mean`` (sign(M)).
     Scaling:   learnable per-channel alpha ~ U(0, 1).  Activations: ApproxSign (W1A1), real (W1A32).
 
+    Code != paper on the normalisation. The official code normalises a *copy* in every forward (training and
+    evaluation): it assigns ``.data`` of views of M and Z, which never reaches the parameters, so SGD and weight
+    decay update the raw M and Z with the gradient taken at the normalised copies, and M, Z keep their init scale
+    (signs keep flipping). The paper's Algorithm 1 (step 5) instead renormalises M and Z persistently after every
+    step, which pins |m_i| near 1 when ||z_i||^2 / S << m_i^2, and the signs then barely move.
+
     Hyperparameters:
-        rank (int, default 4): K. ``rank=0`` is the ablation without Z: latent weights + STE + clipping
-            |m_i| <= 1 (the diagonal/LP special case the paper describes), with no sampling.
+        rank (int, default 4): K. ``rank=0`` is the official ablation without Z (`models/sdp_wo_z.py`):
+            w = M, sign, identity STE, no normalisation, no sampling.
         scale (float, default 100.0): S (= s^2 with the paper's init scaling s = 10).
         samples (int, default 40): L for the ensemble evaluation.
+        normalize (str, default "forward"): ``forward`` is the official code (normalise a copy in every forward,
+            nothing written back); ``persistent`` is the paper's Algorithm 1 step 5 (project M and Z in place
+            after every optimizer step and at initialisation).
+        m_init (str, default "model"): init of M: the model's own init of the layer's weight, or ``xavier``
+            (xavier_normal_, as the official code initialises M and Z).
+        clamp (bool, default False): with ``rank=0``, clip |m_i| <= 1 after every step (the diagonal/LP special
+            case the paper describes; the official ablation has no clip).
     """
 
     kinds = ("weight",)
     native_scaling = "alpha"
     native_activation = "approx_sign"
     eval_modes = ("ensemble", "sample", "mean")
-    has_constraint = True
     stochastic = True
     published = [
         ({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5, "lr": 0.5,
@@ -52,13 +88,22 @@ class Vispa(Estimator):
         ({"dataset": "imagenet", "a_bits": 32}, {"lr": 0.1, "weight_decay": 5e-5, "estimator_hparams": {"rank": 4}}),
     ]
 
-    def __init__(self, rank: int = 4, scale: float = 100.0, samples: int = 40):
+    def __init__(self, rank: int = 4, scale: float = 100.0, samples: int = 40, normalize: str = "forward",
+                 m_init: str = "model", clamp: bool = False):
         super().__init__()
         if rank < 0 or samples < 1 or scale <= 0:
-            from bench.errors import ConfigError
-
             raise ConfigError(f"vispa needs rank >= 0, samples >= 1 and scale > 0 (got {rank}, {samples}, {scale})")
+        if normalize not in NORMALIZE or m_init not in M_INIT:
+            raise ConfigError(f"vispa: normalize must be one of {', '.join(NORMALIZE)} and m_init one of "
+                              f"{', '.join(M_INIT)} (got {normalize!r}, {m_init!r})")
+        if clamp and rank > 0:
+            raise ConfigError("vispa: clamp applies to rank=0 only (set rank=0, or drop clamp)")
         self.rank, self.scale, self.samples = rank, scale, samples
+        self.normalize, self.m_init, self.clamp = normalize, m_init, clamp
+
+    @property
+    def has_constraint(self) -> bool:  # type: ignore[override]
+        return (self.rank > 0 and self.normalize == "persistent") or (self.rank == 0 and self.clamp)
 
     def init_state(self, q, shape) -> None:
         if self.rank > 0 and shape is not None:
@@ -66,21 +111,21 @@ class Vispa(Estimator):
             nn.init.xavier_normal_(z)
             q.Z = nn.Parameter(z)
 
-    def sample(self, m: Tensor, q) -> Tensor:
-        """w = M + r^T Z with the gradient routing above (real-valued, before the sign)."""
-        if self.rank == 0 or (not q.training and self.eval_mode == "mean"):
-            return m
-        eps = torch.randn(self.rank, device=m.device, dtype=m.dtype)
-        z = q.Z
-        z_scaled = z - (z - z / math.sqrt(self.scale)).detach()  # value Z / sqrt(S), gradient 1 w.r.t. Z
-        return m + torch.tensordot(eps, z_scaled, dims=1)
+    def init_latent_(self, w: Tensor, q) -> None:
+        if self.m_init == "xavier":
+            nn.init.xavier_normal_(w)
 
     def quantize(self, x: Tensor, q) -> Tensor:
-        w = self.sample(x, q)
-        return sign_ste(w)
+        if self.rank == 0 or (not q.training and self.eval_mode == "mean"):
+            return sign_ste(x)  # the sign of M: the normalisation is positive and leaves it unchanged
+        eps = torch.randn(self.rank, device=x.device, dtype=x.dtype)
+        return _VispaSign.apply(x, q.Z.to(x.dtype), eps, float(self.scale), self.normalize == "forward")
 
     def latent(self, w: Tensor, q=None) -> Tensor:
-        return w
+        """The mean the forward binarizes around: m_n = M / sqrt(A) (in ``forward`` mode; M itself otherwise)."""
+        if self.rank == 0 or q is None or self.normalize != "forward":
+            return w
+        return w * torch.rsqrt((w * w + q.Z.detach().to(w.dtype).square().sum(0) / self.scale).clamp_min(1e-12))
 
     @torch.no_grad()
     def constrain_(self, w: Tensor, q) -> None:
