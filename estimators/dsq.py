@@ -8,16 +8,19 @@ from bench.errors import ConfigError
 from bench.functional import sign
 
 RANGE_INIT = ("minmax", "fixed")
+GRAD_SCALE = ("sqrt", "none")
 
 
 class _DsqSign(torch.autograd.Function):
     """u sign(x) forward; backward of the soft quantizer Q_S(x) = u s tanh(k x) on |x| <= u (u sign(x) outside),
-    s = 1/(1 - alpha), k = c/u, c = ln(2/alpha - 1)/2, with respect to x, alpha and u."""
+    s = 1/(1 - alpha), k = c/u, c = ln(2/alpha - 1)/2, with respect to x, alpha and u. The gradients of the
+    per-layer scalars alpha and u (sums over every element) are multiplied by ``grad_scale``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, u: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, alpha: Tensor, u: Tensor, grad_scale: float) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, alpha, u)
-        return u * sign(x)
+        ctx.grad_scale = grad_scale
+        return u.abs() * sign(x)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
@@ -37,11 +40,11 @@ class _DsqSign(torch.autograd.Function):
             ds = s * s
             dk = -1.0 / (u * alpha * (2.0 - alpha))
             in_range = ((alpha_raw >= 1e-3) & (alpha_raw <= 0.999)).to(g.dtype)  # clamp: no gradient outside
-            grad_alpha = (gi * u * (ds * th + s * sech2 * x * dk)).sum() * in_range
+            grad_alpha = (gi * u * (ds * th + s * sech2 * x * dk)).sum() * in_range * ctx.grad_scale
         if ctx.needs_input_grad[2]:
             d_u = torch.where(inside.bool(), s * (th - k * x * sech2), sign(x))
-            grad_u = (g * d_u).sum() * torch.sign(u_raw)
-        return grad_x, grad_alpha, grad_u
+            grad_u = (g * d_u).sum() * torch.sign(u_raw) * ctx.grad_scale
+        return grad_x, grad_alpha, grad_u, None
 
 
 @register_estimator("dsq")
@@ -70,6 +73,10 @@ class DsqSign(Estimator):
         range_init (str, default "minmax"): ``minmax`` (u = max |x| of the tensor, see above) or ``fixed``.
         u (float, default 1.0): the upper clipping bound (l = -u) when ``range_init="fixed"``.
         learnable_bounds (bool, default True): u is a per-layer parameter; the forward levels are +-u.
+        grad_scale (str, default "sqrt"): the gradients of the per-layer scalars alpha and u are sums over all N
+            elements of the tensor; ``sqrt`` divides them by sqrt(N) (the rule of LSQ, Esser et al., ICLR 2020:
+            DSQ gives none, and unscaled they drive the last layer's u and alpha out of range within an epoch
+            at lr 0.1), ``none`` keeps the raw sums.
     The hard forward with the soft backward follows MQBench and ricky40403 (the paper converts to the hard
     quantizer after training; both third-party codes run it hard forward, soft backward).
     """
@@ -77,14 +84,16 @@ class DsqSign(Estimator):
     native_activation = None  # DSQ quantizes weights and activations
 
     def __init__(self, alpha: float = 0.2, learnable_alpha: bool = True, range_init: str = "minmax", u: float = 1.0,
-                 learnable_bounds: bool = True):
+                 learnable_bounds: bool = True, grad_scale: str = "sqrt"):
         super().__init__()
         if range_init not in RANGE_INIT:
             raise ConfigError(f"dsq: range_init must be one of {', '.join(RANGE_INIT)}, got {range_init!r}")
+        if grad_scale not in GRAD_SCALE:
+            raise ConfigError(f"dsq: grad_scale must be one of {', '.join(GRAD_SCALE)}, got {grad_scale!r}")
         if not 0.0 < alpha < 1.0 or u <= 0:
             raise ConfigError(f"dsq needs 0 < alpha < 1 and u > 0 (got alpha={alpha}, u={u})")
         self.alpha, self.learnable_alpha, self.range_init = alpha, learnable_alpha, range_init
-        self.u, self.learnable_bounds = u, learnable_bounds
+        self.u, self.learnable_bounds, self.grad_scale = u, learnable_bounds, grad_scale
 
     def init_state(self, q, shape) -> None:
         a = torch.tensor(float(self.alpha))
@@ -103,4 +112,6 @@ class DsqSign(Estimator):
             with torch.no_grad():
                 q.u.copy_(x.detach().abs().max().clamp_min(1e-8))
                 q.range_ready.fill_(True)
-        return _DsqSign.apply(x, q.alpha, q.u)
+        n = x.numel() if q.kind == "weight" or x.dim() < 2 else x[0].numel()  # activations: per image, as LSQ
+        scale = n**-0.5 if self.grad_scale == "sqrt" else 1.0
+        return _DsqSign.apply(x, q.alpha, q.u, scale)
