@@ -115,6 +115,10 @@ class Estimator:
     #: "method" (a binarization method), or "control" (a reference that is not a method, such as ``frozen``:
     #: listed, tabulated and drawn as a control, never ranked among the methods)
     role: ClassVar[str] = "method"
+    #: the method's own training recipe as its paper/code gives it: a list of ``bench.recipes.Rule``, each naming
+    #: its source (file and line, or paper section and table) and whether its values are extrapolated;
+    #: None = no published recipe (``--recipe published`` then runs the common recipe, and says so)
+    published: ClassVar[list[Any] | None] = None
 
     def __init__(self) -> None:
         self.progress = Progress()

@@ -111,9 +111,9 @@ def _trial_fn(config: dict[str, Any]) -> None:
              **{f"top1_{m}": v for m, v in res.eval_modes.items()}}
     if res.top5 is not None:
         final.update(top5=res.top5, best_top5=res.best_top5)
-    if res.selected_epoch >= 0:
+    if res.selected_epoch is not None:
         final.update(selected_top1=res.selected_top1, selected_epoch=res.selected_epoch)
-    run.log_metrics({k: v for k, v in final.items() if v is not None and v == v}, len(res.history))  # v == v: not nan
+    run.log_metrics({k: v for k, v in final.items() if v is not None}, len(res.history))
     run.set_tags({STATUS_TAG: res.status, "headline_mode": next(iter(res.eval_modes)), "message": res.message,
                   "dataset_source": res.data_source,
                   "stage_epochs": ", ".join(f"{st['name']}: {st['epochs']}" for st in res.stages)})

@@ -55,10 +55,11 @@ class RunResult:
     message: str = ""
     stages: list[dict[str, Any]] = field(default_factory=list)
     #: test top-1 (headline mode) at the last-stage epoch with the best validation top-1; nan without val_split
-    selected_top1: float = float("nan")
-    selected_epoch: int = -1  # that epoch, 0-based within the last stage (as best_epoch)
-    #: test top-1 gain (points) over the last quarter of the run's epochs: > 0.5 means still learning
-    late_gain: float = float("nan")
+    selected_top1: float | None = None
+    selected_epoch: int | None = None  # that epoch, 0-based within the last stage (as best_epoch)
+    #: test top-1 gain (points) over the last quarter of the run's epochs: > 0.5 means still learning; None for
+    #: a run of one epoch
+    late_gain: float | None = None
     data_source: str = ""  # which files the data came from ("CIFAR-10 (JPEG copy)", ...)
 
     def to_dict(self) -> dict[str, Any]:
@@ -471,8 +472,7 @@ def _result(cfg, status, message, history, best, eval_modes, params, env, plan) 
     modes = {m: last.get(f"test_{m}_top1", last.get("test_top1", float("nan"))) for m in eval_modes}
     timed = [h["epoch_seconds"] for h in history]
     return RunResult(
-        selected_top1=float(best.get("selected_top1", float("nan"))),
-        selected_epoch=int(best.get("selected_epoch", -1)),
+        selected_top1=best.get("selected_top1"), selected_epoch=best.get("selected_epoch"),
         late_gain=late_gain([h["test_top1"] for h in evals]),
         status=status, config=cfg.to_dict(), top1=last.get("test_top1", float("nan")),
         best_top1=best.get("top1", float("nan")), best_epoch=int(best.get("epoch", -1)),
@@ -482,11 +482,11 @@ def _result(cfg, status, message, history, best, eval_modes, params, env, plan) 
     )
 
 
-def late_gain(top1_per_epoch: list[float]) -> float:
+def late_gain(top1_per_epoch: list[float]) -> float | None:
     """Test top-1 at the last epoch minus at the epoch where the last quarter of the epochs begins (points)."""
     n = len(top1_per_epoch)
     k = max(1, round(n / 4))
-    return float(top1_per_epoch[-1] - top1_per_epoch[-1 - k]) if n > k else float("nan")
+    return float(top1_per_epoch[-1] - top1_per_epoch[-1 - k]) if n > k else None
 
 
 def _fingerprint(cfg: RunConfig) -> dict[str, Any]:

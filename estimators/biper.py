@@ -5,6 +5,7 @@ from torch import Tensor
 
 from bench import Estimator, Stage, register_estimator
 from bench.functional import sign_ste
+from bench.recipes import Rule
 
 
 @register_estimator("biper")
@@ -36,15 +37,31 @@ class BiPer(Estimator):
     native_scaling = "alpha"
     native_activation = "approx_sign"
     native_activation_hparams = {"std_normalize": True}
+    # the official scripts are for ResNet-18 (CIFAR-10 and ImageNet, W1A1); the ResNet-20 and VGG-small configs
+    # are Google-Drive links (sheet section 6), so those settings, W1A32 and other datasets are extrapolated
     published = [
-        ({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5,
-              "stage_handoff": "best", "estimator_hparams": {"w0": 20.0},
-              "stages": [{"lr": 0.021, "weight_decay": 0.0016, "estimator": {"tau": 0.037}},
-                         {"lr": 0.0037, "weight_decay": 0.00016, "estimator": {"tau": 0.0468}}]}),
-        ({"dataset": "cifar*"}, {"epochs": 900, "batch_size": 256}),
-        ({"dataset": "imagenet"}, {"epochs": 300, "batch_size": 512,
-                                   "stages": [{"lr": 0.1, "weight_decay": 1e-4, "estimator": {"tau": 0.0}},
-                                              {"lr": 0.01, "weight_decay": 1e-4, "estimator": {"tau": 0.0}}]}),
+        Rule({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5,
+                  "stage_handoff": "best", "estimator_hparams": {"w0": 20.0}},
+             "edmav4/BiPer cifar10/run_stg1.sh:11-12,15 (cos, --warm_up, freq 20), cifar10/run_stg2.sh:10-11,14 "
+             "(cos, --warm_up, stage 1 model_best.pth.tar), cifar10/utils/options.py:82 momentum",
+             published_for=({"dataset": "cifar10", "model": "resnet18", "a_bits": 1},
+                            {"dataset": "imagenet", "a_bits": 1})),
+        Rule({}, {"lr": 0.021, "weight_decay": 0.0016,  # stage 1's (the config's top level)
+                  "stages": [{"lr": 0.021, "weight_decay": 0.0016, "estimator": {"tau": 0.037}},
+                             {"lr": 0.0037, "weight_decay": 0.00016, "estimator": {"tau": 0.0468}}]},
+             "edmav4/BiPer cifar10/run_stg1.sh:8,13-14 (lr 0.021, wd 0.0016, tau 0.037), cifar10/run_stg2.sh:7,12-13 "
+             "(lr 0.0037, wd 0.00016, tau 0.0468)",
+             published_for=({"dataset": "cifar10", "model": "resnet18", "a_bits": 1},)),
+        Rule({"dataset": "cifar*"}, {"epochs": 900, "batch_size": 256},
+             "edmav4/BiPer cifar10/run_stg1.sh:7,9 and cifar10/run_stg2.sh:6,8 (600 + 300 epochs, batch 256)",
+             published_for=({"dataset": "cifar10", "model": "resnet18", "a_bits": 1},)),
+        Rule({"dataset": "imagenet"},
+             {"epochs": 300, "batch_size": 512, "lr": 0.1, "weight_decay": 1e-4,
+              "stages": [{"lr": 0.1, "weight_decay": 1e-4, "estimator": {"tau": 0.0}},
+                         {"lr": 0.01, "weight_decay": 1e-4, "warmup_epochs": 0, "estimator": {"tau": 0.0}}]},
+             "edmav4/BiPer imagenet/run_stg1.sh:6-13 (200 ep, lr 0.1, wd 1e-4, b 512, --warm_up), imagenet/run_stg2.sh"
+             ":6-11 (100 ep, lr 0.01, b 512, wd 1e-4, no --warm_up); imagenet/main.py: the sin^2 term is commented out",
+             published_for=({"dataset": "imagenet", "a_bits": 1},)),
     ]
 
     def __init__(self, w0: float = 20.0, tau: float = 0.0, two_stage: bool = True, stage1_fraction: float = 2 / 3):

@@ -26,6 +26,7 @@ class ClippedSteSign(Estimator):
     """
 
     native_activation = None  # itself
+    published = None  # BNN's own recipe is not in the sheet or an official repository here
 
     def __init__(self, t: float = 1.0):
         super().__init__()

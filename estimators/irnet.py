@@ -7,6 +7,7 @@ from torch import Tensor
 
 from bench import Estimator, register_estimator
 from bench.functional import channel_dims, channel_view, sign, standardize, standardize_backward
+from bench.recipes import Rule
 
 
 class _IrNetSign(torch.autograd.Function):
@@ -70,10 +71,35 @@ class IrNetEde(Estimator):
     native_scaling = "internal"
     native_activation = None  # EDE for activations too
     published = [
-        ({}, {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "cosine"}),
-        ({"dataset": "cifar*"}, {"epochs": 400, "batch_size": 128}),
-        ({"dataset": "cifar*", "model": "vgg_small"}, {"lr": 0.007, "epochs": 300,
-                                                        "estimator_hparams": {"t_min": 0.1}}),
+        # CIFAR: the ResNet-20 trainers (no warm-up in any of them); ResNet-18 has a model file but no trainer
+        Rule({"dataset": "cifar*"},
+             {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "epochs": 400, "batch_size": 128,
+              "lr_schedule": "cosine", "warmup_epochs": 0, "estimator_hparams": {"t_min": 1e-3, "t_max": 10.0}},
+             "htqin/IR-Net CIFAR-10/ResNet20/1w1a/trainer.py:29-39 (epochs, batch, lr, momentum, wd), :115 SGD, "
+             ":119 cosine, no warm-up, :130 T_min, T_max = 1e-3, 1e1",
+             published_for=({"dataset": "cifar10", "model": "resnet20"},)),
+        Rule({"dataset": "cifar*", "a_bits": 32}, {"estimator_hparams": {"t_min": 0.1}},
+             "htqin/IR-Net CIFAR-10/ResNet20/1w32a/trainer.py:129 (T_min, T_max = 1e-1, 1e1; :29-39, :114, :118 "
+             "as the 1w1a trainer)",
+             published_for=({"dataset": "cifar10", "model": "resnet20"},)),
+        Rule({"dataset": "cifar*", "model": "vgg_small"},
+             {"optimizer": "sgd", "lr": 0.007, "momentum": 0.9, "weight_decay": 1e-4, "epochs": 300, "batch_size": 128,
+              "lr_schedule": "cosine", "warmup_epochs": 0, "estimator_hparams": {"t_min": 0.1, "t_max": 10.0}},
+             "htqin/IR-Net CIFAR-10/VGG-Small/main.py:30-40 (epochs 300, batch 128, lr 0.007, momentum, wd), "
+             ":117 SGD, :121 cosine, no warm-up, :123 T_min, T_max = 1e-1, 1e1",
+             published_for=({"dataset": "cifar10", "a_bits": 1},)),
+        # ImageNet: SenseTime-style config, batch 64 per GPU on 32 GPUs (README); the lr ramps from base_lr 0.2 to
+        # warmup_lr 0.8 over 2500 iterations, then STEP x0.1 at 30/60/90% of max_iter 62500 (= 100 epochs)
+        Rule({"dataset": "imagenet"},
+             {"optimizer": "sgd", "momentum": 0.9, "lr": 0.8, "warmup_epochs": 4, "lr_schedule": "step",
+              "weight_decay": 1e-5, "batch_size": 2048, "epochs": 100},
+             "htqin/IR-Net ImageNet/ResNet18/1w1a/config.yaml:14 batch 64 x 32 GPUs (README.md), :17-25 STEP, "
+             "base_lr 0.2 -> warmup_lr 0.8 over 2500 it, max_iter 62500, :28-32 SGD wd 1e-5 nesterov [binbench: "
+             "warm-up from 0, step at 50/75%, no nesterov]",
+             published_for=({"dataset": "imagenet", "model": "resnet18"},)),
+        Rule({"dataset": "imagenet", "a_bits": 32}, {"weight_decay": 1e-4},
+             "htqin/IR-Net ImageNet/ResNet18/1w32a/config.yaml:31 (optimizer weight_decay 1e-4; :14-25 as 1w1a)",
+             published_for=({"dataset": "imagenet", "model": "resnet18"},)),
     ]
 
     def __init__(self, t_min: float = 1e-3, t_max: float = 10.0, standardize: bool = True):

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from bench import Estimator, register_estimator
 from bench.functional import sign, standardize, standardize_backward
+from bench.recipes import Rule
 
 C = 2 * math.sqrt(2)
 
@@ -62,9 +63,20 @@ class ReCU(Estimator):
     native_activation = "approx_sign"
     native_activation_hparams = {"std_normalize": True}
     published = [
-        ({}, {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine",
-              "warmup_epochs": 5}),
-        ({"dataset": "cifar*"}, {"epochs": 600, "batch_size": 256}),
+        Rule({"dataset": "cifar*"},
+             {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine",
+              "warmup_epochs": 5, "epochs": 600, "batch_size": 256,
+              "estimator_hparams": {"tau_min": 0.85, "tau_max": 0.99}},
+             "z-hXu/ReCU cifar/run.sh:7-15 (600 ep, lr 0.1, b 256, cos, --warm_up, wd 5e-4, tau 0.85-0.99), "
+             "cifar/utils/options.py:82 momentum, cifar/main.py:179 5-epoch warm-up",
+             published_for=({"dataset": "cifar10", "a_bits": 1},)),
+        Rule({"dataset": "imagenet"},
+             {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "cosine",
+              "warmup_epochs": 5, "epochs": 200, "batch_size": 512,
+              "estimator_hparams": {"tau_min": 0.85, "tau_max": 0.99}},
+             "z-hXu/ReCU imagenet/run.sh:7-15 (200 ep, lr 0.1, b 512, cos, --warm_up, wd 1e-4, tau 0.85-0.99), "
+             "imagenet/utils/options.py:82 momentum",
+             published_for=({"dataset": "imagenet", "a_bits": 1},)),
     ]
 
     def __init__(self, tau_min: float = 0.85, tau_max: float = 0.99, standardize: bool = True):

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from bench import Estimator, register_estimator
 from bench.functional import sign, surrogate_sign
+from bench.recipes import Rule
 
 
 def reste_grad(x: Tensor, o: float, t: float, eps: float) -> Tensor:
@@ -45,11 +46,22 @@ class ReSte(Estimator):
     native_scaling = "internal"
     native_activation = None  # the same estimator binarizes activations
     published = [
-        ({}, {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "cosine",
-              "warmup_epochs": 5}),
-        ({"dataset": "cifar*"}, {"epochs": 1000, "batch_size": 256}),
-        ({"dataset": "cifar*", "model": "resnet18"}, {"epochs": 2000, "batch_size": 96}),
-        ({"dataset": "imagenet"}, {"epochs": 250, "batch_size": 750}),
+        Rule({"dataset": "cifar*"},
+             {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "cosine",
+              "warmup_epochs": 5, "epochs": 1000, "batch_size": 256, "estimator_hparams": {"o_end": 3.0}},
+             "DravenALG/ReSTE README.md:56-68 (--epochs 1000, --lr 0.1, -b 256, --o_end 3, --warm_up), "
+             "utils/arguments.py:72 wd, :78 momentum; main.py SGD, cosine, 5-epoch warm-up",
+             published_for=({"dataset": "cifar10", "a_bits": 1}, {"dataset": "cifar10", "model": "resnet20"})),
+        Rule({"dataset": "cifar*", "model": "resnet18"}, {"epochs": 2000, "batch_size": 96},
+             "DravenALG/ReSTE README.md:109 (ResNet-18: 2000 epochs, batch 96; commit a4435d1)",
+             published_for=({"dataset": "cifar10", "a_bits": 1},)),
+        Rule({"dataset": "imagenet"},
+             {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "cosine",
+              "warmup_epochs": 0, "epochs": 250, "batch_size": 750, "estimator_hparams": {"o_end": 3.0}},
+             "DravenALG/ReSTE README.md:73-84 (--epochs 250, --lr 0.1, -b 750, --o_end 3, no --warm_up), "
+             "utils/arguments.py:72 wd, :78 momentum; main.py SGD, cosine",
+             published_for=({"dataset": "imagenet", "model": "resnet18"},
+                            {"dataset": "imagenet", "model": "resnet34"})),
     ]
 
     def __init__(self, o_end: float = 3.0, t: float = 1.5, eps: float = 0.1):

@@ -22,7 +22,7 @@ class SteSign(Estimator):
     """
 
     native_activation = "approx_sign"
-    published = [({}, {"estimator_hparams": {"clip": 1.0}, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0})]
+    published = None  # no sourced recipe: BinaryConnect's clip and optimiser are from memory (sheet section 2)
 
     def __init__(self, clip: float | None = None):
         super().__init__()

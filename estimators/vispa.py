@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from bench import Estimator, register_estimator
 from bench.errors import ConfigError
 from bench.functional import sign, sign_ste
+from bench.recipes import Rule
 
 NORMALIZE = ("forward", "persistent")
 M_INIT = ("model", "xavier")
@@ -77,15 +78,52 @@ class Vispa(Estimator):
     eval_modes = ("ensemble", "sample", "mean")
     stochastic = True
     published = [
-        ({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5, "lr": 0.5,
-              "weight_decay": 1e-5, "estimator_hparams": {"rank": 4, "scale": 100.0, "samples": 40}}),
-        ({"a_bits": 32}, {"lr": 0.1, "weight_decay": 5e-4, "estimator_hparams": {"rank": 8}}),
-        ({"dataset": "cifar*"}, {"epochs": 600, "batch_size": 256}),
-        ({"dataset": "cifar*", "a_bits": 32}, {"epochs": 500}),
-        ({"dataset": "tiny-imagenet"}, {"epochs": 500, "batch_size": 256}),
-        ({"model": "vgg_small"}, {"model_args": {"act": "prelu"}}),
-        ({"dataset": "imagenet"}, {"epochs": 200, "estimator_hparams": {"rank": 2}}),
-        ({"dataset": "imagenet", "a_bits": 32}, {"lr": 0.1, "weight_decay": 5e-5, "estimator_hparams": {"rank": 4}}),
+        Rule({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5,
+                  "estimator_hparams": {"scale": 100.0, "samples": 40, "normalize": "forward", "m_init": "xavier"}},
+             "snownus/bnn_vi main_sdp_cifar.py, main_sdp_imagenet.py (SGD momentum 0.9; cos, 5 warm-up epochs); "
+             "benchmark/*.sh S=100 L=40; models/sdp_wo_entropy.py:59 xavier_normal_(M), :85-89 forward copy",
+             published_for=({"dataset": "cifar10", "model": "resnet18"}, {"dataset": "cifar10", "model": "vgg_small",
+                                                                          "a_bits": 1},
+                            {"dataset": "cifar10*", "model": "vgg16", "a_bits": 32},
+                            {"dataset": "cifar100", "model": "resnet18", "a_bits": 32},
+                            {"dataset": "tiny-imagenet", "model": "resnet18", "a_bits": 32},
+                            {"dataset": "imagenet", "model": "resnet18"})),
+        Rule({}, {"lr": 0.5, "weight_decay": 1e-5, "estimator_hparams": {"rank": 4}},
+             "snownus/bnn_vi benchmark/Benchmark_cifar10_resnet18_1w1a.sh:4,7-8 and "
+             "benchmark/Benchmark_cifar10_vggsmall_1w1a.sh:6-8 (K=4, lr=0.5, wd=1e-5)",
+             published_for=({"dataset": "cifar10", "model": "resnet18", "a_bits": 1},
+                            {"dataset": "cifar10", "model": "vgg_small", "a_bits": 1})),
+        Rule({"dataset": "cifar*"}, {"epochs": 600, "batch_size": 256},
+             "snownus/bnn_vi benchmark/Benchmark_cifar10_resnet18_1w1a.sh:9,27 and "
+             "benchmark/Benchmark_cifar10_vggsmall_1w1a.sh:9,26 (600 epochs, -b 256)",
+             published_for=({"dataset": "cifar10", "model": "resnet18", "a_bits": 1},
+                            {"dataset": "cifar10", "model": "vgg_small", "a_bits": 1})),
+        Rule({"a_bits": 32}, {"lr": 0.1, "weight_decay": 5e-4, "estimator_hparams": {"rank": 8}},
+             "snownus/bnn_vi benchmark/Benchmark_cifar10_resnet18_1w32a.sh:4,7-8, Benchmark_cifar10_vgg16_1w32a.sh"
+             ":7,10-11 (@835a7a3), Benchmark_tiny_imagenet_resnet18_1w32a.sh:4,7-8 (K=8, lr=0.1, wd=5e-4)",
+             published_for=({"dataset": "cifar10*", "model": "resnet18"}, {"dataset": "cifar10*", "model": "vgg16"},
+                            {"dataset": "tiny-imagenet", "model": "resnet18"})),
+        Rule({"dataset": "cifar*", "a_bits": 32}, {"epochs": 500, "batch_size": 256},
+             "snownus/bnn_vi benchmark/Benchmark_cifar10_resnet18_1w32a.sh:9,28, Benchmark_cifar10_vgg16_1w32a.sh:12; "
+             "README.md CIFAR-100 log name ..._K=8_S=100_L=40_wd=5e-4_lr=0.1_cos_epochs=500",
+             published_for=({"dataset": "cifar10*", "model": "resnet18"}, {"dataset": "cifar10*", "model": "vgg16"})),
+        Rule({"dataset": "tiny-imagenet"}, {"epochs": 500, "batch_size": 256},
+             "snownus/bnn_vi benchmark/Benchmark_tiny_imagenet_resnet18_1w32a.sh:25 (--input_size 64 --epochs 500 "
+             "-b 256)",
+             published_for=({"dataset": "tiny-imagenet", "model": "resnet18", "a_bits": 32},)),
+        Rule({"model": "vgg_small"}, {"model_args": {"act": "prelu"}},
+             "snownus/bnn_vi models/sdp_vgg_small.py (PReLU after each BN; sheet section 1.4)",
+             published_for=({"dataset": "cifar10", "a_bits": 1},)),
+        # ImageNet: -b is per process (4 under torchrun) and main_sdp_imagenet.py scales lr by the global batch/256
+        Rule({"dataset": "imagenet"},
+             {"epochs": 200, "batch_size": 1024, "lr": 2.0, "weight_decay": 1e-5, "estimator_hparams": {"rank": 2}},
+             "snownus/bnn_vi benchmark/Benchmark_imagenet_birealnet1w1a.sh:4,7-8,11,14-16 (K=2, wd 1e-5, lr 0.5, 200 "
+             "ep, -b 256 x 4 processes); main_sdp_imagenet.py: lr x global batch/256 = 2.0",
+             published_for=({"dataset": "imagenet", "model": "resnet18", "a_bits": 1},)),
+        Rule({"dataset": "imagenet", "a_bits": 32}, {"lr": 0.4, "weight_decay": 5e-5, "estimator_hparams": {"rank": 4}},
+             "snownus/bnn_vi benchmark/Benchmark_imagenet_birealnet1w32a.sh:4,7-8 (K=4, wd 5e-5, lr 0.1); "
+             "main_sdp_imagenet.py: lr x global batch/256 = 0.4",
+             published_for=({"dataset": "imagenet", "model": "resnet18", "a_bits": 32},)),
     ]
 
     def __init__(self, rank: int = 4, scale: float = 100.0, samples: int = 40, normalize: str = "forward",
