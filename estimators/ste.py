@@ -15,8 +15,7 @@ class SteSign(Estimator):
 
     Hyperparameters:
         clip (float | None, default None): if set, latent weights are clipped to [-clip, clip] after every
-            optimizer step (BinaryConnect clips to [-1, 1]; the published recipe sets clip = 1
-            [UNCERTAIN: from the BinaryConnect paper as remembered, sheet section 2]).
+            optimizer step (BinaryConnect clips to [-1, 1]: set clip=1 for it; no sourced recipe does it here).
 
     Paired with ApproxSign for activations at W1A1 (sheet section 2).
     """
