@@ -32,7 +32,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         for n in names:
             cls = ESTIMATORS.get(n)
             first = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            print(f"{n:<{width}}  {ESTIMATORS.entry(n).source:<28}  {first}")
+            role = "control" if cls.role == "control" else "method"
+            print(f"{n:<{width}}  {role:<7}  {ESTIMATORS.entry(n).source:<28}  {first}")
         for err in ESTIMATORS.plugin_errors:
             print(f"warning: {err}", file=sys.stderr)
     elif args.what == "models":
@@ -49,6 +50,43 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{n:<14} {d.num_classes:>5} classes  {'x'.join(map(str, d.shape)):>9}  "
                   f"default {d.default_epochs} epochs, batch {d.default_batch_size}")
     return 0
+
+
+def _flat_values(values: Any) -> list[tuple[str, Any]]:
+    """Rule values with dict values opened one level: ('estimator_hparams.t_min', 0.1)."""
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out += [(f"{key}.{sub}", v) for sub, v in value.items()]
+        else:
+            out.append((key, value))
+    return out
+
+
+def _print_recipes(recipes: dict[str, list[Any]]) -> None:
+    """Both recipes' rules; every published value with its source beside it, extrapolated ones marked."""
+    from bench.recipes import NO_PUBLISHED, describe_match
+
+    print("\nrecipes (rules: when the run matches, the values apply; later rules win):")
+    for name, rules in recipes.items():
+        if name == "published" and not rules:
+            print(f"  published: none: {NO_PUBLISHED}")
+            continue
+        if name == "common":
+            print(f"  common (source: {rules[0].source if rules else '-'}):")
+        else:
+            print(f"  {name} (each value with its source; [extrapolated]: the source gives it for another setting):")
+        for rule in rules:
+            scope = rule.scope()
+            print(f"    [{describe_match(rule.match)}]" + (f"  {scope}" if scope else ""))
+            if rule.extrapolated:
+                mark = "  [extrapolated]"
+            elif rule.published_for is not None:
+                mark = "  [extrapolated outside the settings above]"
+            else:
+                mark = ""
+            for key, value in _flat_values(rule.values):
+                print(f"      {key} = {value!r}" + (f"  <- {rule.source}{mark}" if name != "common" else ""))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -76,12 +114,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"\nbinarizes: {', '.join(info['kinds'])}; native scaling: {info['native_scaling']}; native activation "
           f"estimator: {info['native_activation']}; stages: {', '.join(info['stages'])}; "
           f"eval modes: {', '.join(info['eval_modes'])}")
-    print("\nrecipes (rules: when the run matches, the values apply; later rules win):")
-    for name, rules in info["recipes"].items():
-        print(f"  {name}:")
-        for match, values in rules:
-            cond = ", ".join(f"{k}={v}" for k, v in match.items()) or "always"
-            print(f"    [{cond}] {values}")
+    _print_recipes(info["recipes"])
     if info.get("file"):
         print(f"\nsource: {info['file']}")
     if args.plot:
@@ -112,10 +145,71 @@ def cmd_run(args: argparse.Namespace) -> int:
         values["download"] = True
     if args.resume:
         values["resume"] = True
+    if args.dry_run:
+        return _dry_run(values, args.json)
     result = train(values, reporter=Reporter(enabled=not args.json))
     if args.json:
         print(json.dumps(result.to_dict(), default=_json_default, allow_nan=False, indent=None))
     return 0 if result.status == "finished" else 3
+
+
+def dry_run_plan(values: dict[str, Any]) -> dict[str, Any]:
+    """What ``binbench run`` would do, without starting it or loading data: the resolved config, the stage plan,
+    and the source of every value the recipe sets (``overridden_by_user`` where the command line set it)."""
+    from bench.config import resolve_config
+    from bench.data import get_dataset
+    from bench.estimator import create_estimator
+    from bench.recipes import NO_PUBLISHED, has_published_recipe, recipe_provenance
+    from bench.train import plan_stages
+
+    cfg = resolve_config(values)
+    est = create_estimator(cfg.estimator, **cfg.estimator_hparams) if cfg.w_bits == 1 else None
+    plan = plan_stages(cfg, est)
+    ctx = {"model": cfg.model, "dataset": cfg.dataset, "w_bits": cfg.w_bits, "a_bits": cfg.a_bits}
+
+    def by_user(key: str) -> bool:
+        top, _, sub = key.partition(".")
+        if top not in values or values[top] is None:
+            return False
+        return not sub or (isinstance(values[top], dict) and sub in values[top])
+
+    prov = [{"key": p.key, "value": p.value, "source": p.source, "extrapolated": p.extrapolated,
+             "overridden_by_user": by_user(p.key)} for p in recipe_provenance(cfg.estimator, ctx, cfg.recipe)]
+    ds = get_dataset(cfg.dataset)
+    for key, default in (("epochs", ds.default_epochs), ("batch_size", ds.default_batch_size)):
+        if not any(p["key"] == key for p in prov):
+            prov.append({"key": key, "value": default, "source": f"dataset {cfg.dataset!r} default",
+                         "extrapolated": False, "overridden_by_user": by_user(key)})
+    published = has_published_recipe(cfg.estimator)
+    return {"dry_run": True, "config": cfg.to_dict(), "stages": plan,
+            "recipe": {"name": cfg.recipe, "estimator_has_published_recipe": published,
+                       "note": NO_PUBLISHED if cfg.recipe == "published" and not published else "",
+                       "provenance": prov}}
+
+
+def _dry_run(values: dict[str, Any], as_json: bool) -> int:
+    out = dry_run_plan(values)
+    if as_json:
+        print(json.dumps(out, default=_json_default, allow_nan=False, indent=None))
+        return 0
+    cfg, rec = out["config"], out["recipe"]
+    bits = {(1, 1): "W1A1", (1, 32): "W1A32", (32, 32): "FP32"}.get((cfg["w_bits"], cfg["a_bits"]), "?")
+    print(f"binbench run --dry-run: {cfg['estimator']} / {cfg['model']} / {cfg['dataset']} / {bits} / recipe "
+          f"{rec['name']}: nothing started, no data loaded")
+    print("\nresolved config:")
+    for key, value in cfg.items():
+        print(f"  {key} = {value!r}")
+    print("\nstages:")
+    for st in out["stages"]:
+        print(f"  {st['index']} {st['name']}: {st['epochs']} epochs, {st['optimizer']} lr {st['lr']:g} momentum "
+              f"{st['momentum']:g} weight decay {st['weight_decay']:g}, {st['lr_schedule']} schedule, warm-up "
+              f"{st['warmup_epochs']} epochs" + (f", estimator {st['estimator']}" if st["estimator"] else ""))
+    print(f"\nrecipe {rec['name']}: where each value comes from" + (f" ({rec['note']})" if rec["note"] else ""))
+    for p in rec["provenance"]:
+        flags = (" [extrapolated]" if p["extrapolated"] else "") + (" [overridden by you]" if p["overridden_by_user"]
+                                                                    else "")
+        print(f"  {p['key']} = {p['value']!r}  <- {p['source']}{flags}")
+    return 0
 
 
 def _results_dir(args: argparse.Namespace, suite_name: str) -> str:
@@ -179,20 +273,24 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def _print_summary(uri: str, suite) -> None:
-    """Final top-1 per cell, mean +- std over seeds, from the tracking store (what the report will say)."""
-    from bench.report import collect, leaderboard
+    """Final top-1 per cell, mean +- std over seeds, from the tracking store (what the report will say), then the
+    report's checks: which cells cannot discriminate estimators, which runs were still learning."""
+    from bench.report import collect, leaderboard, summary_lines
 
     try:
-        lb = leaderboard(collect(uri, suite.name, tuple(sorted(suite.search["space"])) if suite.search else ()))
+        c = collect(uri, suite.name, tuple(sorted(suite.search["space"])) if suite.search else ())
+        lb = leaderboard(c)
     except BinbenchError as exc:
         print(f"no summary: {exc}")
         return
-    print(f"{'dataset':<14}{'network':<10}{'bits':<8}{'recipe':<10}{'method':<14}{'top-1 (mean ± std, n)':>24}")
+    print(f"{'dataset':<14}{'network':<10}{'bits':<8}{'recipe':<10}{'method':<18}{'top-1 (mean ± std, n)':>24}")
     for _, r in lb.iterrows():
         std = "" if r.n < 2 else f" ± {r.top1_std:.2f}"
         mode = f" [{r.eval_mode}]" if r.eval_mode not in ("default", "") else ""
-        print(f"{r.dataset:<14}{r.network:<10}{r.bits:<8}{r.recipe:<10}{r.method:<14}"
+        print(f"{r.dataset:<14}{r.network:<10}{r.bits:<8}{r.recipe:<10}{r.method:<18}"
               f"{f'{r.top1_mean:.2f}{std} (n={r.n})':>24}{mode}" + (f"  {r.diverged} diverged" if r.diverged else ""))
+    for line in summary_lines(c, lb):
+        print(line)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -213,13 +311,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import report
+    from bench.report import report, summary_lines
 
     c, tables, figs = report(args.suite, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
                              out_dir=args.out)
     print(f"report of {c.suite}: {len(c.runs)} trial runs counted ({c.ignored} ignored) from {c.uri}")
     for p in [*tables.values(), *figs]:
         print(f"  wrote {p}")
+    for line in summary_lines(c):
+        print(line)
     return 0
 
 
@@ -267,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key; repeatable")
     r.add_argument("--json", action="store_true", help="print the result as one JSON object (no progress lines)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, the stage plan and the source of every recipe value; start "
+                        "nothing and load no data (with --json: one JSON object)")
     r.set_defaults(func=cmd_run)
 
     su = sub.add_parser("suite", help="list, show or run suites (suites/*.yaml) on Ray Tune with MLflow tracking")

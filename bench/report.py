@@ -1,11 +1,17 @@
 """Reports: tables and figures like the papers', computed from a suite's MLflow runs and nothing else.
 
 Each trial key counts once (its latest finished run), so resumed or repeated suites never double-count.
-Tables: ``leaderboard.{md,csv,tex}`` (mean +- std over seeds, n, best-epoch top-1, published numbers and the
-delta to them), ``paired.csv`` (each estimator minus ``ste`` over the same seeds, 95% t-interval; ratio to the
-FP baseline), ``diagnostics.csv`` (QE, Laplace b, flip ratio at the end of each stage). Figures: accuracy
+Tables: ``leaderboard.{md,csv,tex}`` (final-epoch top-1 mean +- std over seeds, n, the validation-selected and
+the best-test-epoch top-1, the lift over the control, the late gain, published numbers and the delta to them;
+headed by what each network's runs were: binary layers and weights, widths, batch, data, epochs),
+``paired.csv`` (each estimator minus ``ste`` and minus the control over the same seeds, 95% t-intervals; ratio
+to the FP baseline), ``diagnostics.csv`` (QE, Laplace b, flip ratio at the end of each stage). Figures: accuracy
 curves, final top-1 with intervals, BiPer's QE against w0 and the flip ratio, the estimators sheet and, for
 suites with a search, the sensitivity spread.
+
+The control (``frozen``: binary weights fixed at their initial signs; role tag ``control``) is never ranked
+as a method. A cell (dataset, network, bits, recipe) in which ``ste`` does not beat it with a 95% interval
+above 0 "cannot discriminate estimators": its full-precision parts, not the binary weights, carry the accuracy.
 """
 
 from __future__ import annotations
@@ -24,6 +30,17 @@ from bench.errors import BinbenchError
 #: method names in published.csv for binbench estimators where they differ
 PUBLISHED_NAME = {"clipped_ste": "bnn"}
 DIAG = ("diag/qe", "diag/laplace_b", "diag/flip")
+CELL = ["dataset", "model", "bits", "recipe"]
+FLAG = "this cell cannot discriminate estimators"
+LATE_GAIN = 0.5  # test top-1 points gained over the last quarter of the epochs: more means still learning
+PROBE = "ste"  # the estimator that must beat the control for a cell to discriminate
+#: final metrics a row may lack (older stores, runs without a validation split): nan columns, not KeyErrors
+FINAL_METRICS = ("top1", "best_top1", "selected_top1", "late_gain", "params_binary_weights",
+                 "params_layer_weights", "params_binary_layers", "params_layers")
+#: images in each dataset's training split, for "all N" in the table headers
+TRAIN_IMAGES = {"digits": 1437, "mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000,
+                "tiny-imagenet": 100000, "imagenet": 1281167}
+FINAL_COL, VAL_COL, BEST_COL = "Final-epoch Top-1", "Val-selected Top-1", "Best test epoch (selected on test)"
 
 
 @dataclass
@@ -41,42 +58,67 @@ def published_table() -> pd.DataFrame:
         return pd.read_csv(fh)
 
 
+def _role(tags: dict[str, str]) -> str:
+    """The run's ``role`` tag; in stores from before it existed, fp is the baseline and frozen the control."""
+    est = tags.get("estimator")
+    return tags.get("role") or ("baseline" if est == "fp" else "control" if est == "frozen" else "method")
+
+
+def _param(p: dict[str, str], key: str) -> str | None:
+    """A logged param, None where it is absent or was logged as None."""
+    v = p.get(key)
+    return None if v in (None, "", "None", "null") else v
+
+
+def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any]:
+    """One trial run as a row: identity tags, the setup a reader needs, final metrics."""
+    from bench.tracking import KEY_TAG
+
+    t, m, p = r.data.tags, r.data.metrics, r.data.params
+    row = {"run_id": r.info.run_id, "key": t.get(KEY_TAG), "estimator": t.get("estimator"), "model": t.get("model"),
+           "dataset": t.get("dataset"), "bits": t.get("bits"), "recipe": t.get("recipe"), "role": _role(t),
+           "seed": int(t.get("seed", 0)), "status": status, "start": r.info.start_time, "end": r.info.end_time,
+           "headline_mode": t.get("headline_mode", "default"), "git_commit": t.get("git_commit", "?"),
+           "cpu": t.get("hardware.cpu", "?"), "gpu": t.get("hardware.gpu", "?"),
+           "torch": t.get("version.torch", "?"), "epochs": int(float(_param(p, "epochs") or 0)),
+           "samples": p.get("estimator_hparams.samples"), "w0": p.get("estimator_hparams.w0"),
+           "lr": p.get("lr"), "optimizer": p.get("optimizer"), "lr_schedule": p.get("lr_schedule"),
+           "batch_size": _param(p, "batch_size"), "train_subset": _param(p, "train_subset"),
+           "val_split": _param(p, "val_split"),
+           "widths": _param(p, "model_args.hidden") or _param(p, "model_args.widths"),
+           "first_last_binary": _param(p, "model_args.binarize_first_last") == "True",
+           "stage_epochs": t.get("stage_epochs"), "dataset_source": t.get("dataset_source")}
+    row.update({k: v for k, v in m.items() if "/" not in k or k in DIAG})
+    row["search_point"] = "|".join(f"{k}={p.get(k)}" for k in search_keys)
+    return row
+
+
 def collect(uri: str, suite: str, search_keys: tuple[str, ...] = ()) -> Collected:
     """Trial runs of ``suite``: each (cell, seed, searched values) once, its latest finished run (else its latest
     diverged one). Counting by identity rather than by trial key keeps a resumed, repeated or re-keyed suite
     (a newer binbench resolving configs differently) from counting a trial twice."""
     from mlflow.tracking import MlflowClient
 
-    from bench.tracking import KEY_TAG, KIND_TAG, STATUS_TAG, trial_runs
+    from bench.tracking import KIND_TAG, STATUS_TAG, trial_runs
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(suite)
     if exp is None:
         raise BinbenchError(f"no runs of suite {suite!r} in {uri}: run `binbench suite run {suite}` first, or pass "
                             "--results-dir / --tracking-uri where it ran")
+    runs = trial_runs(uri, exp.experiment_id)
     rows = []
-    for r in trial_runs(uri, exp.experiment_id):
-        t, m, p = r.data.tags, r.data.metrics, r.data.params
-        status = "finished" if r.info.status == "FINISHED" else t.get(STATUS_TAG)
-        if status not in ("finished", "diverged"):
-            continue
-        row = {"run_id": r.info.run_id, "key": t.get(KEY_TAG), "estimator": t.get("estimator"), "model": t.get("model"),
-               "dataset": t.get("dataset"), "bits": t.get("bits"), "recipe": t.get("recipe"),
-               "seed": int(t.get("seed", 0)), "status": status, "start": r.info.start_time, "end": r.info.end_time,
-               "headline_mode": t.get("headline_mode", "default"), "git_commit": t.get("git_commit", "?"),
-               "cpu": t.get("hardware.cpu", "?"), "gpu": t.get("hardware.gpu", "?"),
-               "torch": t.get("version.torch", "?"), "epochs": int(float(p.get("epochs", "nan") or 0)),
-               "samples": p.get("estimator_hparams.samples"), "w0": p.get("estimator_hparams.w0"),
-               "lr": p.get("lr"), "optimizer": p.get("optimizer"), "lr_schedule": p.get("lr_schedule")}
-        for k, v in m.items():
-            if "/" not in k or k in DIAG:
-                row[k] = v
-        row["search_point"] = "|".join(f"{k}={p.get(k)}" for k in search_keys)
-        rows.append(row)
+    for r in runs:
+        status = "finished" if r.info.status == "FINISHED" else r.data.tags.get(STATUS_TAG)
+        if status in ("finished", "diverged"):
+            rows.append(_run_row(r, status, search_keys))
     df = pd.DataFrame(rows)
-    total = len(trial_runs(uri, exp.experiment_id))
+    total = len(runs)
     if df.empty:
         raise BinbenchError(f"suite {suite!r} in {uri} has no finished trial yet")
+    for col in FINAL_METRICS:
+        if col not in df:
+            df[col] = math.nan
     # one row per trial key: its latest finished run, else its latest diverged one
     df["rank"] = (df["status"] == "finished").astype(int)
     ident = ["estimator", "model", "dataset", "bits", "recipe", "seed", "search_point"]
@@ -110,72 +152,180 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, 
 
 
 def method_label(row: pd.Series | dict) -> str:
-    if row["estimator"] == "fp":
-        return "FP"
-    return row["estimator"]
+    """How tables and figures name a row's estimator: FP for the baseline, "control (frozen)" for a control."""
+    est = row["estimator"]
+    role = row.get("role") or _role({"estimator": est})
+    return "FP" if role == "baseline" else f"control ({est})" if role == "control" else est
+
+
+def _by_seed(g: pd.DataFrame, est: str, metric: str = "top1") -> pd.Series:
+    """``metric`` of ``est``'s finished runs in ``g``, one value per seed (searched points averaged)."""
+    return g[g.estimator == est].groupby("seed")[metric].mean()
+
+
+def _pair(a: pd.Series, b: pd.Series) -> tuple[int, float, float, float]:
+    """Pairs over shared seeds: (n, mean of a - b, 95% t-interval low, high); nan where there are none."""
+    common = sorted(set(a.index) & set(b.index))
+    if not common:
+        return 0, math.nan, math.nan, math.nan
+    return (len(common), *t_interval([float(a[k] - b[k]) for k in common]))
+
+
+def _control_of(g: pd.DataFrame) -> str | None:
+    ctl = sorted(g.loc[g.role == "control", "estimator"].unique())
+    return ctl[0] if ctl else None
+
+
+def lift_table(c: Collected) -> pd.DataFrame:
+    """Each binary estimator's lift over its cell's control: the paired difference (estimator − control) of
+    final top-1 over shared seeds, with a 95% Student-t interval; nan for the control itself and in cells
+    without one."""
+    fin = c.runs[(c.runs.status == "finished") & (c.runs.role != "baseline")]
+    cols = [*CELL, "estimator", "control", "lift_n_pairs", "lift", "lift_ci95_low", "lift_ci95_high"]
+    rows = []
+    for cell, g in fin.groupby(CELL, sort=False):
+        ctl = _control_of(g)
+        for est in sorted(g.estimator.unique()):
+            stats = _pair(_by_seed(g, est), _by_seed(g, ctl)) if ctl and est != ctl else (0, *[math.nan] * 3)
+            rows.append(dict(zip(cols, (*cell, est, ctl or "", *stats), strict=True)))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def discrimination(c: Collected, probe: str = PROBE) -> pd.DataFrame:
+    """One row per binary cell: ``probe``'s lift over the control and the cell's ``check``: "discriminates"
+    (2 or more pairs and a 95% interval whose lower end is above 0), "cannot discriminate" (otherwise) or
+    "no control" (the cell has no control run, so it was not checked)."""
+    lt = lift_table(c)
+    rows = []
+    for cell, g in lt.groupby(CELL, sort=False):
+        hit = g[g.estimator == probe]
+        n, mean, lo, hi = (hit.iloc[0][["lift_n_pairs", "lift", "lift_ci95_low", "lift_ci95_high"]]
+                           if len(hit) else (0, *[math.nan] * 3))
+        ctl = g.control.iloc[0]
+        check = "no control" if not ctl else "discriminates" if n >= 2 and lo > 0 else "cannot discriminate"
+        rows.append({**dict(zip(CELL, cell, strict=True)), "probe": probe, "control": ctl, "n_pairs": int(n),
+                     "lift": mean, "ci95_low": lo, "ci95_high": hi, "check": check})
+    return pd.DataFrame(rows, columns=[*CELL, "probe", "control", "n_pairs", "lift", "ci95_low", "ci95_high",
+                                       "check"])
+
+
+def flagged_cells(c: Collected, probe: str = PROBE) -> list[tuple[str, str, str, str]]:
+    """(dataset, network, bits, recipe) of every cell that cannot discriminate estimators: ``probe`` does not
+    beat the control with a 95% interval above 0, or has fewer than 2 seeds paired with it."""
+    d = discrimination(c, probe)
+    return [tuple(r) for r in d.loc[d.check == "cannot discriminate", CELL].itertuples(index=False)]
+
+
+def _published(pub: pd.DataFrame, ds: str, model: str, bits: str, est: str) -> tuple[float, str]:
+    w, a = {"W1A1": (1, 1), "W1A32": (1, 32), "FP32": (32, 32)}[bits]
+    name = "fp" if est == "fp" else PUBLISHED_NAME.get(est, est)
+    hit = pub[(pub.dataset == ds) & (pub.arch == model) & (pub.method == name) & (pub.w_bits == w)
+              & (pub.a_bits == a)]
+    return (float(hit.iloc[0]["top1"]), str(hit.iloc[0]["source"])) if len(hit) else (math.nan, "")
+
+
+def _eval_modes(fin: pd.DataFrame) -> dict[str, str]:
+    """The headline evaluation mode (VISPA: the ensemble with its L) and the other modes' top-1."""
+    n = len(fin)
+    if not n or fin["headline_mode"].iloc[0] == "default":
+        return {"eval_mode": fin["headline_mode"].iloc[0] if n else "", "other_modes": ""}
+    head = fin["headline_mode"].iloc[0]
+    others = [col[5:] for col in fin.columns if col.startswith("top1_") and col[5:] != head and fin[col].notna().any()]
+    other = "; ".join(f"{m} {fin['top1_' + m].mean():.2f} +- {fin['top1_' + m].std(ddof=1):.2f}" if n > 1
+                      else f"{m} {fin['top1_' + m].mean():.2f}" for m in others)
+    samples = fin["samples"].dropna()
+    return {"eval_mode": f"{head} (L={samples.iloc[0]})" if head == "ensemble" and len(samples) else head,
+            "other_modes": other}
+
+
+def _known(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _setup(g: pd.DataFrame) -> dict[str, Any]:
+    """What a reader needs to judge a row: how much of the network is binary, widths, batch, data, epochs."""
+    r = g.iloc[-1]
+    layers, binary = r["params_layers"], r["params_binary_layers"]
+    share = r["params_binary_weights"] / r["params_layer_weights"] * 100 if _known(r["params_layer_weights"]) \
+        and r["params_layer_weights"] else math.nan
+    images = TRAIN_IMAGES.get(r["dataset"])
+    return {"binary_layers": f"{int(binary)} of {int(layers)}" if _known(layers) and _known(binary) else "?",
+            "first_last": "binary" if r["first_last_binary"] else "full precision",
+            "binary_weight_pct": share, "widths": r["widths"] if _known(r["widths"]) else "model default",
+            "batch_size": r["batch_size"] if _known(r["batch_size"]) else "?",
+            "train_subset": f"first {r['train_subset']}" if _known(r["train_subset"])
+            else f"all {images}" if images else "all",
+            "val_split": r["val_split"] if _known(r["val_split"]) else "none",
+            "stage_epochs": r["stage_epochs"] if _known(r["stage_epochs"]) else f"total: {r['epochs']}",
+            "dataset_source": r["dataset_source"] if _known(r["dataset_source"]) else r["dataset"]}
+
+
+def _lb_row(key: tuple, g: pd.DataFrame, pub: pd.DataFrame) -> dict[str, Any]:
+    ds, model, bits, recipe, est = key
+    fin = g[g["status"] == "finished"]
+    n = len(fin)
+    mean = fin["top1"].mean() if n else math.nan
+    published, source = _published(pub, ds, model, bits, est)
+    row = {"dataset": ds, "network": model, "method": method_label(g.iloc[0]), "estimator": est,
+           "role": g["role"].iloc[0], "bits": "W32A32" if bits == "FP32" else bits, "recipe": recipe, "n": n,
+           "diverged": int((g["status"] == "diverged").sum()), "top1_mean": mean,
+           "top1_std": fin["top1"].std(ddof=1) if n > 1 else math.nan,
+           "selected_top1_mean": fin["selected_top1"].mean(), "best_top1_mean": fin["best_top1"].mean(),
+           "top5_mean": fin["top5"].mean() if "top5" in fin and n else math.nan,
+           "late_gain_mean": fin["late_gain"].mean(), "published": published, "published_source": source,
+           "delta": mean - published if not math.isnan(published) else math.nan, **_eval_modes(fin), **_setup(g)}
+    row["still_learning"] = bool(row["late_gain_mean"] > LATE_GAIN)
+    return row
+
+
+def _with_lift(lb: pd.DataFrame, c: Collected) -> pd.DataFrame:
+    """The leaderboard with each row's lift over its cell's control and the cell's discrimination check."""
+    lt = lift_table(c).rename(columns={"model": "network", "lift": "lift_vs_control"})
+    dc = discrimination(c).rename(columns={"model": "network", "check": "cell_check"})
+    lb = lb.merge(lt, on=["dataset", "network", "bits", "recipe", "estimator"], how="left")
+    lb = lb.merge(dc[["dataset", "network", "bits", "recipe", "cell_check"]], on=["dataset", "network", "bits",
+                                                                                    "recipe"], how="left")
+    lb["lift_n_pairs"] = lb["lift_n_pairs"].fillna(0).astype(int)
+    return lb.fillna({"control": "", "cell_check": ""})
 
 
 def leaderboard(c: Collected) -> pd.DataFrame:
-    df = c.runs
+    """One row per (dataset, network, bits, recipe, estimator); FP first, then the control, then the methods.
+    ``best`` marks the best method of each cell (never the control)."""
     pub = published_table()
-    out = []
-    cell = ["dataset", "model", "bits", "recipe", "estimator"]
-    for (ds, model, bits, recipe, est), g in df.groupby(cell, sort=False):
-        fin = g[g["status"] == "finished"]
-        vals = fin["top1"].tolist()
-        n = len(vals)
-        mean = sum(vals) / n if n else math.nan
-        std = pd.Series(vals).std(ddof=1) if n > 1 else math.nan
-        w, a = {"W1A1": (1, 1), "W1A32": (1, 32), "FP32": (32, 32)}[bits]
-        name = "fp" if est == "fp" else PUBLISHED_NAME.get(est, est)
-        hit = pub[(pub.dataset == ds) & (pub.arch == model) & (pub.method == name) & (pub.w_bits == w)
-                  & (pub.a_bits == a)]
-        published = float(hit.iloc[0]["top1"]) if len(hit) else math.nan
-        row = {"dataset": ds, "network": model, "method": method_label({"estimator": est}), "estimator": est,
-               "bits": "W32A32" if bits == "FP32" else bits, "recipe": recipe, "n": n, "diverged": int(
-                   (g["status"] == "diverged").sum()), "top1_mean": mean, "top1_std": std,
-               "best_top1_mean": fin["best_top1"].mean() if n else math.nan,
-               "top5_mean": fin["top5"].mean() if "top5" in fin and n else math.nan,
-               "published": published, "published_source": hit.iloc[0]["source"] if len(hit) else "",
-               "delta": mean - published if not math.isnan(published) else math.nan,
-               "eval_mode": fin["headline_mode"].iloc[0] if n else "", "other_modes": ""}
-        if n and fin["headline_mode"].iloc[0] != "default":
-            head = fin["headline_mode"].iloc[0]
-            others = [col[5:] for col in fin.columns if col.startswith("top1_") and col[5:] != head
-                      and fin[col].notna().any()]
-            row["other_modes"] = "; ".join(f"{m} {fin['top1_' + m].mean():.2f} +- {fin['top1_' + m].std(ddof=1):.2f}"
-                                           if n > 1 else f"{m} {fin['top1_' + m].mean():.2f}" for m in others)
-            samples = fin["samples"].dropna()
-            row["eval_mode"] = f"{head} (L={samples.iloc[0]})" if head == "ensemble" and len(samples) else head
-        out.append(row)
-    lb = pd.DataFrame(out)
-    lb["fp_first"] = (lb["estimator"] != "fp").astype(int)
-    lb = lb.sort_values(["dataset", "network", "fp_first", "bits", "recipe", "estimator"]).drop(columns="fp_first")
+    lb = pd.DataFrame([_lb_row(key, g, pub) for key, g in c.runs.groupby([*CELL, "estimator"], sort=False)])
+    lb["fp_first"] = (lb["role"] != "baseline").astype(int)
+    lb["control_first"] = (lb["role"] != "control").astype(int)
+    lb = lb.sort_values(["dataset", "network", "fp_first", "bits", "recipe", "control_first", "estimator"])
+    lb = _with_lift(lb.drop(columns=["fp_first", "control_first"]), c)
     lb["best"] = False
-    for _, g in lb[lb.estimator != "fp"].groupby(["dataset", "network", "bits", "recipe"]):
+    for _, g in lb[lb.role == "method"].groupby(["dataset", "network", "bits", "recipe"]):
         if g["top1_mean"].notna().any():
             lb.loc[g["top1_mean"].idxmax(), "best"] = True
     return lb.reset_index(drop=True)
 
 
 def paired(c: Collected, baseline: str = "ste") -> pd.DataFrame:
+    """Each binary estimator minus ``baseline`` and minus the cell's control over shared seeds (95% t-intervals),
+    and its mean top-1 over the FP baseline's of the same network and dataset."""
     df = c.runs[c.runs.status == "finished"]
     out = []
-    for (ds, model, bits, recipe), g in df.groupby(["dataset", "model", "bits", "recipe"]):
-        base = g[g.estimator == baseline].set_index("seed")["top1"]
-        fp = df[(df.dataset == ds) & (df.model == model) & (df.estimator == "fp")]["top1"]
+    for (ds, model, bits, recipe), g in df[df.role != "baseline"].groupby(CELL):
+        base = _by_seed(g, baseline)
+        fp = df[(df.dataset == ds) & (df.model == model) & (df.role == "baseline")]["top1"]
         fp_mean = fp.mean() if len(fp) else math.nan
-        for est, ge in g.groupby("estimator"):
-            if est == "fp":
-                continue
-            s = ge.set_index("seed")["top1"]
-            common = sorted(set(s.index) & set(base.index))
-            diffs = [float(s[k] - base[k]) for k in common]
-            mean, lo, hi = t_interval(diffs) if diffs and est != baseline else (math.nan, math.nan, math.nan)
+        for est in sorted(g.estimator.unique()):
+            s = _by_seed(g, est)
+            n, mean, lo, hi = _pair(s, base) if est != baseline else (0, *[math.nan] * 3)
             out.append({"dataset": ds, "network": model, "bits": bits, "recipe": recipe, "estimator": est,
-                        "n_pairs": len(common) if est != baseline else 0, "diff_vs_" + baseline: mean,
-                        "ci95_low": lo, "ci95_high": hi, "ratio_to_fp": s.mean() / fp_mean if fp_mean else math.nan})
-    return pd.DataFrame(out)
+                        "method": method_label(g[g.estimator == est].iloc[0]), "n_pairs": n,
+                        "diff_vs_" + baseline: mean, "ci95_low": lo, "ci95_high": hi,
+                        "ratio_to_fp": s.mean() / fp_mean if fp_mean else math.nan})
+    lt = lift_table(c).rename(columns={"model": "network", "lift_n_pairs": "control_n_pairs",
+                                       "lift": "diff_vs_control", "lift_ci95_low": "control_ci95_low",
+                                       "lift_ci95_high": "control_ci95_high"})
+    pr = pd.DataFrame(out)
+    return pr.merge(lt, on=["dataset", "network", "bits", "recipe", "estimator"], how="left") if len(pr) else pr
 
 
 def diagnostics_table(c: Collected) -> pd.DataFrame:
@@ -219,63 +369,176 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
 
 
 def _fmt(v: float, nd: int = 2) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+    return "–" if not _known(v) else f"{v:.{nd}f}"
+
+
+def _agree(g: pd.DataFrame, values: pd.Series) -> str:
+    """The value where every row of ``g`` has the same; else each value with the methods that have it."""
+    groups: dict[str, dict[str, None]] = {}
+    for m, v in zip(g["method"], values, strict=True):
+        groups.setdefault(str(v), {})[m] = None
+    if len(groups) == 1:
+        return next(iter(groups))
+    return " / ".join(f"{v} ({', '.join(ms)})" for v, ms in groups.items())
+
+
+def setup_lines(lb: pd.DataFrame) -> list[str]:
+    """Per network of the suite: which layers are binary, the binary share of the conv/linear weights, widths,
+    batch size, training subset, validation split, epochs per stage and where the data came from."""
+    lines = []
+    for (ds, net), g in lb.groupby(["dataset", "network"], sort=False):
+        b = g[g.role != "baseline"] if (g.role != "baseline").any() else g
+        pct = b["binary_weight_pct"].map(lambda v: f"{_fmt(v, 1)}%" if _known(v) else "?")
+        lines.append(f"{net} on {ds}: binary conv/linear layers: {_agree(b, b.binary_layers)} (first and last "
+                     f"{_agree(b, b.first_last)}); binary weights: {_agree(b, pct)} of the conv/linear weights; "
+                     f"widths: {_agree(g, g.widths)}; batch size: {_agree(g, g.batch_size)}; training subset: "
+                     f"{_agree(g, g.train_subset)}; validation split: {_agree(g, g.val_split)}; epochs per stage: "
+                     f"{_agree(g, g.stage_epochs)}; data: {_agree(g, g.dataset_source)}")
+    return lines
+
+
+def _cell_name(r: pd.Series) -> str:
+    return f"{r['dataset']} {r['model']} {r['bits']} {r['recipe']}"
+
+
+def _check_line(r: pd.Series) -> str:
+    """One cell's control check, in words."""
+    ctl = method_label({"estimator": r["control"], "role": "control"})
+    if not r["n_pairs"]:
+        evidence = f"no {r['probe']} run shares a seed with {ctl}"
+    else:
+        evidence = (f"{r['probe']} − {ctl} = {_fmt(r['lift'])} points, 95% CI [{_fmt(r['ci95_low'])}, "
+                    f"{_fmt(r['ci95_high'])}] over {r['n_pairs']} paired seed(s)")
+    if r["check"] == "discriminates":
+        return f"{_cell_name(r)}: discriminates: {evidence}"
+    return f"{_cell_name(r)}: {FLAG}: {evidence} (needs 2 or more pairs and an interval above 0)"
+
+
+def summary_lines(c: Collected, lb: pd.DataFrame | None = None) -> list[str]:
+    """What ``binbench report`` and ``binbench suite run`` print after their tables: whether each cell can tell
+    estimators apart (``ste`` against the control) and which runs were still learning when they ended."""
+    d = discrimination(c)
+    checked, unchecked = d[d.check != "no control"], d[d.check == "no control"]
+    lines = []
+    if len(checked):
+        n = int((checked.check == "cannot discriminate").sum())
+        lines.append(f"control check: {n} of {len(checked)} cell(s) cannot discriminate estimators ({PROBE} must "
+                     "beat the control with a 95% interval above 0)")
+        lines += [_check_line(r) for _, r in checked.iterrows()]
+    if len(unchecked):
+        lines.append(f"no control run in {', '.join(_cell_name(r) for _, r in unchecked.iterrows())}: whether these "
+                     "cells can discriminate estimators is unchecked (add frozen to the suite's estimators)")
+    lb = leaderboard(c) if lb is None else lb
+    late = lb[lb.still_learning]
+    if len(late):
+        lines.append(f"still learning at the end (late gain > {LATE_GAIN} points over the last quarter of the epochs): "
+                     + "; ".join(f"{r.dataset} {r.network} {r.bits} {r.recipe} {r.method} (+{r.late_gain_mean:.2f})"
+                                 for r in late.itertuples()))
+    return lines
+
+
+def _lift_cell(r: pd.Series) -> str:
+    if r.role == "control":
+        return "(control)"
+    if not r.lift_n_pairs:
+        return "–"
+    ci = f" [{_fmt(r.lift_ci95_low)}, {_fmt(r.lift_ci95_high)}]" if _known(r.lift_ci95_low) else ""
+    return f"{_fmt(r.lift_vs_control)}{ci} (n={r.lift_n_pairs})"
 
 
 def _lb_display(lb: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in lb.iterrows():
         top1 = f"{_fmt(r.top1_mean)} ± {_fmt(r.top1_std)} (n={r.n})" if r.n else "–"
-        rows.append({"Network": r.network, "Method": r.method + (f" [{r.eval_mode}]" if r.eval_mode not in
-                                                                   ("default", "") else ""),
-                     "W/A": r.bits.replace("W", "").replace("A", "/"), "Recipe": r.recipe, "Top-1": top1,
-                     "Best-epoch Top-1": _fmt(r.best_top1_mean), "Top-5": _fmt(r.top5_mean),
-                     "Published": _fmt(r.published), "Δ": _fmt(r.delta),
-                     "Other eval modes": r.other_modes or "", "Diverged": str(r.diverged) if r.diverged else "",
-                     "_best": bool(r.best)})
+        mode = f" [{r.eval_mode}]" if r.eval_mode not in ("default", "") else ""
+        flag = " †" if r.cell_check == "cannot discriminate" else ""
+        rows.append({"Network": r.network, "Method": r.method + mode, "W/A": r.bits.replace("W", "").replace("A", "/"),
+                     "Recipe": r.recipe + flag, FINAL_COL: top1, VAL_COL: _fmt(r.selected_top1_mean),
+                     BEST_COL: _fmt(r.best_top1_mean), "Top-5": _fmt(r.top5_mean), "Lift vs control": _lift_cell(r),
+                     "Late gain": _fmt(r.late_gain_mean) + (" ↑" if r.still_learning else ""),
+                     "Published": _fmt(r.published), "Δ": _fmt(r.delta), "Other eval modes": r.other_modes or "",
+                     "Diverged": str(r.diverged) if r.diverged else "", "_best": bool(r.best)})
     return pd.DataFrame(rows)
 
 
+def _shown(disp: pd.DataFrame, lb: pd.DataFrame) -> pd.DataFrame:
+    """Drop the columns no row of this suite has: top-5 (10-class datasets), validation-selected (no
+    validation split), lift (no control), late gain (stores from before it was logged)."""
+    empty = {"Top-5": not lb["dataset"].isin(["cifar100", "tiny-imagenet", "imagenet"]).any(),
+             VAL_COL: lb["selected_top1_mean"].isna().all(), "Lift vs control": not (lb.role == "control").any(),
+             "Late gain": lb["late_gain_mean"].isna().all()}
+    return disp.drop(columns=[col for col, drop in empty.items() if drop])
+
+
+LEGEND = (f"{FINAL_COL}: test accuracy at the last epoch, mean ± sample std over seeds (n runs). {VAL_COL}: test "
+          "top-1 at the last-stage epoch the validation split selects, mean over seeds. Best test epoch: the best "
+          "last-stage epoch on the test set (what the official repos report; selected on the test set, so "
+          "optimistic). Lift vs control: paired difference (method − control) of final top-1 over shared seeds, "
+          "mean and 95% Student-t interval (n pairs); the control (frozen) keeps its binary weights at their initial "
+          f"signs, so a method that does not beat it shows no learning in its binary weights. †: {FLAG} ({PROBE} does "
+          "not beat the control with a 95% interval above 0). Late gain: test top-1 points gained over the last "
+          f"quarter of the epochs, mean over seeds; ↑: more than {LATE_GAIN}, still learning. Bold: best binary "
+          "method of its network, bits and recipe (the control is never ranked). Published: "
+          "../shared/reference/published.csv (bench/reference/published.csv); Δ = ours − published, only where the "
+          "dataset and network match (clipped_ste is compared with BNN).")
+
+
+def _flag_notes(d: pd.DataFrame, dataset: str | None = None) -> list[str]:
+    bad = d[(d.check == "cannot discriminate") & ((d.dataset == dataset) if dataset else True)]
+    return [f"† {_check_line(r)}" for _, r in bad.iterrows()]
+
+
+def _markdown(c: Collected, disp: pd.DataFrame, lb: pd.DataFrame, head: list[str], checks: list[str]) -> list[str]:
+    d = discrimination(c)
+    md = [f"# {c.suite}: leaderboard", ""] + [f"- {h}" for h in head] + [""]
+    if checks:
+        md += ["## Checks", ""] + [f"- {x}" for x in checks] + [""]
+    for ds, g in disp.groupby(lb["dataset"], sort=False):
+        notes = _flag_notes(d, ds)
+        md += [f"## {ds}", "", _md_table(g), ""] + ([*notes, ""] if notes else [])
+    return md + [LEGEND, ""]
+
+
 def write_tables(c: Collected, out: Path) -> dict[str, Path]:
+    """leaderboard.{md,csv,tex}, paired.csv and diagnostics.csv under ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     lb, pr, dg = leaderboard(c), paired(c), diagnostics_table(c)
-    show_top5 = lb["dataset"].isin(["cifar100", "tiny-imagenet", "imagenet"]).any()
-    disp = _lb_display(lb)
-    if not show_top5:
-        disp = disp.drop(columns="Top-5")
-    head = provenance(c, out)
+    disp = _shown(_lb_display(lb), lb)
+    head, checks = provenance(c, out) + setup_lines(lb), summary_lines(c, lb)
     lb.to_csv(out / "leaderboard.csv", index=False)
     pr.to_csv(out / "paired.csv", index=False)
     dg.to_csv(out / "diagnostics.csv", index=False)
-    md = [f"# {c.suite}: leaderboard", ""] + [f"- {h}" for h in head] + [""]
-    for ds, g in disp.groupby(lb["dataset"], sort=False):
-        md += [f"## {ds}", "", _md_table(g), ""]
-    md += ["Top-1: final-epoch test accuracy, mean ± sample std over seeds (n runs). Best-epoch: mean over seeds of "
-           "the best epoch of the last stage (what the official repos report; it selects on the test set). Bold: "
-           "best binary method of its network, bits and recipe. Published: ../shared/reference/published.csv "
-           "(bench/reference/published.csv); Δ = ours − published, only where the dataset and network match "
-           "(clipped_ste is compared with BNN).", ""]
-    md += ["## Paired difference to ste (same seeds) and ratio to FP", "", _md_table(_paired_display(pr)), "",
-           "diff: mean over shared seeds of (estimator − ste) top-1, 95% Student-t interval; ratio: mean top-1 / FP "
-           "mean top-1 of the same network and dataset (BiBench style).", ""]
+    md = _markdown(c, disp, lb, head, checks)
+    md += ["## Paired differences to ste and to the control (same seeds), ratio to FP", "",
+           _md_table(_paired_display(pr)), "",
+           "Δ: mean over shared seeds of (estimator − ste), resp. (estimator − control), top-1 with its 95% "
+           "Student-t interval; ratio: mean top-1 / FP mean top-1 of the same network and dataset (BiBench style).",
+           ""]
     if not dg.empty:
         md += ["## Diagnostics at the end of each stage", "", _md_table(_diag_display(dg)), "",
                "QE: BiPer eq. (15) of the value each estimator binarizes (sin(w0 w) for BiPer); b: Laplace scale "
                "of the latent weights; flip: share of binary weights whose sign changed in the stage's last epoch; "
                "means over binary layers and seeds.", ""]
     (out / "leaderboard.md").write_text("\n".join(md))
-    (out / "leaderboard.tex").write_text(_tex(disp, head, c.suite))
+    (out / "leaderboard.tex").write_text(_tex(disp, head + checks, c.suite, _flag_notes(discrimination(c))))
     return {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "tex": out / "leaderboard.tex",
             "paired": out / "paired.csv", "diagnostics": out / "diagnostics.csv"}
+
+
+def _ci(lo: float, hi: float) -> str:
+    return f"[{_fmt(lo)}, {_fmt(hi)}]" if _known(lo) else "–"
 
 
 def _paired_display(pr: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in pr.iterrows():
-        d = r.get("diff_vs_ste", math.nan)
-        ci = f"[{_fmt(r.ci95_low)}, {_fmt(r.ci95_high)}]" if not math.isnan(r.ci95_low) else "–"
+        ctl = r.get("control_n_pairs", 0)
         rows.append({"Dataset": r.dataset, "Network": r.network, "W/A": r.bits, "Recipe": r.recipe,
-                     "Method": r.estimator, "n pairs": r.n_pairs, "Δ vs ste": _fmt(d), "95% CI": ci,
+                     "Method": r.method, "n pairs": r.n_pairs, "Δ vs ste": _fmt(r.get("diff_vs_ste", math.nan)),
+                     "95% CI": _ci(r.ci95_low, r.ci95_high), "n pairs (control)": int(ctl) if _known(ctl) else 0,
+                     "Δ vs control": _fmt(r.get("diff_vs_control", math.nan)),
+                     "95% CI (control)": _ci(r.get("control_ci95_low", math.nan), r.get("control_ci95_high",
+                                                                                        math.nan)),
                      "Ratio to FP": _fmt(r.ratio_to_fp, 3)})
     return pd.DataFrame(rows)
 
@@ -295,119 +558,179 @@ def _md_table(df: pd.DataFrame) -> str:
     for _, r in df.iterrows():
         cells = [str(r[c]) for c in cols]
         if r.get("_best", False):
-            cells = [f"**{x}**" if c in ("Method", "Top-1") else x for c, x in zip(cols, cells, strict=True)]
+            cells = [f"**{x}**" if c in ("Method", FINAL_COL) else x for c, x in zip(cols, cells, strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _tex(disp: pd.DataFrame, head: list[str], suite: str) -> str:
+def _esc(s: str) -> str:
+    return (str(s).replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
+            .replace("_", "\\_").replace("#", "\\#").replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
+            .replace("–", "--").replace("−", "-").replace("†", "$^\\dagger$").replace("↑", "$\\uparrow$"))
+
+
+def _tex(disp: pd.DataFrame, head: list[str], suite: str, notes: list[str] | None = None) -> str:
     cols = [c for c in disp.columns if not c.startswith("_") and c not in ("Other eval modes",)]
-
-    def esc(s: str) -> str:
-        return (str(s).replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
-                .replace("_", "\\_").replace("#", "\\#").replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
-                .replace("–", "--").replace("−", "-"))
-
     lines = ["% " + h for h in head]
-    lines += ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(suite)}: top-1 accuracy (\\%)}}",
-              "\\begin{tabular}{" + "l" * len(cols) + "}", "\\toprule", " & ".join(esc(c) for c in cols) + " \\\\",
+    lines += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_esc(suite)}: top-1 accuracy (\\%)}}",
+              "\\begin{tabular}{" + "l" * len(cols) + "}", "\\toprule", " & ".join(_esc(c) for c in cols) + " \\\\",
               "\\midrule"]
     prev = None
     for _, r in disp.iterrows():
         if prev is not None and r["Network"] != prev:
             lines.append("\\midrule")
         prev = r["Network"]
-        cells = [esc(r[c]) for c in cols]
+        cells = [_esc(r[c]) for c in cols]
         if r["_best"]:
-            cells = [f"\\textbf{{{x}}}" if c in ("Method", "Top-1") else x for c, x in zip(cols, cells, strict=True)]
+            cells = [f"\\textbf{{{x}}}" if c in ("Method", FINAL_COL) else x for c, x in zip(cols, cells, strict=True)]
         lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
-    return "\n".join(lines)
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += [f"\\par\\smallskip\\footnotesize {_esc(n)}" for n in notes or []]
+    return "\n".join([*lines, "\\end{table}", ""])
 
 
 # -- figures -----------------------------------------------------------------------------------------------
+CONTROL_STYLE = {"color": "0.45", "ls": "--", "lw": 1.2}  # the control in every figure: grey, dashed
+
+
+def _palette(labels: list[str]) -> dict[str, Any]:
+    """Colours per method label: seaborn's for the methods, the control's grey for controls."""
+    import seaborn as sns
+
+    methods = [m for m in labels if not m.startswith("control")]
+    colours = dict(zip(methods, sns.color_palette("tab10", max(len(methods), 1)), strict=False))
+    return {m: colours.get(m, CONTROL_STYLE["color"]) for m in labels}
+
+
+def _labelled(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``method`` column (FP, control (frozen), the estimator) and methods before controls."""
+    df = df.assign(method=[method_label(r) for r in df[["estimator", "role"]].to_dict("records")])
+    return df.assign(_ctl=df.role == "control").sort_values(["_ctl", "estimator"], kind="stable").drop(columns="_ctl")
+
+
+def _lines(df: pd.DataFrame, y: str, **kw: Any) -> Any:
+    """Per-epoch lines per method, a panel per model and bits; the control grey and dashed."""
+    import seaborn as sns
+
+    labels = list(dict.fromkeys(df["method"]))
+    return sns.relplot(data=df, x="epoch", y=y, hue="method", hue_order=labels, palette=_palette(labels),
+                       style="role", dashes={"method": "", "control": (4, 2), "baseline": (1, 1)}, col="model",
+                       row="bits", kind="line", height=3, aspect=1.2, **kw)
+
+
+def _fig_curves(c: Collected, cur: pd.DataFrame) -> Any:
+    acc = cur[cur["test_top1"].notna()].copy()
+    acc["epoch"] = acc["step"] + 1
+    binary = acc[acc.role != "baseline"]
+    g = _lines(binary if len(binary) else acc, "test_top1", errorbar=("pi", 100),
+               facet_kws={"sharey": False, "margin_titles": True})
+    fp = acc[acc.role == "baseline"]
+    for (_bits, model), ax in g.axes_dict.items():  # the FP baseline as a dashed reference in every panel
+        ref = fp[fp.model == model].groupby("epoch")["test_top1"].mean()
+        if len(ref):
+            ax.plot(ref.index, ref.values, color="black", ls="--", lw=1, label="FP")
+    g.set_axis_labels("epoch", "test top-1 (%)")
+    g.figure.suptitle(f"{c.suite}: test accuracy per epoch (mean, band = min-max over seeds; black dashed: FP; "
+                      "grey dashed: control)", y=1.02)
+    return g.figure
+
+
+def _fig_final(runs: pd.DataFrame) -> Any:
+    import seaborn as sns
+
+    labels = list(dict.fromkeys(runs["method"]))
+    g = sns.catplot(data=runs, x="top1", y="method", hue="method", order=labels, hue_order=labels,
+                    palette=_palette(labels), legend=False, col="model", row="bits", kind="point",
+                    errorbar=("ci", 95), linestyle="none", height=3, aspect=1.3, sharex=False)
+    ctl = runs[runs.role == "control"]
+    for (bits, model), ax in g.axes_dict.items():  # the control's mean as a grey dashed reference
+        ref = ctl[(ctl.model == model) & (ctl.bits == bits)]["top1"]
+        if len(ref):
+            ax.axvline(ref.mean(), **CONTROL_STYLE)
+    g.set_axis_labels("final test top-1 (%), mean and 95% CI (grey dashed: control)", "")
+    return g.figure
+
+
+def _fig_biper(bip: pd.DataFrame) -> Any:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from bench.diagnostics import qe_laplace
+    from bench.estimator import get_estimator_class
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    w0s = np.logspace(-0.5, 2.5, 300)
+    w0_default = get_estimator_class("biper").hparam_defaults()["w0"]  # runs that did not record it
+    for (model, bits), gb in bip.groupby(["model", "bits"]):
+        b = gb["diag/laplace_b"].mean()
+        line, = ax.plot(w0s, [qe_laplace(b * w) for w in w0s], label=f"analytic, b = {b:.3g} ({model} {bits})")
+        ax.scatter(gb["w0"].astype(float).fillna(w0_default), gb["diag/qe"], color=line.get_color(), zorder=3,
+                   label=f"measured ({model} {bits})")
+    ax.set_xscale("log")
+    ax.set_xlabel("w0")
+    ax.set_ylabel("QE")
+    ax.set_title("BiPer quantization error vs w0 (Laplace latents, eq. 15-18)")
+    ax.legend(fontsize=6)
+    return fig
+
+
+def _fig_flip(cur: pd.DataFrame) -> Any:
+    fl = cur[cur["diag/flip"].notna()].copy()
+    fl["epoch"] = fl["step"] + 1
+    g = _lines(fl, "diag/flip", errorbar=None, facet_kws={"sharey": False})
+    g.set_axis_labels("epoch", "flip ratio")
+    return g.figure
+
+
+def _fig_sensitivity(runs: pd.DataFrame) -> Any:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sens = runs.copy()
+    sens["setting"] = sens["optimizer"] + " lr=" + sens["lr"].astype(str) + " " + sens["lr_schedule"]
+    fig, ax = plt.subplots(figsize=(6, 0.35 * sens["method"].nunique() + 1.5))
+    sns.boxplot(data=sens, x="top1", y="method", color="0.9", ax=ax, fliersize=0)
+    sns.stripplot(data=sens, x="top1", y="method", hue="setting", ax=ax, size=4, dodge=False)
+    ax.set_xlabel("final test top-1 (%) over the optimizer grid")
+    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return fig
+
+
 def write_figures(c: Collected, out: Path) -> list[Path]:
+    """The report's figures (PNG and PDF) under ``out``; returns the PNG paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from bench.diagnostics import qe_laplace
+    from bench import list_estimators
     from bench.plots import plot_estimators
 
     sns.set_theme(style="whitegrid", context="paper")
     made: list[Path] = []
-    runs = c.runs[c.runs.status == "finished"]
+    runs = _labelled(c.runs[c.runs.status == "finished"])
 
-    def save(fig, name: str) -> None:
+    def save(fig: Any, name: str) -> None:
         for ext in ("png", "pdf"):
             fig.savefig(out / f"{name}.{ext}", dpi=130, bbox_inches="tight")
         plt.close(fig)
         made.append(out / f"{name}.png")
 
-    cur = c.curves.merge(runs[["run_id", "estimator", "model", "bits", "recipe", "seed"]], on="run_id")
+    cur = c.curves.merge(runs[["run_id", "estimator", "role", "method", "model", "bits", "recipe", "seed"]],
+                         on="run_id")
     if not cur.empty and "test_top1" in cur:
-        acc = cur[cur["test_top1"].notna()].copy()
-        acc["epoch"] = acc["step"] + 1
-        binary = acc[acc.estimator != "fp"]
-        g = sns.relplot(data=binary if len(binary) else acc, x="epoch", y="test_top1", hue="estimator", col="model",
-                        row="bits", kind="line", errorbar=("pi", 100), height=3, aspect=1.2,
-                        facet_kws={"sharey": False, "margin_titles": True})
-        fp = acc[acc.estimator == "fp"]
-        for (_bits, model), ax in g.axes_dict.items():  # the FP baseline as a dashed reference in every panel
-            ref = fp[fp.model == model].groupby("epoch")["test_top1"].mean()
-            if len(ref):
-                ax.plot(ref.index, ref.values, color="black", ls="--", lw=1, label="FP")
-        g.set_axis_labels("epoch", "test top-1 (%)")
-        g.figure.suptitle(f"{c.suite}: test accuracy per epoch (mean, band = min-max over seeds; dashed: FP)",
-                         y=1.02)
-        save(g.figure, "accuracy_curves")
-    g = sns.catplot(data=runs, x="top1", y="estimator", col="model", row="bits", kind="point", errorbar=("ci", 95),
-                    linestyle="none", height=3, aspect=1.3, sharex=False)
-    g.set_axis_labels("final test top-1 (%), mean and 95% CI", "")
-    save(g.figure, "final_top1")
+        save(_fig_curves(c, cur), "accuracy_curves")
+    save(_fig_final(runs), "final_top1")
     bip = runs[runs.estimator == "biper"]
     if len(bip) and "diag/laplace_b" in bip and bip["diag/laplace_b"].notna().any():
-        fig, ax = plt.subplots(figsize=(5, 3.4))
-        import numpy as np
-
-        w0s = np.logspace(-0.5, 2.5, 300)
-        for (model, bits), gb in bip.groupby(["model", "bits"]):
-            b = gb["diag/laplace_b"].mean()
-            line, = ax.plot(w0s, [qe_laplace(b * w) for w in w0s], label=f"analytic, b = {b:.3g} ({model} {bits})")
-            from bench.estimator import get_estimator_class
-
-            w0_default = get_estimator_class("biper").hparam_defaults()["w0"]  # runs that did not record it
-            ax.scatter(gb["w0"].astype(float).fillna(w0_default), gb["diag/qe"], color=line.get_color(), zorder=3,
-                       label=f"measured ({model} {bits})")
-        ax.set_xscale("log")
-        ax.set_xlabel("w0")
-        ax.set_ylabel("QE")
-        ax.set_title("BiPer quantization error vs w0 (Laplace latents, eq. 15-18)")
-        ax.legend(fontsize=6)
-        save(fig, "biper_qe_vs_w0")
+        save(_fig_biper(bip), "biper_qe_vs_w0")
     if not cur.empty and "diag/flip" in cur and cur["diag/flip"].notna().any():
-        fl = cur[cur["diag/flip"].notna()].copy()
-        fl["epoch"] = fl["step"] + 1
-        g = sns.relplot(data=fl, x="epoch", y="diag/flip", hue="estimator", col="model", row="bits", kind="line",
-                        errorbar=None, height=3, aspect=1.2, facet_kws={"sharey": False})
-        g.set_axis_labels("epoch", "flip ratio")
-        save(g.figure, "flip_ratio")
-    ests = sorted(e for e in runs.estimator.unique() if e != "fp")
-    from bench import list_estimators
-
-    path = plot_estimators([e for e in ests if e in list_estimators()], out / "estimators.png")
-    made.append(path)
+        save(_fig_flip(cur), "flip_ratio")
+    ests = sorted(runs.loc[runs.role == "method", "estimator"].unique())  # the control is no method to sheet
+    made.append(plot_estimators([e for e in ests if e in list_estimators()], out / "estimators.png"))
     if runs[["optimizer", "lr", "lr_schedule"]].drop_duplicates().shape[0] > 1:
-        sens = runs.copy()
-        sens["setting"] = sens["optimizer"] + " lr=" + sens["lr"].astype(str) + " " + sens["lr_schedule"]
-        fig, ax = plt.subplots(figsize=(6, 0.35 * len(ests) + 1.5))
-        sns.boxplot(data=sens, x="top1", y="estimator", color="0.9", ax=ax, fliersize=0)
-        sns.stripplot(data=sens, x="top1", y="estimator", hue="setting", ax=ax, size=4, dodge=False)
-        ax.set_xlabel("final test top-1 (%) over the optimizer grid")
-        ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
-        save(fig, "sensitivity")
+        save(_fig_sensitivity(runs), "sensitivity")
     return made
 
 
@@ -443,4 +766,5 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     return c, tables, figs
 
 
-__all__ = ["collect", "leaderboard", "paired", "report", "t_interval"]
+__all__ = ["collect", "discrimination", "flagged_cells", "leaderboard", "lift_table", "paired", "report",
+           "setup_lines", "summary_lines", "t_interval"]

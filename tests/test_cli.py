@@ -51,6 +51,10 @@ def test_run_json(capsys):
     (["run", "-e", "ste", "-d", "cifar10", "--data-root", "/nonexistent/x"], "not found in /nonexistent/x"),
     (["show", "estimator", "nope"], "unknown estimator 'nope'"),
     (["run", "-e", "ste", "--bits", "W2A2"], "--bits must be"),
+    (["run", "-e", "stee", "--dry-run", "--json"], "unknown estimator 'stee'"),
+    (["run", "-e", "biper", "--epochs", "1", "--dry-run"], "give --epochs >= 2"),
+    (["run", "-e", "irnet", "--recipe", "published", "--set", "estimator.tmin=0.1", "--dry-run"],
+     "unknown hyperparameter 'tmin'"),
 ])
 def test_user_errors_are_one_line(capsys, argv, needle):
     code, _, err = run_cli(capsys, *argv)
@@ -61,3 +65,80 @@ def test_user_errors_are_one_line(capsys, argv, needle):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "bench.cli", "list", "models"], capture_output=True, text=True)
     assert out.returncode == 0 and "vgg_small" in out.stdout
+
+
+def _published_section(out: str) -> list[str]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  published"))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("    ")), len(lines))
+    return lines[start:end]
+
+
+@pytest.mark.parametrize("name", ["biper", "irnet", "recu", "reste", "vispa"])
+def test_show_prints_a_source_beside_every_published_value(capsys, name):
+    from bench.estimator import get_estimator_class
+    from bench.recipes import published_rules
+
+    code, out, _ = run_cli(capsys, "show", "estimator", name)
+    assert code == 0
+    section = _published_section(out)
+    value_lines = [line for line in section if line.startswith("      ")]
+    rules = published_rules(get_estimator_class(name))
+    n_values = sum(len(r.values) + sum(max(0, len(v) - 1) for v in r.values.values() if isinstance(v, dict))
+                   for r in rules)
+    assert len(value_lines) == n_values
+    for line in value_lines:
+        assert " = " in line and "  <- " in line, line
+        assert any(line.split("  <- ", 1)[1].startswith(r.source) for r in rules), line
+
+
+def test_show_marks_extrapolated_values(capsys):
+    _, out, _ = run_cli(capsys, "show", "estimator", "biper")
+    section = "\n".join(_published_section(out))
+    assert "published for dataset=cifar10, model=resnet18, a_bits=1; extrapolated elsewhere" in section
+    assert "epochs = 900  <- edmav4/BiPer" in section and "[extrapolated outside" in section
+
+
+@pytest.mark.parametrize("name", ["ste", "clipped_ste", "dsq"])
+def test_show_estimator_without_published_recipe_says_so(capsys, name):
+    code, out, _ = run_cli(capsys, "show", "estimator", name)
+    assert code == 0
+    assert "published: none: no published recipe in its paper/code: --recipe published runs the common recipe" in out
+    assert "  <- " not in out  # nothing is cited as published
+
+
+def test_dry_run_json_irnet_w1a32(capsys):
+    # the 1w32a trainer: T_min 0.1, no warm-up; a dry run loads no data (the data root does not exist)
+    code, out, err = run_cli(capsys, "run", "-e", "irnet", "-m", "resnet20", "-d", "cifar10", "--bits", "W1A32",
+                             "--recipe", "published", "--dry-run", "--json", "--data-root", "/nonexistent/x")
+    assert code == 0, err
+    res = json.loads(out)  # one JSON object is all of stdout
+    assert res["dry_run"] is True
+    assert res["config"]["estimator_hparams"]["t_min"] == 0.1 and res["config"]["warmup_epochs"] == 0
+    assert [(s["name"], s["epochs"], s["warmup_epochs"], s["lr"]) for s in res["stages"]] == [("main", 400, 0, 0.1)]
+    prov = {p["key"]: p for p in res["recipe"]["provenance"]}
+    assert "1w32a/trainer.py:129" in prov["estimator_hparams.t_min"]["source"]
+    assert not prov["estimator_hparams.t_min"]["extrapolated"]
+    assert all(p["source"] for p in prov.values()) and res["recipe"]["note"] == ""
+
+
+def test_dry_run_text_and_user_overrides(capsys):
+    code, out, _ = run_cli(capsys, "run", "-e", "ste", "-m", "resnet20", "-d", "cifar10", "--recipe", "published",
+                           "--set", "lr=0.05", "--dry-run")
+    assert code == 0
+    assert "nothing started" in out and "no published recipe in its paper/code" in out
+    assert "0 main: 600 epochs, sgd lr 0.05" in out
+    assert "lr = 0.1  <- binbench common recipe" in out and "[overridden by you]" in out
+
+
+def test_dry_run_json_marks_extrapolated_and_dataset_defaults(capsys):
+    code, out, _ = run_cli(capsys, "run", "-e", "biper", "-m", "resnet20", "-d", "cifar10", "--recipe", "published",
+                           "--dry-run", "--json")
+    assert code == 0
+    res = json.loads(out)
+    prov = {p["key"]: p for p in res["recipe"]["provenance"]}
+    assert prov["epochs"]["extrapolated"] and prov["stages"]["extrapolated"]
+    assert [s["epochs"] for s in res["stages"]] == [600, 300]
+    code, out, _ = run_cli(capsys, "run", "-e", "irnet", "-d", "digits", "--dry-run", "--json")
+    prov = {p["key"]: p for p in json.loads(out)["recipe"]["provenance"]}
+    assert prov["epochs"]["source"] == "dataset 'digits' default"
