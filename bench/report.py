@@ -365,7 +365,29 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
                      "aggregates every finished point and seed of a cell (sensitivity.png shows them one by one)")
     if len(vispa):
         lines.append(f"VISPA ensemble size L = {', '.join(map(str, vispa))} (published: 40)")
+    design = suite_description(c)
+    if design:
+        lines.append(f"design (the suite file's description): {design}")
     return lines
+
+
+def suite_description(c: Collected) -> str:
+    """The suite's own description (its design and budget choices), from the newest parent run: its
+    ``description`` tag, else the suite file it names when that file is still there (read as data, safe YAML)."""
+    import yaml
+
+    for p in sorted(c.parents, key=lambda p: p["start"], reverse=True):
+        text = p["tags"].get("description")
+        path = Path(p["tags"].get("suite_file", ""))
+        if not text and path.is_file():
+            try:
+                raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+                text = raw.get("description", "") if isinstance(raw, dict) else ""
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                text = ""
+        if text:
+            return " ".join(str(text).split())
+    return ""
 
 
 def _fmt(v: float, nd: int = 2) -> str:

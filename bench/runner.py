@@ -156,7 +156,8 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
             + (f" ({stale} interrupted run(s) marked KILLED)" if stale else ""))
     info = describe()
     parent = tracking.start_parent(uri, exp_id, suite.name, {
-        "suite_file": suite.path, "command": " ".join(["binbench", *sys.argv[1:]]) if sys.argv else "",
+        "suite_file": suite.path, "description": " ".join(suite.description.split())[:4000],
+        "command": " ".join(["binbench", *sys.argv[1:]]) if sys.argv else "",
         "git_commit": info["git_commit"], "cpus_per_trial": str(cpus_per_trial),
         "gpus_per_trial": str(gpus_per_trial), "resume": str(resume), "trials": str(len(keys)),
         "submitted": str(len(todo)), **{f"version.{k}": v for k, v in info["versions"].items()},
