@@ -301,14 +301,15 @@ def _check_search(where: str, search: Any) -> list[str]:
 
 
 def _missing_data(where: str, datasets: set[str], data_root: str | None) -> list[str]:
-    from bench.data import get_dataset, resolve_data_root
+    from bench.data import dataset_source
+    from bench.errors import DataNotFoundError
 
-    root = resolve_data_root(data_root)
     out = []
     for name in sorted(datasets):
-        spec = get_dataset(name)
-        if spec.folder and not (root / spec.folder).exists() and not (root / spec.folder.replace("/raw", "")).exists():
-            out.append(f"{where}: dataset {name!r} not found in {root / spec.folder}: {spec.how_to_get}")
+        try:  # finds what a trial would load (torchvision's files or an image-folder copy), decodes nothing
+            dataset_source(name, data_root)
+        except DataNotFoundError as exc:
+            out.append(f"{where}: {exc}")
     return out
 
 

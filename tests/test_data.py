@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -142,3 +143,302 @@ def test_loader_normalises_and_covers_epoch():
     xb, _ = next(iter(ResidentLoader(d.test_x, d.test_y, spec, 360, torch.device("cpu"), train=False).batches()))
     ref = (d.test_x.float() / 255 - spec.mean[0]) / spec.std[0]
     assert torch.allclose(xb, ref, atol=1e-5)
+
+
+# -- CIFAR-10 from a JPEG image-folder copy -----------------------------------------------------------------
+JPEG_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _colour(label: int, j: int, seed: int) -> tuple[int, int, int]:
+    # a flat colour per image survives JPEG almost exactly, so a decoded pixel tells which folder it came from
+    return (label * 25, (j * 60 + seed * 7) % 256, 128)
+
+
+def _image_folder(base: Path, train: int = 2, test: int = 1, seed: int = 0,
+                  classes: tuple[str, ...] = JPEG_CLASSES) -> Path:
+    from PIL import Image
+
+    for split, n in (("train", train), ("test", test)):
+        for label, c in enumerate(classes):
+            (base / split / c).mkdir(parents=True, exist_ok=True)
+            for j in range(n):
+                Image.new("RGB", (32, 32), _colour(label, j, seed)).save(base / split / c / f"{j:04d}.jpg", "JPEG")
+    return base
+
+
+def _archive(root: Path, seed: int = 0, prefix: str = "", **kw) -> Path:
+    import tarfile
+
+    src = _image_folder(root.parent / f"src-{root.name}-{seed}", seed=seed, **kw)
+    archive = root / "CIFAR-10-images" / "cifar10-jpeg.tar.gz"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(src / split, arcname=prefix + split)
+    return archive
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    # binbench's cache (bench.data.cache_dir) follows XDG_CACHE_HOME: one per test, so tests see their own
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "binbench"
+
+
+def _cache_files(cache: Path) -> list[str]:
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+
+
+def test_cifar10_jpeg_folder_shapes_labels_class_order(tmp_path, cache):
+    from bench.data import dataset_source
+
+    root = tmp_path / "root"
+    _image_folder(root / "CIFAR-10-images", train=2, test=1)
+    d = load_dataset("cifar10", root)
+    assert d.train_x.shape == (20, 3, 32, 32) and d.train_x.dtype == torch.uint8
+    assert d.test_x.shape == (10, 3, 32, 32) and d.train_y.dtype == torch.int64 and d.test_y.dtype == torch.int64
+    # interleaved across classes, so any prefix (train_subset) is balanced
+    assert d.train_y.tolist() == list(range(10)) * 2 and d.test_y.tolist() == list(range(10))
+    # the label is torchvision's index of the folder the image came from (red channel = 25 * label)
+    red = d.train_x[:, 0].float().mean((1, 2))
+    assert torch.allclose(red, d.train_y.float() * 25, atol=3)
+    assert d.source == "CIFAR-10 (JPEG copy)" and d.digest.startswith("stat-sha256:")
+    assert dataset_source("cifar10", root) == (d.source, d.digest)
+
+
+@pytest.mark.parametrize("prefix", ["", "CIFAR-10-images/"])
+def test_cifar10_jpeg_archive_second_load_uses_cache(tmp_path, cache, monkeypatch, prefix):
+    import hashlib
+
+    import bench.data.imagefolder as imf
+
+    root = tmp_path / "root"
+    archive = _archive(root, prefix=prefix)
+    before = sorted(p.name for p in root.rglob("*"))
+    a = load_dataset("cifar10", root)
+    assert a.train_x.shape == (20, 3, 32, 32) and a.test_y.tolist() == list(range(10))
+    assert a.digest == "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert a.source == "CIFAR-10 (JPEG copy)" and a.origin == str(archive)
+    assert sorted(p.name for p in root.rglob("*")) == before  # nothing written next to the data
+    files = _cache_files(cache)
+    assert any(f.startswith("tensors/cifar10-jpeg-") and f.endswith(".pt") for f in files)
+    assert any(f.startswith("extracted/cifar10-jpeg-sha256-") for f in files)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(imf, "decode_images", boom)
+    monkeypatch.setattr(imf, "extract_archive", boom)
+    b = load_dataset("cifar10", root)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y) and b.digest == a.digest
+
+
+def test_cifar10_jpeg_archives_in_two_roots_do_not_share_cache(tmp_path, cache):
+    a = load_dataset("cifar10", _archive(tmp_path / "r1", seed=0).parents[1])
+    b = load_dataset("cifar10", _archive(tmp_path / "r2", seed=1).parents[1])
+    assert a.digest != b.digest and not torch.equal(a.train_x, b.train_x)
+    assert len([f for f in _cache_files(cache) if f.startswith("tensors/")]) == 2
+
+
+def test_cifar10_jpeg_folder_change_is_a_new_cache(tmp_path, cache):
+    from PIL import Image
+
+    root = tmp_path / "root"
+    base = _image_folder(root / "CIFAR-10-images")
+    a = load_dataset("cifar10", root)
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(base / "train" / "airplane" / "0000.jpg", "JPEG")
+    b = load_dataset("cifar10", root)
+    assert a.digest != b.digest and int(b.train_x[0].min()) > 240 and int(a.train_x[0].min()) < 10
+
+
+def test_cifar10_prefers_torchvision_batches(tmp_path, cache):
+    _write_cifar(tmp_path, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+                 "batches.meta", "labels", 4, 10)
+    _image_folder(tmp_path / "CIFAR-10-images")
+    d = load_dataset("cifar10", tmp_path)
+    assert d.source == "torchvision CIFAR-10 batches" and d.train_x.shape[0] == 20
+    assert d.digest.startswith("sha256-list:")
+
+
+def _tar_with(archive: Path, member: str, kind: str) -> None:
+    import io
+    import tarfile
+
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            info = tarfile.TarInfo(f"{split}/airplane/0000.jpg")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+        info = tarfile.TarInfo(member)
+        if kind == "file":
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+        else:
+            info.type = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "device": tarfile.CHRTYPE}[kind]
+            info.linkname = "../../outside" if kind != "device" else ""
+            tar.addfile(info)
+
+
+@pytest.mark.parametrize(("member", "kind", "what"), [
+    ("../evil.jpg", "file", "'..' path"),
+    ("train/../../evil.jpg", "file", "'..' path"),
+    ("/tmp/binbench-evil.jpg", "file", "absolute path"),
+    ("train/airplane/link.jpg", "symlink", "a link"),
+    ("train/airplane/hard.jpg", "hardlink", "a link"),
+    ("train/airplane/dev", "device", "a device"),
+])
+def test_cifar10_archive_refuses_unsafe_members(tmp_path, cache, member, kind, what):
+    from bench.errors import BinbenchError
+
+    root = tmp_path / "root"
+    _tar_with(root / "CIFAR-10-images" / "cifar10-jpeg.tar.gz", member, kind)
+    with pytest.raises(BinbenchError, match="refusing to extract") as exc:
+        load_dataset("cifar10", root)
+    assert what in str(exc.value) and repr(member) in str(exc.value) and "\n" not in str(exc.value)
+    assert _cache_files(cache) == [] and not (tmp_path / "evil.jpg").exists()
+    assert not Path("/tmp/binbench-evil.jpg").exists()
+
+
+def test_cifar10_wrong_class_folders_is_one_line_error(tmp_path, cache):
+    root = tmp_path / "root"
+    _image_folder(root / "CIFAR-10-images", classes=JPEG_CLASSES[:3] + ("kitty",) + JPEG_CLASSES[4:])
+    with pytest.raises(DataNotFoundError) as exc:
+        load_dataset("cifar10", root)
+    msg = str(exc.value)
+    assert "missing cat" in msg and "unexpected kitty" in msg and "airplane, automobile" in msg and "\n" not in msg
+    assert _cache_files(cache) == []
+
+
+def test_cifar10_missing_split_is_clear(tmp_path, cache):
+    import shutil
+
+    root = tmp_path / "root"
+    _image_folder(root / "CIFAR-10-images")
+    shutil.rmtree(root / "CIFAR-10-images" / "test")
+    with pytest.raises(DataNotFoundError, match="has train/ but no test/"):
+        load_dataset("cifar10", root)
+
+
+def test_cifar10_truncated_archive_no_cache_no_traceback(tmp_path, cache, capsys):
+    from bench.cli import main
+    from bench.errors import BinbenchError
+
+    root = tmp_path / "root"
+    archive = _archive(root, train=20)
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BinbenchError, match="truncated or corrupt"):
+        load_dataset("cifar10", root)
+    assert _cache_files(cache) == []
+    code = main(["run", "-e", "ste", "-m", "mlp", "-d", "cifar10", "--data-root", str(root), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "truncated or corrupt" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert _cache_files(cache) == []
+
+
+def test_cifar10_undecodable_jpeg_leaves_no_cache(tmp_path, cache):
+    from bench.errors import BinbenchError
+
+    root = tmp_path / "root"
+    base = _image_folder(root / "CIFAR-10-images")
+    bad = base / "test" / "dog" / "0000.jpg"
+    bad.write_bytes(bad.read_bytes()[:40])  # a JPEG header and nothing else
+    with pytest.raises(BinbenchError, match="cannot be decoded") as exc:
+        load_dataset("cifar10", root)
+    assert str(bad) in str(exc.value) and "\n" not in str(exc.value)
+    assert _cache_files(cache) == []
+
+
+def test_cifar10_resized_copy_is_refused(tmp_path, cache):
+    from PIL import Image
+
+    from bench.errors import BinbenchError
+
+    root = tmp_path / "root"
+    base = _image_folder(root / "CIFAR-10-images")
+    big = base / "train" / "ship" / "0001.jpg"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(big, "JPEG")
+    with pytest.raises(BinbenchError, match="is 64x64, not 32x32") as exc:
+        load_dataset("cifar10", root)
+    assert str(big) in str(exc.value) and _cache_files(cache) == []
+
+
+def test_cifar10_spec_present_sees_jpeg_copy(tmp_path):
+    spec = get_dataset("cifar10")
+    assert not spec.present(tmp_path)
+    (tmp_path / "CIFAR-10-images").mkdir()
+    assert spec.present(tmp_path) and get_dataset("digits").present(tmp_path / "nowhere")
+
+
+def test_cifar10_cache_write_is_atomic(tmp_path, cache, monkeypatch):
+    import bench.data.imagefolder as imf
+
+    def half_save(obj, f):
+        Path(f).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    root = tmp_path / "root"
+    _image_folder(root / "CIFAR-10-images")
+    monkeypatch.setattr(imf.torch, "save", half_save)
+    with pytest.warns(UserWarning, match="could not write"):
+        d = load_dataset("cifar10", root)
+    assert d.train_x.shape == (20, 3, 32, 32)
+    assert _cache_files(cache) == []  # neither the half file nor a cache that a later load would trust
+
+
+def test_sources_recorded_by_every_loader(tmp_path, cache):
+    from bench.data import dataset_source
+
+    d = load_dataset("digits")
+    assert d.source == "scikit-learn digits (embedded)" and d.digest.startswith("sha256:")
+    assert dataset_source("digits") == (d.source, d.digest)
+    _write_cifar(tmp_path, "cifar-100-python", ["train", "test"], "meta", "fine_labels", 6, 100)
+    c = load_dataset("cifar100", tmp_path)
+    assert c.source == "torchvision CIFAR-100 batches" and dataset_source("cifar100", tmp_path) == (c.source, c.digest)
+    with pytest.raises(DataNotFoundError):
+        dataset_source("cifar10", tmp_path / "nowhere")
+
+
+def _write_idx_gz(raw: Path, seed: int) -> None:
+    import gzip
+    import struct
+
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", 6), ("t10k", 3)):
+        imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        with gzip.open(raw / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
+            fh.write(struct.pack(">IIII", 2051, n, 28, 28) + imgs.tobytes())
+        with gzip.open(raw / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
+            fh.write(struct.pack(">II", 2049, n) + labels.tobytes())
+
+
+def test_mnist_extraction_follows_archive_content(tmp_path, cache):
+    _write_idx_gz(tmp_path / "r1" / "MNIST" / "raw", seed=0)
+    _write_idx_gz(tmp_path / "r2" / "MNIST" / "raw", seed=1)
+    a, b = load_dataset("mnist", tmp_path / "r1"), load_dataset("mnist", tmp_path / "r2")
+    assert a.train_x.shape == (6, 1, 28, 28) and not torch.equal(a.train_x, b.train_x)  # r2 did not reuse r1's
+    assert a.digest != b.digest and a.source == "MNIST idx files"
+    assert torch.equal(load_dataset("mnist", tmp_path / "r1").train_x, a.train_x)
+
+
+def _shared_cifar_archive() -> Path | None:
+    env = os.environ.get("BINBENCH_DATA")
+    p = Path(env) / "CIFAR-10-images" / "cifar10-jpeg.tar.gz" if env else None
+    return p if p is not None and p.is_file() else None
+
+
+@pytest.mark.skipif(_shared_cifar_archive() is None,
+                    reason="BINBENCH_DATA does not point at a folder with CIFAR-10-images/cifar10-jpeg.tar.gz")
+def test_cifar10_from_shared_jpeg_archive():
+    # the session's cache (conftest): the first load extracts and decodes (~20-40 s on one core), later ones read
+    root = _shared_cifar_archive().parents[1]
+    d = load_dataset("cifar10", root)
+    assert d.source == "CIFAR-10 (JPEG copy)" and d.digest.startswith("sha256:")
+    assert d.train_x.shape == (50000, 3, 32, 32) and d.test_x.shape == (10000, 3, 32, 32)
+    assert torch.bincount(d.train_y, minlength=10).tolist() == [5000] * 10
+    assert torch.bincount(d.test_y, minlength=10).tolist() == [1000] * 10
+    mean = d.train_x[:5000].float().mean((0, 2, 3)) / 255  # CIFAR-10's channel means: 0.491, 0.482, 0.447
+    assert torch.allclose(mean, torch.tensor([0.491, 0.482, 0.447]), atol=0.02)

@@ -36,10 +36,21 @@ class DatasetSpec:
     how_to_get: str
     loader: Callable[..., DatasetTensors]
     streaming: bool = False
+    # other places under the data root its files may live (CIFAR-10's JPEG copy), for checks before a run
+    alt_folders: tuple[str, ...] = ()
+    # (source, digest) of what the loader would read, without decoding it; see dataset_source
+    identify: Callable[[Path], tuple[str, str]] | None = None
 
     @property
     def pad(self) -> int:
         return 4 if self.augment == "crop_flip" else 0
+
+    def present(self, root: Path) -> bool:
+        """Whether the data root holds something the loader reads (a cheap existence check, not a load)."""
+        if not self.folder:
+            return True
+        folders = (self.folder, self.folder.replace("/raw", ""), *self.alt_folders)
+        return any((Path(root) / f).exists() for f in folders)
 
 
 @dataclass
@@ -48,6 +59,12 @@ class DatasetTensors:
     train_y: Tensor  # int64 (N,)
     test_x: Tensor
     test_y: Tensor
+    # what was read, for run records and tables: e.g. "torchvision CIFAR-10 batches", "CIFAR-10 (JPEG copy)"
+    source: str = ""
+    # digest of the files read ("sha256:", "sha256-list:", "stat-sha256:"; see bench.data.imagefolder), "" if none
+    digest: str = ""
+    # the file or folder it was read from ("" for embedded data)
+    origin: str = ""
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", ("bench.data.sources",), "binbench.datasets")
@@ -83,12 +100,27 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = False) -> DatasetTensors:
     spec = get_dataset(name)
-    return spec.loader(resolve_data_root(data_root), download=download)
+    data = spec.loader(resolve_data_root(data_root), download=download)
+    if not data.source:  # a plugin's loader that does not say: at least name the dataset
+        data.source = spec.name
+    return data
+
+
+def dataset_source(name: str, data_root: str | os.PathLike | None = None) -> tuple[str, str]:
+    """(source, digest) of what ``load_dataset(name, data_root)`` would read, without decoding it.
+
+    Costs a hash of the dataset's files (well under a second for MNIST, CIFAR and the CIFAR-10 archive) or a
+    stat of every file of an image folder; ImageNet gives no digest. Raises DataNotFoundError as a load would.
+    """
+    spec = get_dataset(name)
+    if spec.identify is None:
+        return spec.name, ""
+    return spec.identify(resolve_data_root(data_root))
 
 
 def dataset_tensor_bytes(d: DatasetTensors) -> int:
     return sum(t.numel() * t.element_size() for t in (d.train_x, d.train_y, d.test_x, d.test_y))
 
 
-__all__ = ["DATASETS", "DatasetSpec", "DatasetTensors", "get_dataset", "list_datasets", "load_dataset",
-           "register_dataset", "resolve_data_root"]
+__all__ = ["DATASETS", "DatasetSpec", "DatasetTensors", "dataset_source", "get_dataset", "list_datasets",
+           "load_dataset", "register_dataset", "resolve_data_root"]

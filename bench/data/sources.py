@@ -1,4 +1,8 @@
-"""The built-in datasets, each read by torchvision's own classes (or ImageFolder) from a data root."""
+"""The built-in datasets, each read by torchvision's own classes (or ImageFolder) from a data root.
+
+CIFAR-10 also reads a JPEG image-folder copy (or its .tar.gz) when torchvision's batches are absent; see
+:mod:`bench.data.imagefolder`. Every loader records what it read in DatasetTensors.source / .digest.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,17 @@ import torch
 from torch import Tensor
 
 from bench.data import IMAGENET_MEAN, IMAGENET_STD, DatasetSpec, DatasetTensors, cache_dir, register_dataset
+from bench.data.imagefolder import (
+    ARCHIVE_NAME,
+    IMAGE_FOLDERS,
+    JPEG_SOURCE,
+    file_sha256,
+    files_digest,
+    find_cifar10_images,
+    folder_digest,
+    image_copy_digest,
+    load_cifar10_images,
+)
 from bench.errors import DataNotFoundError
 
 
@@ -20,6 +35,20 @@ def _missing(name: str, where: Path, how: str) -> DataNotFoundError:
 
 
 # -- digits: embedded, never downloaded -----------------------------------------------------------------
+DIGITS_SOURCE = "scikit-learn digits (embedded)"
+
+
+def _digits_file() -> Path:
+    import sklearn.datasets
+
+    return Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+
+
+def _identify_digits(root: Path) -> tuple[str, str]:
+    f = _digits_file()
+    return DIGITS_SOURCE, ("sha256:" + file_sha256(f)) if f.is_file() else ""
+
+
 def _load_digits(root: Path, download: bool = False) -> DatasetTensors:
     from sklearn.datasets import load_digits  # ships its data file inside the package
     from sklearn.model_selection import train_test_split
@@ -28,11 +57,29 @@ def _load_digits(root: Path, download: bool = False) -> DatasetTensors:
     x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8), 0..16 -> 0..255
     y = d.target.astype(np.int64)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)  # fixed split
-    return DatasetTensors(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte))
+    source, digest = _identify_digits(root)
+    return DatasetTensors(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte),
+                          source=source, digest=digest, origin=str(_digits_file()))
 
 
 # -- MNIST / Fashion-MNIST --------------------------------------------------------------------------------
-def _mnist_like(cls_name: str, folder: str, name: str, how: str):
+def _mnist_files(cls_name: str, folder: str, root: Path) -> tuple[list[Path], list[Path]]:
+    """torchvision's plain idx files and their .gz archives under <root>/<folder>/raw."""
+    import torchvision.datasets as tvd
+
+    raw = root / folder / "raw"
+    files = [Path(u[0] if isinstance(u, tuple) else u).name for u in getattr(tvd, cls_name).resources]
+    return [raw / f.removesuffix(".gz") for f in files], [raw / f for f in files]
+
+
+def _mnist_like(cls_name: str, folder: str, name: str, how: str, source: str):
+    def identify(root: Path) -> tuple[str, str]:
+        plain, gz = _mnist_files(cls_name, folder, root)
+        for files in (plain, gz):  # what load() reads: the plain files if all are there, else the archives
+            if all(p.exists() for p in files):
+                return source, files_digest(files, root / folder)
+        raise _missing(name, root / folder / "raw", how)
+
     def load(root: Path, download: bool = False) -> DatasetTensors:
         import torchvision.datasets as tvd
 
@@ -41,36 +88,62 @@ def _mnist_like(cls_name: str, folder: str, name: str, how: str):
         # into binbench's cache once, so a shared read-only data folder works as is.
         use_root = root
         raw = root / folder / "raw"
-        files = [Path(u[0] if isinstance(u, tuple) else u).name for u in cls.resources]
-        plain = [raw / f.removesuffix(".gz") for f in files]
-        if not all(p.exists() for p in plain):
-            gz = [raw / f for f in files]
-            if all(p.exists() for p in gz):
-                use_root = cache_dir() / "extracted"
-                dest = use_root / folder / "raw"
-                dest.mkdir(parents=True, exist_ok=True)
-                for src in gz:
-                    out = dest / src.name.removesuffix(".gz")
-                    if not out.exists():
-                        tmp = out.with_suffix(".tmp")
-                        with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
-                            shutil.copyfileobj(fi, fo)
-                        tmp.replace(out)
-            elif not download:
-                raise _missing(name, raw, how)
+        plain, gz = _mnist_files(cls_name, folder, root)
+        digest = ""
+        if all(p.exists() for p in plain):
+            digest = files_digest(plain, root / folder)
+        elif all(p.exists() for p in gz):
+            digest = files_digest(gz, root / folder)
+            use_root = cache_dir() / "extracted"
+            dest = use_root / folder / "raw"
+            dest.mkdir(parents=True, exist_ok=True)
+            # the extraction keeps torchvision's layout (bench.benchmark reads it there), so it is tagged with
+            # the digest of the archives it came from: another data root's archives replace it, never reuse it
+            marker = dest / ".source-digest"
+            fresh = marker.exists() and marker.read_text().strip() == digest
+            for src in gz:
+                out = dest / src.name.removesuffix(".gz")
+                if not (fresh and out.exists()):
+                    tmp = out.with_suffix(".tmp")
+                    with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
+                        shutil.copyfileobj(fi, fo)
+                    tmp.replace(out)
+            if not fresh:
+                tmp = marker.with_suffix(".tmp")
+                tmp.write_text(digest + "\n")
+                tmp.replace(marker)
+        elif not download:
+            raise _missing(name, raw, how)
         try:
             train = cls(str(use_root), train=True, download=download)
             test = cls(str(use_root), train=False, download=download)
         except RuntimeError as exc:
             raise _missing(name, raw, how) from exc
+        if not digest and all(p.exists() for p in _mnist_files(cls_name, folder, use_root)[0]):  # just downloaded
+            digest = files_digest(_mnist_files(cls_name, folder, use_root)[0], use_root / folder)
         return DatasetTensors(train.data[:, None].contiguous(), train.targets.long(), test.data[:, None].contiguous(),
-                              test.targets.long())
+                              test.targets.long(), source=source, digest=digest, origin=str(raw))
 
-    return load
+    return identify, load
 
 
 # -- CIFAR-10/100 -----------------------------------------------------------------------------------------
-def _cifar(cls_name: str, name: str, how: str):
+def _cifar_files(cls_name: str, root: Path) -> tuple[Path, list[Path]]:
+    import torchvision.datasets as tvd
+
+    base = getattr(tvd, cls_name)
+    folder = Path(root) / base.base_folder
+    names = [f for f, _ in base.train_list + base.test_list] + [base.meta["filename"]]
+    return folder, [folder / f for f in names]
+
+
+def _cifar(cls_name: str, name: str, how: str, source: str):
+    def identify(root: Path) -> tuple[str, str]:
+        folder, files = _cifar_files(cls_name, root)
+        if not all(f.is_file() for f in files):
+            raise _missing(name, folder, how)
+        return source, files_digest(files, folder)
+
     def load(root: Path, download: bool = False) -> DatasetTensors:
         import torchvision.datasets as tvd
 
@@ -103,9 +176,42 @@ def _cifar(cls_name: str, name: str, how: str):
             return x, torch.tensor(ds.targets, dtype=torch.int64)
 
         (xtr, ytr), (xte, yte) = to_t(train), to_t(test)
-        return DatasetTensors(xtr, ytr, xte, yte)
+        return DatasetTensors(xtr, ytr, xte, yte, source=source, digest=identify(root)[1], origin=str(folder))
 
-    return load
+    return identify, load
+
+
+CIFAR10_SOURCE = "torchvision CIFAR-10 batches"
+CIFAR100_SOURCE = "torchvision CIFAR-100 batches"
+CIFAR10_HOW = (f"put torchvision's cifar-10-batches-py/ in the data root, or a JPEG copy as <data root>/"
+               f"CIFAR-10-images/{ARCHIVE_NAME} or <data root>/CIFAR-10-images/{{train,test}}/<class>/*.jpg; pass "
+               "--download on a machine with internet, or point --data-root / BINBENCH_DATA at a folder holding one "
+               "of these")
+_identify_cifar10_batches, _load_cifar10_batches = _cifar("CIFAR10", "cifar10", CIFAR10_HOW, CIFAR10_SOURCE)
+
+
+def _cifar10_choice(root: Path) -> str:
+    """Which copy load() reads: torchvision's batches (the original bytes) whenever their folder exists,
+    else a JPEG copy, else the batches again (missing: the error, or --download, comes from there)."""
+    if (Path(root) / "cifar-10-batches-py").exists():
+        return "batches"
+    return "images" if find_cifar10_images(root) is not None else "batches"
+
+
+def _identify_cifar10(root: Path) -> tuple[str, str]:
+    if _cifar10_choice(root) == "images":
+        copy = find_cifar10_images(root)
+        assert copy is not None
+        return JPEG_SOURCE, image_copy_digest(copy)
+    return _identify_cifar10_batches(root)
+
+
+def _load_cifar10(root: Path, download: bool = False) -> DatasetTensors:
+    if _cifar10_choice(root) == "images":
+        copy = find_cifar10_images(root)
+        assert copy is not None
+        return load_cifar10_images(copy)
+    return _load_cifar10_batches(root, download=download)
 
 
 # -- Tiny-ImageNet ---------------------------------------------------------------------------------------
@@ -140,7 +246,25 @@ def _load_tiny_imagenet(root: Path, download: bool = False) -> DatasetTensors:
             val.append((str(base / "val" / "images" / parts[0]), classes[parts[1]]))
     xtr, ytr = _decode_folder(train.samples, 64)
     xte, yte = _decode_folder(val, 64)
-    return DatasetTensors(xtr, ytr, xte, yte)
+    return DatasetTensors(xtr, ytr, xte, yte, source=TINY_SOURCE, digest=_identify_tiny(root)[1], origin=str(base))
+
+
+TINY_SOURCE = "Tiny-ImageNet-200 folder"
+IMAGENET_SOURCE = "ImageNet ILSVRC-2012 folder"
+
+
+def _identify_tiny(root: Path) -> tuple[str, str]:
+    base = Path(root) / "tiny-imagenet-200"
+    if not (base / "train").is_dir():
+        raise _missing("tiny-imagenet", base, TINY_HOW)
+    return TINY_SOURCE, folder_digest(base, ("train", "val"))
+
+
+def _identify_imagenet(root: Path) -> tuple[str, str]:
+    base = Path(root) / "imagenet"
+    if not (base / "train").is_dir() or not (base / "val").is_dir():
+        raise _missing("imagenet", base, IMAGENET_HOW)
+    return IMAGENET_SOURCE, ""  # a stat of 1.3 million files on every run costs more than it tells
 
 
 def _load_imagenet(root: Path, download: bool = False) -> DatasetTensors:  # streams: see stream.py
@@ -167,20 +291,24 @@ def _how(name: str, folder: str) -> str:
 
 
 register_dataset(DatasetSpec("digits", 10, (1, 8, 8), (0.3,), (0.36,), "none", 20, 64, "", "embedded",
-                             _load_digits))
+                             _load_digits, identify=_identify_digits))
+_id_mnist, _load_mnist = _mnist_like("MNIST", "MNIST", "mnist", MNIST_HOW, "MNIST idx files")
 register_dataset(DatasetSpec("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), "none", 20, 128, "MNIST/raw",
-                             MNIST_HOW, _mnist_like("MNIST", "MNIST", "mnist", MNIST_HOW)))
+                             MNIST_HOW, _load_mnist, identify=_id_mnist))
 _FASHION_HOW = MNIST_HOW.replace("MNIST", "FashionMNIST")
+_id_fashion, _load_fashion = _mnist_like("FashionMNIST", "FashionMNIST", "fashion-mnist", _FASHION_HOW,
+                                         "Fashion-MNIST idx files")
 register_dataset(DatasetSpec("fashion-mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), "none", 20, 128,
-                             "FashionMNIST/raw", _FASHION_HOW,
-                             _mnist_like("FashionMNIST", "FashionMNIST", "fashion-mnist", _FASHION_HOW)))
+                             "FashionMNIST/raw", _FASHION_HOW, _load_fashion, identify=_id_fashion))
 register_dataset(DatasetSpec("cifar10", 10, (3, 32, 32), IMAGENET_MEAN, IMAGENET_STD, "crop_flip", 600, 256,
-                             "cifar-10-batches-py", _how("cifar10", "cifar-10-batches-py"),
-                             _cifar("CIFAR10", "cifar10", _how("cifar10", "cifar-10-batches-py"))))
+                             "cifar-10-batches-py", CIFAR10_HOW, _load_cifar10, alt_folders=IMAGE_FOLDERS,
+                             identify=_identify_cifar10))
+_id_cifar100, _load_cifar100 = _cifar("CIFAR100", "cifar100", _how("cifar100", "cifar-100-python"), CIFAR100_SOURCE)
 register_dataset(DatasetSpec("cifar100", 100, (3, 32, 32), IMAGENET_MEAN, IMAGENET_STD, "crop_flip", 500, 256,
-                             "cifar-100-python", _how("cifar100", "cifar-100-python"),
-                             _cifar("CIFAR100", "cifar100", _how("cifar100", "cifar-100-python"))))
+                             "cifar-100-python", _how("cifar100", "cifar-100-python"), _load_cifar100,
+                             identify=_id_cifar100))
 register_dataset(DatasetSpec("tiny-imagenet", 200, (3, 64, 64), IMAGENET_MEAN, IMAGENET_STD, "resized_crop_flip",
-                             500, 256, "tiny-imagenet-200", TINY_HOW, _load_tiny_imagenet))
+                             500, 256, "tiny-imagenet-200", TINY_HOW, _load_tiny_imagenet, identify=_identify_tiny))
 register_dataset(DatasetSpec("imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, "resized_crop_flip", 200,
-                             256, "imagenet", IMAGENET_HOW, _load_imagenet, streaming=True))
+                             256, "imagenet", IMAGENET_HOW, _load_imagenet, streaming=True,
+                             identify=_identify_imagenet))
