@@ -314,7 +314,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import report, summary_lines
 
     c, tables, figs = report(args.suite, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
-                             out_dir=args.out)
+                             out_dir=args.out, notes=args.note)
     print(f"report of {c.suite}: {len(c.runs)} trial runs counted ({c.ignored} ignored) from {c.uri}")
     for p in [*tables.values(), *figs]:
         print(f"  wrote {p}")
@@ -392,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--results-dir", help="where the suite ran (default: results/<suite>)")
     rp.add_argument("--tracking-uri")
     rp.add_argument("--out", help="where to write (default: the results dir)")
+    rp.add_argument("--note", action="append", default=[], metavar="TEXT",
+                    help="a note for every table's header (e.g. why the numbers hold after a code change); repeatable")
     rp.set_defaults(func=cmd_report)
 
     bm = sub.add_parser("benchmark", help="speed and memory against a hand-written floor and the reference pipeline")

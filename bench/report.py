@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ class Collected:
     curves: pd.DataFrame  # per epoch: run_id, step, stage, test_top1, diag metrics
     parents: list[dict[str, Any]]
     ignored: int  # runs not counted: duplicates, failed, killed, still running
+    notes: list[str] = field(default_factory=list)  # the reporter's own notes, printed in every header
 
 
 def published_table() -> pd.DataFrame:
@@ -365,6 +366,7 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
                      "aggregates every finished point and seed of a cell (sensitivity.png shows them one by one)")
     if len(vispa):
         lines.append(f"VISPA ensemble size L = {', '.join(map(str, vispa))} (published: 40)")
+    lines += [f"note: {' '.join(n.split())}" for n in c.notes]  # one line each: no escape from a comment
     design = suite_description(c)
     if design:
         lines.append(f"design (the suite file's description): {design}")
@@ -757,7 +759,8 @@ def write_figures(c: Collected, out: Path) -> list[Path]:
 
 
 def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str | None = None,
-           out_dir: str | Path | None = None) -> tuple[Collected, dict[str, Path], list[Path]]:
+           out_dir: str | Path | None = None, notes: list[str] | None = None
+           ) -> tuple[Collected, dict[str, Path], list[Path]]:
     from bench.suite import find_suite
     from bench.tracking import default_tracking_uri
 
@@ -782,6 +785,7 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     except BinbenchError:
         pass
     c = collect(uri, name, search_keys)
+    c.notes = list(notes or [])
     out = Path(out_dir or results)
     tables = write_tables(c, out)
     figs = write_figures(c, out)

@@ -174,3 +174,28 @@ def test_frozen_control_keeps_its_signs_and_trains_the_rest():
     assert any(not torch.equal(a.detach(), a0) for a, a0 in zip(alphas, grabbed["bn"], strict=True))
     assert all(v == 0.0 for k, v in res.history[-1].items() if k.endswith("/flip"))
     assert bench.estimator_info("frozen")["role"] == "control"
+
+
+def test_biper_best_handoff_without_checkpoint_dir():
+    """stage_handoff=best keeps the stage's best state in memory: the binary stage starts from the real stage's
+    best epoch (by the validation split) even when no --checkpoint-dir is given."""
+    snaps: list[tuple[float, dict]] = []
+    seen = {}
+
+    def hook(event, stage, model):
+        seen["model"] = model
+        if event == "start" and stage == 1:
+            seen["start1"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def on_epoch(record):
+        if record["stage"] == 0:
+            snaps.append((record["val_top1"], {k: v.detach().clone() for k, v in seen["model"].state_dict().items()}))
+
+    # a constant lr of 2 makes the real stage's validation accuracy peak before its last epoch
+    res = train({**TINY, "estimator": "biper", "epochs": 9, "val_split": 0.2, "stage_handoff": "best", "lr": 2.0,
+                 "lr_schedule": "constant", "seed": 0}, callbacks=[on_epoch], stage_hooks=[hook])
+    assert res.status == "finished" and len(snaps) >= 2
+    best = max(range(len(snaps)), key=lambda i: snaps[i][0])  # first maximum, as the loop keeps it
+    assert all(torch.equal(seen["start1"][k], v) for k, v in snaps[best][1].items())
+    assert best != len(snaps) - 1  # so that the check tells the best state from the last one
+    assert not all(torch.equal(seen["start1"][k], v) for k, v in snaps[-1][1].items())
