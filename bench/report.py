@@ -374,22 +374,26 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
 
 
 def suite_description(c: Collected) -> str:
-    """The suite's own description (its design and budget choices), from the newest parent run: its
-    ``description`` tag, else the suite file it names when that file is still there (read as data, safe YAML)."""
+    """The suite's own description (its design, budget and what its runs showed): from the shipped suite file of
+    that name (which may have gained notes on the measured runs since), else the newest parent run's
+    ``description`` tag, else the suite file it names if still there. Files are read as data (safe YAML)."""
+    from bench.suite import SUITES_DIR
+
+    text = _description_in(SUITES_DIR / f"{c.suite}.yaml", c.suite)
+    for p in sorted(c.parents, key=lambda p: p["start"], reverse=True):
+        text = text or p["tags"].get("description", "") or _description_in(Path(p["tags"].get("suite_file", "")),
+                                                                            c.suite)
+    return " ".join(str(text).split())
+
+
+def _description_in(path: Path, suite: str) -> str:
     import yaml
 
-    for p in sorted(c.parents, key=lambda p: p["start"], reverse=True):
-        text = p["tags"].get("description")
-        path = Path(p["tags"].get("suite_file", ""))
-        if not text and path.is_file():
-            try:
-                raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-                text = raw.get("description", "") if isinstance(raw, dict) else ""
-            except (OSError, UnicodeDecodeError, yaml.YAMLError):
-                text = ""
-        if text:
-            return " ".join(str(text).split())
-    return ""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ""
+    return str(raw.get("description") or "") if isinstance(raw, dict) and raw.get("name") == suite else ""
 
 
 def _fmt(v: float, nd: int = 2) -> str:
