@@ -287,6 +287,7 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
     ds = get_dataset(cfg.dataset)
     cuda = device.type == "cuda"
     channels_last = cfg.channels_last and cuda and len(ds.shape) == 3
+    ckpt_dir = prepare_checkpoint_dir(cfg.checkpoint_dir, cfg.resume)  # before any data is read or epoch run
     loaders = make_loaders(cfg, ds, device, channels_last)
     model, est, act_est = build_model(cfg, ds)
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
@@ -306,12 +307,11 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
     eval_modes = list(cfg.eval_modes or (est.eval_modes if est is not None else ("default",)))
     topk = ds.num_classes >= 10
     diag = DiagnosticsTracker(model) if cfg.diagnostics else None
-    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     state = {"stage": 0, "epoch": 0, "history": [], "best": {}, "status": "running"}
     if cfg.resume:
         if ckpt_dir is None:
             raise ConfigError("--resume needs --checkpoint-dir (where the run left its checkpoints)")
-        state = _restore(ckpt_dir, cfg, model, diag, state)
+        state = _restore(ckpt_dir, cfg, model, diag, state, plan)
     env = describe(device)
     params = count_params(model)
     reporter.start(cfg, params, device)
@@ -404,7 +404,8 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
     result = _result(cfg, status, message, history, state["best"], eval_modes, params, env, plan)
     result.data_source = loaders.source
     if ckpt_dir is not None:
-        ckpt.save(ckpt_dir / "final.pt", {"status": status, "history": history, "best": state["best"]})
+        ckpt.save(ckpt_dir / "final.pt", {"config": repr(_fingerprint(cfg)), "status": status, "history": history,
+                                          "best": state["best"]})
         _final_model(ckpt_dir, model)
     reporter.finish(result)
     return result
@@ -453,7 +454,7 @@ def _hand_off(model: nn.Module, in_memory: dict[str, Any] | None, file: Path | N
     if in_memory is not None:
         model.load_state_dict(in_memory)
     elif file is not None and file.exists():
-        model.load_state_dict(ckpt.load(file, device)["model"])
+        model.load_state_dict(_field(ckpt.load(file, device), "model", file))
 
 
 def stage_handoff(cfg: RunConfig) -> str:
@@ -511,23 +512,73 @@ def _final_model(ckpt_dir: Path, model: nn.Module) -> None:
     ckpt.save(ckpt_dir / "model.pt", {"model": model.state_dict()})
 
 
-def _restore(ckpt_dir: Path, cfg: RunConfig, model: nn.Module, diag, state: dict[str, Any]) -> dict[str, Any]:
+#: the files a run writes into its checkpoint folder; a fresh run removes them, and nothing else, first
+CHECKPOINT_FILES = ("last.pt", "final.pt", "model.pt", "best_stage*.pt", "*.pt.tmp")
+
+
+def prepare_checkpoint_dir(checkpoint_dir: str | None, resume: bool) -> Path | None:
+    """The checkpoint folder, checked and created before training starts.
+
+    A fresh run (no ``resume``) removes the checkpoint files an earlier run left there (``CHECKPOINT_FILES``;
+    other files stay): otherwise that run's ``final.pt`` would outlive this one, and a later ``--resume`` of this
+    run, killed early, would report the earlier run's ending as its own.
+    """
+    if not checkpoint_dir:
+        if resume:
+            raise ConfigError("--resume needs --checkpoint-dir (where the run left its checkpoints)")
+        return None
+    d = Path(checkpoint_dir)
+    if d.exists() and not d.is_dir():
+        raise ConfigError(f"--checkpoint-dir {d} is a file, not a folder: pass a folder (it is created if missing)")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for pattern in CHECKPOINT_FILES:
+                for f in d.glob(pattern):
+                    if f.is_file():
+                        f.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot use --checkpoint-dir {d} ({exc.strerror or exc}): pass a writable folder") from None
+    return d
+
+
+def _field(saved: dict[str, Any], key: str, file: Path) -> Any:
+    if key not in saved:
+        raise ckpt.CheckpointError(f"{file} is not a binbench checkpoint (no {key!r} in it): delete it, or rerun "
+                                   "without --resume")
+    return saved[key]
+
+
+def _restore(ckpt_dir: Path, cfg: RunConfig, model: nn.Module, diag, state: dict[str, Any],
+             plan: list[dict[str, Any]]) -> dict[str, Any]:
+    """The state of the run in ``ckpt_dir``, loaded into ``model``. The ending recorded in ``final.pt`` counts
+    only when it belongs to this configuration and, for "finished", when ``last.pt`` shows every epoch of this
+    run's plan done; otherwise training continues from ``last.pt``."""
     final, last = ckpt_dir / "final.pt", ckpt_dir / "last.pt"
     if not last.exists():
         return state  # nothing to resume: start from scratch
     saved = ckpt.load(last)
-    if saved["config"] != repr(_fingerprint(cfg)):
+    if _field(saved, "config", last) != repr(_fingerprint(cfg)):
         raise ConfigError(f"the checkpoint in {ckpt_dir} was written by a different configuration; "
                           "drop --resume or use another --checkpoint-dir")
-    model.load_state_dict(saved["model"])
-    torch.set_rng_state(saved["rng"])
-    if saved["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    if diag is not None:
-        diag.load_state_dict(saved["diag"])
-    state = {k: saved[k] for k in ("stage", "epoch", "history", "best", "optimizer", "scheduler")}
+    try:
+        model.load_state_dict(_field(saved, "model", last))
+        torch.set_rng_state(_field(saved, "rng", last))
+        if saved.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        if diag is not None:
+            diag.load_state_dict(saved.get("diag", {}))
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise ckpt.CheckpointError(f"{last} does not fit this run's model ({type(exc).__name__}): delete it, or "
+                                   "rerun without --resume") from None
+    state = {k: _field(saved, k, last) for k in ("stage", "epoch", "history", "best", "optimizer", "scheduler")}
     state["status"] = "running"
     if final.exists():
         fin = ckpt.load(final)
-        state["status"] = fin["status"]
+        done = (state["stage"] == len(plan) - 1 and state["epoch"] >= plan[-1]["epochs"]
+                and len(state["history"]) == sum(p["epochs"] for p in plan))
+        if fin.get("config") == saved["config"] and (fin.get("status") == "diverged" or done):
+            state["status"] = fin["status"]
+            if fin["status"] == "diverged":
+                state["history"] = fin.get("history", state["history"])
     return state

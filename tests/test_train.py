@@ -140,3 +140,97 @@ def test_trains_on_real_mnist_files():
     res = train({"estimator": "ste", "model": "mlp", "dataset": "mnist", "data_root": str(shared_data()),
                        "epochs": 1, "train_subset": 6000, "threads": 2, "model_args": {"hidden": [128, 128]}})
     assert res.top1 > 80.0
+
+
+# -- checkpoint folders and files: issue 15 -------------------------------------------------------------------
+def _interrupt_after(n):
+    seen = {"n": 0}
+
+    def cb(record):
+        seen["n"] += 1
+        if seen["n"] == n:
+            raise KeyboardInterrupt
+
+    return cb
+
+
+def test_fresh_run_in_used_folder_never_resumes_as_finished(tmp_path):
+    cfg = {**TINY, "estimator": "ste", "epochs": 3, "checkpoint_dir": str(tmp_path)}
+    train(cfg)  # a finished run leaves final.pt
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[_interrupt_after(1)])  # the same folder again, without --resume, killed early
+    assert not (tmp_path / "final.pt").exists() and (tmp_path / "notes.txt").exists()
+    res = train({**cfg, "resume": True})
+    assert res.status == "finished" and len(res.history) == 3
+
+
+def test_resume_ignores_final_of_an_unfinished_plan(tmp_path):
+    import shutil
+
+    cfg = {**TINY, "estimator": "ste", "epochs": 3, "checkpoint_dir": str(tmp_path / "a")}
+    train(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        train({**cfg, "checkpoint_dir": str(tmp_path / "b")}, callbacks=[_interrupt_after(1)])
+    shutil.copy(tmp_path / "a" / "final.pt", tmp_path / "b" / "final.pt")  # what an older binbench left behind
+    res = train({**cfg, "checkpoint_dir": str(tmp_path / "b"), "resume": True})
+    assert res.status == "finished" and len(res.history) == 3
+
+
+def _damage(path):
+    import io
+
+    blob = torch.load(path, weights_only=True)
+    blob["model"][next(iter(blob["model"]))].view(-1)[0] += 1.0  # one weight changed, the checksum kept
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    path.write_bytes(buf.getvalue())
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def _malicious(path):
+    import pickle
+
+    path.write_bytes(pickle.dumps({"model": _Payload()}))
+
+
+def _torch_malicious(path):
+    torch.save({"model": _Payload()}, path)
+
+
+@pytest.mark.parametrize(("spoil", "needle"), [
+    (_damage, "is damaged"),
+    (lambda p: p.write_bytes(p.read_bytes()[:200]), "is damaged or truncated"),
+    (lambda p: p.write_bytes(b"garbage" * 50), "is not a binbench checkpoint"),
+    (_malicious, "is not a binbench checkpoint"),
+    (_torch_malicious, "is not a binbench checkpoint"),
+    (lambda p: torch.save([1, 2], p), "is not a binbench checkpoint"),
+])
+def test_bad_last_checkpoint_is_one_line_on_resume(tmp_path, monkeypatch, capsys, spoil, needle):
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "-e", "ste", "-d", "digits", "--epochs", "2", "--set", "model.hidden=[16]", "--set", "threads=1",
+            "--checkpoint-dir", str(tmp_path / "ck"), "--json"]
+    assert main(args) == 0
+    spoil(tmp_path / "ck" / "last.pt")
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "weights_only" not in err and "rerun without --resume" in err
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_checkpoint_dir_that_is_a_file_fails_before_training(tmp_path):
+    f = tmp_path / "ck"
+    f.write_text("x")
+    epochs = []
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        train({**TINY, "estimator": "ste", "epochs": 1, "checkpoint_dir": str(f)}, callbacks=[epochs.append])
+    assert epochs == []
