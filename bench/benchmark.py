@@ -145,24 +145,25 @@ class Workload:
         if self.dataset == "cifar10":
             from torchvision.datasets import CIFAR10
 
-            class Cifar(CIFAR10):  # files in the real format, other size: skip the md5 of the full archive
-                def _check_integrity(self) -> bool:
-                    return True
+            from bench.data import load_dataset
 
-                def _load_meta(self) -> None:
-                    self.classes = [f"c{i}" for i in range(10)]
-
-            ds = Cifar(self.data_root, train=True, transform=T.Compose(
-                [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm]))
+            # torchvision's dataset and per-image pipeline, over the batches binbench read with its restricted
+            # unpickler (torchvision's own reader runs plain pickle on whatever the folder holds)
+            d = load_dataset("cifar10", self.data_root)
+            ds = CIFAR10.__new__(CIFAR10)
+            ds.root, ds.train, ds.target_transform = str(self.data_root), True, None
+            ds.transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+            ds.data = d.train_x.permute(0, 2, 3, 1).contiguous().numpy()  # HWC, as torchvision keeps it
+            ds.targets = d.train_y.tolist()
+            ds.classes = [f"c{i}" for i in range(10)]
         else:
             from torchvision.datasets import MNIST
 
-            from bench.data import cache_dir
+            from bench.data import resolve_data_root
+            from bench.data.sources import mnist_root
 
-            root = self.data_root
-            if not (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-                root = str(cache_dir() / "extracted")  # where binbench extracted the archives
-            ds = MNIST(root, train=True, transform=T.Compose([T.ToTensor(), norm]))
+            root = mnist_root("MNIST", "MNIST", resolve_data_root(self.data_root))[0]  # or where binbench extracted
+            ds = MNIST(str(root), train=True, transform=T.Compose([T.ToTensor(), norm]))
         if self.subset:
             ds = torch.utils.data.Subset(ds, range(self.subset))
         model, opt = self._model()

@@ -442,3 +442,116 @@ def test_cifar10_from_shared_jpeg_archive():
     assert torch.bincount(d.test_y, minlength=10).tolist() == [1000] * 10
     mean = d.train_x[:5000].float().mean((0, 2, 3)) / 255  # CIFAR-10's channel means: 0.491, 0.482, 0.447
     assert torch.allclose(mean, torch.tensor([0.491, 0.482, 0.447]), atol=0.02)
+
+
+# -- issue 15: caches keyed by content, data files are data (never code), damaged files are one line ----------
+@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_mnist_like_caches_keyed_by_content(tmp_path, cache, name, folder):
+    _write_idx_gz(tmp_path / "r1" / folder / "raw", seed=0)
+    _write_idx_gz(tmp_path / "r2" / folder / "raw", seed=1)
+    a = load_dataset(name, tmp_path / "r1")
+    b = load_dataset(name, tmp_path / "r2")
+    assert not torch.equal(a.train_x, b.train_x) and a.digest != b.digest
+    again = load_dataset(name, tmp_path / "r1")  # r2's extraction did not replace r1's files
+    assert torch.equal(again.train_x, a.train_x)
+    extracted = sorted(p.name for p in (cache / "extracted").iterdir())
+    assert len(extracted) == 2 and all(n.startswith(folder.lower() + "-sha256-") for n in extracted)
+
+
+def test_cifar10_image_folders_in_two_roots_do_not_share_cache(tmp_path, cache):
+    a = load_dataset("cifar10", _image_folder(tmp_path / "r1" / "CIFAR-10-images").parent)
+    b = _image_folder(tmp_path / "r2" / "CIFAR-10-images")
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(b / "train" / "airplane" / "0000.jpg", "JPEG")
+    b = load_dataset("cifar10", b.parent)
+    assert a.digest != b.digest and not torch.equal(a.train_x, b.train_x)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {_Evil.marker}",))
+
+
+class _EvalEvil:
+    def __reduce__(self):
+        return (eval, (f"open({str(_Evil.marker)!r}, 'w')",))
+
+
+@pytest.mark.parametrize("target", ["data_batch_1", "batches.meta", "test_batch"])
+@pytest.mark.parametrize("payload", [_Evil, _EvalEvil])
+def test_crafted_cifar_batch_runs_nothing(tmp_path, cache, capsys, target, payload):
+    from bench.cli import main
+
+    _write_cifar(tmp_path, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+                 "batches.meta", "labels", 4, 10)
+    _Evil.marker = tmp_path / "PWNED"
+    with open(tmp_path / "cifar-10-batches-py" / target, "wb") as fh:
+        pickle.dump({"data": payload(), "labels": [0]}, fh, protocol=2)
+    code = main(["run", "-e", "ste", "-d", "cifar10", "-m", "mlp", "--data-root", str(tmp_path), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "refusing to load" in err and "nothing in it was run" in err and err.count("\n") == 1
+    assert "Traceback" not in err and not _Evil.marker.exists()
+
+
+def _garbage_gz(root: Path):
+    _write_idx_gz(root / "MNIST" / "raw", seed=0)
+    (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all" * 10)
+
+
+def _truncated_gz(root: Path):
+    _write_idx_gz(root / "MNIST" / "raw", seed=0)
+    f = root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:20])
+
+
+def _garbage_idx(root: Path):
+    import gzip
+
+    _write_idx_gz(root / "MNIST" / "raw", seed=0)
+    for gz in (root / "MNIST" / "raw").glob("*.gz"):
+        gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
+    (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x07garbage")
+
+
+def _garbage_cifar(root: Path):
+    _write_cifar(root, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+                 "batches.meta", "labels", 4, 10)
+    (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(os.urandom(300))
+
+
+def _truncated_cifar(root: Path):
+    _write_cifar(root, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+                 "batches.meta", "labels", 4, 10)
+    f = root / "cifar-10-batches-py" / "test_batch"
+    f.write_bytes(f.read_bytes()[:-100])
+
+
+def _wrong_shape_cifar(root: Path):
+    _write_cifar(root, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+                 "batches.meta", "labels", 4, 10)
+    with open(root / "cifar-10-batches-py" / "data_batch_2", "wb") as fh:
+        pickle.dump({"data": np.zeros((4, 100), np.uint8), "labels": [0, 1, 2, 3]}, fh, protocol=2)
+
+
+def _garbage_archive(root: Path):
+    (root / "CIFAR-10-images").mkdir(parents=True)
+    (root / "CIFAR-10-images" / "cifar10-jpeg.tar.gz").write_bytes(os.urandom(500))
+
+
+@pytest.mark.parametrize(("dataset", "spoil", "needle"), [
+    ("mnist", _garbage_gz, "truncated or not a gzip archive"),
+    ("mnist", _truncated_gz, "truncated or not a gzip archive"),
+    ("mnist", _garbage_idx, "damaged or not idx files"),
+    ("cifar10", _garbage_cifar, "damaged or not a CIFAR batch"),
+    ("cifar10", _truncated_cifar, "damaged or not a CIFAR batch"),
+    ("cifar10", _wrong_shape_cifar, "is not a CIFAR batch (its 'data'"),
+    ("cifar10", _garbage_archive, "truncated or corrupt"),
+])
+def test_damaged_data_files_are_one_line(tmp_path, cache, capsys, dataset, spoil, needle):
+    from bench.cli import main
+
+    spoil(tmp_path)
+    code = main(["run", "-e", "ste", "-d", dataset, "-m", "mlp", "--data-root", str(tmp_path), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err, err

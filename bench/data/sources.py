@@ -7,8 +7,10 @@ CIFAR-10 also reads a JPEG image-folder copy (or its .tar.gz) when torchvision's
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ from bench.data.imagefolder import (
     ARCHIVE_NAME,
     IMAGE_FOLDERS,
     JPEG_SOURCE,
+    _key,
+    _remove_stale,
     file_sha256,
     files_digest,
     find_cifar10_images,
@@ -27,7 +31,7 @@ from bench.data.imagefolder import (
     image_copy_digest,
     load_cifar10_images,
 )
-from bench.errors import DataNotFoundError
+from bench.errors import BinbenchError, DataNotFoundError
 
 
 def _missing(name: str, where: Path, how: str) -> DataNotFoundError:
@@ -72,6 +76,53 @@ def _mnist_files(cls_name: str, folder: str, root: Path) -> tuple[list[Path], li
     return [raw / f.removesuffix(".gz") for f in files], [raw / f for f in files]
 
 
+def mnist_root(cls_name: str, folder: str, root: Path) -> tuple[Path, str]:
+    """(the root torchvision should read, the digest of the files) for MNIST-like idx files under ``root``.
+
+    The plain files are read where they are. Archives (*.gz) in a possibly read-only root are extracted once
+    into ``<cache>/extracted/<folder>-<digest key>/<folder>/raw/``: the folder is named by the archives'
+    content digest, and filled in a temporary folder renamed into place, so another data root (or a killed
+    extraction) never hands a later load different files.
+    """
+    plain, gz = _mnist_files(cls_name, folder, root)
+    if all(p.exists() for p in plain):
+        return root, files_digest(plain, root / folder)
+    if not all(p.exists() for p in gz):
+        raise _missing(folder, root / folder / "raw", MNIST_HOW.replace("MNIST", folder))
+    digest = files_digest(gz, root / folder)
+    parent = cache_dir() / "extracted"
+    final = parent / f"{folder.lower()}-{_key(digest)}"
+    names = [src.name.removesuffix(".gz") for src in gz]
+    if all((final / folder / "raw" / n).is_file() for n in names):
+        return final, digest
+    _remove_stale(parent, final.name)
+    tmp = parent / f".{final.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / folder / "raw").mkdir(parents=True)
+        for src, n in zip(gz, names, strict=True):
+            try:
+                with gzip.open(src, "rb") as fi, open(tmp / folder / "raw" / n, "wb") as fo:
+                    shutil.copyfileobj(fi, fo)
+            except (OSError, EOFError, zlib.error) as exc:
+                if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) and exc.errno is not None:
+                    raise BinbenchError(f"could not extract {src} into {parent} ({exc.strerror}): free disk space "
+                                        "there or point XDG_CACHE_HOME at a writable folder") from None
+                raise BinbenchError(f"{src} is truncated or not a gzip archive ({type(exc).__name__}): replace it "
+                                    "with an intact copy") from None
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)  # incomplete: someone removed files from it
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not all((final / folder / "raw" / n).is_file() for n in names):  # not a concurrent load's win
+                raise BinbenchError(f"could not move the extracted {folder} files into {final}: free disk space "
+                                    "there or point XDG_CACHE_HOME at a writable folder") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final, digest
+
+
 def _mnist_like(cls_name: str, folder: str, name: str, how: str, source: str):
     def identify(root: Path) -> tuple[str, str]:
         plain, gz = _mnist_files(cls_name, folder, root)
@@ -84,41 +135,20 @@ def _mnist_like(cls_name: str, folder: str, name: str, how: str, source: str):
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, cls_name)
-        # torchvision reads <root>/<folder>/raw/*-ubyte; archives (*.gz) in a read-only root are extracted
-        # into binbench's cache once, so a shared read-only data folder works as is.
-        use_root = root
         raw = root / folder / "raw"
         plain, gz = _mnist_files(cls_name, folder, root)
-        digest = ""
-        if all(p.exists() for p in plain):
-            digest = files_digest(plain, root / folder)
-        elif all(p.exists() for p in gz):
-            digest = files_digest(gz, root / folder)
-            use_root = cache_dir() / "extracted"
-            dest = use_root / folder / "raw"
-            dest.mkdir(parents=True, exist_ok=True)
-            # the extraction keeps torchvision's layout (bench.benchmark reads it there), so it is tagged with
-            # the digest of the archives it came from: another data root's archives replace it, never reuse it
-            marker = dest / ".source-digest"
-            fresh = marker.exists() and marker.read_text().strip() == digest
-            for src in gz:
-                out = dest / src.name.removesuffix(".gz")
-                if not (fresh and out.exists()):
-                    tmp = out.with_suffix(".tmp")
-                    with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
-                        shutil.copyfileobj(fi, fo)
-                    tmp.replace(out)
-            if not fresh:
-                tmp = marker.with_suffix(".tmp")
-                tmp.write_text(digest + "\n")
-                tmp.replace(marker)
-        elif not download:
+        have = all(p.exists() for p in plain) or all(p.exists() for p in gz)
+        if not have and not download:
             raise _missing(name, raw, how)
+        use_root, digest = mnist_root(cls_name, folder, root) if have else (root, "")
         try:
-            train = cls(str(use_root), train=True, download=download)
-            test = cls(str(use_root), train=False, download=download)
-        except RuntimeError as exc:
-            raise _missing(name, raw, how) from exc
+            train = cls(str(use_root), train=True, download=download and not have)
+            test = cls(str(use_root), train=False, download=download and not have)
+        except Exception as exc:  # noqa: BLE001 - torchvision's parser asserts, raises RuntimeError, ValueError
+            if not have:
+                raise _missing(name, raw, how) from exc
+            raise BinbenchError(f"the {name} files in {raw} are damaged or not idx files ({type(exc).__name__}): "
+                                f"replace them with intact copies ({how})") from None
         if not digest and all(p.exists() for p in _mnist_files(cls_name, folder, use_root)[0]):  # just downloaded
             digest = files_digest(_mnist_files(cls_name, folder, use_root)[0], use_root / folder)
         return DatasetTensors(train.data[:, None].contiguous(), train.targets.long(), test.data[:, None].contiguous(),
@@ -137,6 +167,93 @@ def _cifar_files(cls_name: str, root: Path) -> tuple[Path, list[Path]]:
     return folder, [folder / f for f in names]
 
 
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR batch file names: numpy's array reconstruction and dtype, under the module
+    names numpy 1 (``numpy.core``) and numpy 2 (``numpy._core``) pickle them with."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    out: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for mod in ("numpy.core", "numpy._core"):
+        out[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        out[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
+    return out
+
+
+def _latin1_encode(obj: object, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles bytes at protocol 2 (``encode(str, 'latin1')``), and nothing else."""
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused("it calls _codecs.encode with arguments a CIFAR batch never holds")
+    return obj.encode("latin1", errors)
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global that a CIFAR batch never names."""
+
+
+_SAFE_BUILTINS = {"bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list", "set", "str", "tuple"}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR's pickled batches, admitting only the globals a real batch names (numpy arrays, builtin
+    containers and numbers): a crafted file that names anything else (``os.system``, ``eval`` ...) is refused
+    before anything of it runs."""
+
+    _numpy = None
+
+    def find_class(self, module: str, name: str):  # noqa: D401 - pickle's hook
+        if CifarUnpickler._numpy is None:
+            CifarUnpickler._numpy = _numpy_globals()
+        found = CifarUnpickler._numpy.get((module, name))
+        if found is not None:
+            return found
+        if module == "_codecs" and name == "encode":
+            return _latin1_encode
+        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+            import builtins
+
+            return getattr(builtins, name)
+        raise _Refused(f"it names {module}.{name}, which a CIFAR batch never holds")
+
+
+def read_cifar_batch(path: Path) -> dict:
+    """One CIFAR batch or meta file, through :class:`CifarUnpickler`; a BinbenchError of one line when the file
+    is damaged or holds anything a real batch does not."""
+    try:
+        with open(path, "rb") as fh:
+            out = CifarUnpickler(fh, encoding="latin1").load()
+    except _Refused as exc:
+        raise BinbenchError(f"refusing to load {path}: {exc}; nothing in it was run. Replace the folder with "
+                            "torchvision's original batches (or pass --download)") from None
+    except OSError as exc:
+        raise BinbenchError(f"cannot read {path} ({exc.strerror or exc}): make it readable") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or garbage bytes fail in many ways inside pickle
+        raise BinbenchError(f"{path} is damaged or not a CIFAR batch ({type(exc).__name__}): replace the folder "
+                            "with torchvision's original batches (or pass --download)") from None
+    if not isinstance(out, dict):
+        raise BinbenchError(f"{path} is not a CIFAR batch (it holds a {type(out).__name__}, not a dict): replace "
+                            "the folder with torchvision's original batches")
+    return out
+
+
+def _batch_arrays(path: Path, num_classes: int) -> tuple[np.ndarray, list[int]]:
+    entry = read_cifar_batch(path)
+    data = entry.get("data")
+    labels = entry.get("labels", entry.get("fine_labels"))
+    bad = ""
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        bad = "its 'data' is not a uint8 array of 3072 values per image"
+    elif not isinstance(labels, list) or len(labels) != data.shape[0]:
+        bad = "its labels are not a list with one label per image"
+    elif not all(isinstance(v, int) and 0 <= v < num_classes for v in labels):
+        bad = f"its labels are not integers in 0..{num_classes - 1}"
+    if bad:
+        raise BinbenchError(f"{path} is not a CIFAR batch ({bad}): replace the folder with torchvision's original "
+                            "batches")
+    return data, labels
+
+
 def _cifar(cls_name: str, name: str, how: str, source: str):
     def identify(root: Path) -> tuple[str, str]:
         folder, files = _cifar_files(cls_name, root)
@@ -145,37 +262,33 @@ def _cifar(cls_name: str, name: str, how: str, source: str):
         return source, files_digest(files, folder)
 
     def load(root: Path, download: bool = False) -> DatasetTensors:
+        """torchvision's batch files, read by :class:`CifarUnpickler` (never by plain pickle: a batch folder
+        is data, and may come from anywhere). Files of the real format but another size (subsets, test
+        fixtures) load too; torchvision's md5s are checked only when it downloads."""
         import torchvision.datasets as tvd
 
         base = getattr(tvd, cls_name)
+        folder, files = _cifar_files(cls_name, root)
+        if not all(f.is_file() for f in files):
+            if not download:
+                raise _missing(name, folder, how)
+            try:  # downloads, verifies the archive's md5 and extracts; the files are read below as any others
+                base(str(root), train=True, download=True)
+            except RuntimeError as exc:
+                raise _missing(name, folder, how) from exc
+        num_classes = 10 if cls_name == "CIFAR10" else 100
+        meta = read_cifar_batch(folder / base.meta["filename"])
+        if not isinstance(meta.get(base.meta["key"]), list):
+            raise BinbenchError(f"{folder / base.meta['filename']} is not CIFAR's meta file (no "
+                                f"{base.meta['key']!r} list): replace the folder with torchvision's original batches")
 
-        class Cifar(base):  # type: ignore[misc, valid-type]
-            # torchvision verifies md5s of the full archives; files in the same format but another size
-            # (subsets, test fixtures) are accepted when present. Downloads still verify.
-            def _check_integrity(self) -> bool:
-                folder = Path(self.root) / self.base_folder
-                return all((folder / f).exists() for f, _ in self.train_list + self.test_list)
+        def split(names) -> tuple[Tensor, Tensor]:
+            parts = [_batch_arrays(folder / f, num_classes) for f, _ in names]
+            x = np.vstack([d for d, _ in parts]).reshape(-1, 3, 32, 32)
+            return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor([v for _, ls in parts for v in ls],
+                                                                           dtype=torch.int64)
 
-            def _load_meta(self) -> None:
-                path = Path(self.root) / self.base_folder / self.meta["filename"]
-                if not path.exists():
-                    raise RuntimeError(f"{path} missing")
-                with open(path, "rb") as fh:
-                    self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
-                self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-        folder = Path(root) / base.base_folder
-        try:
-            train = Cifar(str(root), train=True, download=download)
-            test = Cifar(str(root), train=False, download=download)
-        except RuntimeError as exc:
-            raise _missing(name, folder, how) from exc
-
-        def to_t(ds) -> tuple[Tensor, Tensor]:
-            x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-            return x, torch.tensor(ds.targets, dtype=torch.int64)
-
-        (xtr, ytr), (xte, yte) = to_t(train), to_t(test)
+        (xtr, ytr), (xte, yte) = split(base.train_list), split(base.test_list)
         return DatasetTensors(xtr, ytr, xte, yte, source=source, digest=identify(root)[1], origin=str(folder))
 
     return identify, load
