@@ -213,7 +213,33 @@ def _dry_run(values: dict[str, Any], as_json: bool) -> int:
 
 
 def _results_dir(args: argparse.Namespace, suite_name: str) -> str:
-    return args.results_dir or os.path.join("results", suite_name)
+    """--results-dir, else results/<suite name> (which must stay inside results/); never an existing file."""
+    from bench.suite import inside
+
+    out = args.results_dir or str(inside("results", suite_name))
+    _writable_folder(out, "--results-dir" if args.results_dir else "the results folder")
+    return out
+
+
+def _writable_folder(path: str | os.PathLike, what: str) -> None:
+    """Refuse, before anything runs, a folder to write into that is an existing file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BinbenchError(f"{what} {p} is a file, not a folder: pass a folder (it is created if missing)")
+
+
+def _report_suite_name(suite: str) -> str:
+    """The name a report of ``suite`` reads results under: the suite file's (checked as a suite run checks it),
+    or, when no such file exists any more, the argument itself if it is a valid suite name."""
+    from bench.suite import NAME_RE, find_suite, suite_identity
+
+    try:
+        find_suite(suite)
+    except BinbenchError:
+        if NAME_RE.fullmatch(suite) and ".." not in suite:
+            return suite  # results of a suite whose file is gone
+        raise
+    return suite_identity(suite)[1]
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
@@ -229,7 +255,11 @@ def cmd_suite(args: argparse.Namespace) -> int:
         return 0
     if not args.suite:
         raise BinbenchError(f"binbench suite {args.action} needs a suite name or a path to a .yaml file")
-    suite = load_suite(args.suite, data_root=args.data_root)
+    if args.max_trials is not None and args.max_trials < 1:
+        raise BinbenchError(f"--max-trials must be a positive number of trials, got {args.max_trials}")
+    suite = load_suite(args.suite, data_root=args.data_root, max_trials=args.max_trials)
+    if args.action == "run":
+        results_dir = _results_dir(args, suite.name)  # checked before anything starts
     if args.action == "show" or args.dry_run:
         cost = estimate_cost(suite)
         print(f"suite {suite.name} ({suite.path}): {len(suite.trials)} trials")
@@ -254,8 +284,9 @@ def cmd_suite(args: argparse.Namespace) -> int:
     from bench.runner import check_address, run_suite
 
     check_address(args.address)
-    load_suite(args.suite, data_root=args.data_root, check_data=True)  # missing data: stop before Ray starts
-    out = run_suite(suite, _results_dir(args, suite.name), resume=args.resume, address=args.address,
+    # missing data: stop before Ray starts
+    load_suite(args.suite, data_root=args.data_root, check_data=True, max_trials=args.max_trials)
+    out = run_suite(suite, results_dir, resume=args.resume, address=args.address,
                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                     tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent)
     counts: dict[str, int] = {}
@@ -313,6 +344,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import report, summary_lines
 
+    name = _report_suite_name(args.suite)  # a bad suite file, name or folder: one line, before reading results
+    if args.results_dir:
+        _writable_folder(args.results_dir, "--results-dir")
+    else:
+        _results_dir(args, name)
+    if args.out:
+        _writable_folder(args.out, "--out")
     c, tables, figs = report(args.suite, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
                              out_dir=args.out, notes=args.note)
     print(f"report of {c.suite}: {len(c.runs)} trial runs counted ({c.ignored} ignored) from {c.uri}")
@@ -330,6 +368,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     bad = (only or set()) - {"overhead", "estimators", "suite", "memory"}
     if bad:
         raise BinbenchError(f"--only takes overhead, estimators, suite, memory; got {', '.join(sorted(bad))}")
+    _writable_folder(args.out, "--out")
     run_benchmark(args.out, data_root=args.data_root, repeats=args.repeats, quick=args.quick, only=only)
     print(open(next(Path(args.out).glob("benchmark-*.md"))).read())
     return 0
@@ -385,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--results-dir", help="where the MLflow store, checkpoints and Ray files go "
                                           "(default: results/<suite>)")
     su.add_argument("--data-root")
+    su.add_argument("--max-trials", type=int, metavar="N",
+                    help="allow a suite of up to N trials (default 10000: a larger grid is refused before it is "
+                         "expanded)")
     su.set_defaults(func=cmd_suite)
 
     rp = sub.add_parser("report", help="tables and figures of a suite, from its MLflow runs")

@@ -27,12 +27,27 @@ would be valid.
       asha: {grace_period: 1, reduction_factor: 2}   # optional: without it every sampled point runs to the end
 
 With a search, --resume skips a whole grid cell once any of its sampled points finished.
+
+What a suite file may hold, checked before anything is expanded or started (each breach is one line):
+
+* its ``name`` (default: the file's stem) names the results folder, the MLflow experiment and Ray's folder,
+  so it is letters, digits, ``-``, ``_`` and ``.`` (not first), at most 100 characters;
+* a suite's identity is its name: a file that is not the shipped ``suites/<name>.yaml`` but carries a shipped
+  suite's name is refused, since its runs would merge into that suite's results and report (rename it);
+* a key given twice in one mapping (``grid:`` twice, ``seeds:`` twice) is an error naming the key and lines,
+  not a silent "last one wins";
+* YAML aliases may not expand the document past ``MAX_NODES`` nodes (billion laughs) nor nest deeper than
+  ``MAX_DEPTH``; the file is UTF-8 text of at most ``MAX_BYTES``;
+* the number of trials (grid cells x seeds x sampled points) is computed before anything is expanded and
+  refused past ``MAX_TRIALS`` unless the caller raises the bound (``--max-trials N``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +63,12 @@ TOP_KEYS = {"name", "description", "grid", "fp_baseline", "defaults", "overrides
 GRID_KEYS = {"estimators", "models", "datasets", "bits", "recipes", "seeds"}
 SEARCH_KEYS = {"metric", "mode", "num_samples", "space", "asha"}
 SPACE_KINDS = {"loguniform", "uniform", "choice", "randint", "grid"}
+#: a suite name is a file-name component: no separators, no leading dot, no '..'
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+MAX_TRIALS = 10_000  # trials a suite may expand to without --max-trials
+MAX_NODES = 100_000  # YAML nodes a suite file may expand to, aliases expanded
+MAX_DEPTH = 32  # nesting of YAML collections
+MAX_BYTES = 1 << 20  # size of a suite file
 #: keys that change where/how a trial runs, not what it computes: left out of its identity
 EXECUTION_KEYS = {"threads", "device", "data_root", "download", "checkpoint_dir", "resume", "eval_batch_size"}
 
@@ -58,7 +79,10 @@ class SuiteError(BinbenchError):
     def __init__(self, path: str, problems: list[str]):
         self.problems = problems
         head = f"suite {path} has {len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        super().__init__(head + ":\n  " + "\n  ".join(problems))
+        if len(problems) == 1:  # one line
+            super().__init__(f"{head}: {problems[0]}")
+        else:
+            super().__init__(head + ":\n  " + "\n  ".join(problems))
 
 
 @dataclass
@@ -105,16 +129,195 @@ def list_suites() -> list[str]:
 
 
 def find_suite(name_or_path: str) -> Path:
+    """The suite file: an existing file, else a shipped suite's name, else a clear error.
+
+    A shipped name wins over a folder of that name in the working directory (``binbench report smoke`` run
+    where ``smoke/`` holds that suite's results)."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.exists():
-            raise BinbenchError(f"suite file {p} does not exist")
+    if p.is_file():
         return p.resolve()
-    cand = SUITES_DIR / f"{name_or_path}.yaml"
-    if cand.exists():
-        return cand
+    shipped = SUITES_DIR / f"{name_or_path}.yaml"
+    if NAME_RE.fullmatch(name_or_path) and shipped.is_file():
+        return shipped
+    if p.is_dir():
+        raise BinbenchError(f"suite {p} is a folder, not a suite file: pass the .yaml file in it, or a suite name "
+                            f"({', '.join(list_suites())})")
+    if p.exists():
+        raise BinbenchError(f"suite {p} is not a regular file: pass a .yaml file or a suite name")
+    if p.suffix in (".yaml", ".yml") or len(p.parts) > 1:
+        raise BinbenchError(f"suite file {p} does not exist")
     raise BinbenchError(f"unknown suite {name_or_path!r}{did_you_mean(name_or_path, list_suites())}; "
                         f"`binbench suite list` shows {', '.join(list_suites())}, or pass a path to a .yaml file")
+
+
+def inside(root: str | Path, *parts: str) -> Path:
+    """``root/parts...``, refused (one line) unless it resolves to a path inside ``root``."""
+    base = Path(root).resolve()
+    out = base.joinpath(*parts).resolve()
+    if out != base and base not in out.parents:
+        raise BinbenchError(f"{Path(root).joinpath(*parts)} leads outside {root}: use a suite name of letters, "
+                            "digits, '-', '_' and '.'")
+    return out
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and nesting deeper than MAX_DEPTH while composing."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], Any] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                ident = (key_node.tag, key_node.value)
+                if ident in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value!r} appears twice in one mapping (first at line "
+                        f"{seen[ident].line + 1}); keep one, merging their values", key_node.start_mark)
+                seen[ident] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(node) -> None:
+    """Refuse a node graph whose aliases expand it past MAX_NODES nodes or MAX_DEPTH levels, or loop."""
+    memo: dict[int, tuple[int, int]] = {}  # id -> (expanded size, height)
+    on_path: set[int] = set()
+
+    def walk(n, depth: int) -> tuple[int, int]:
+        key = id(n)
+        if key in memo:
+            size, height = memo[key]
+        else:
+            if key in on_path:
+                raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it",
+                                                  n.start_mark)
+            on_path.add(key)
+            kids = ([c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode)
+                    else list(n.value) if isinstance(n, yaml.SequenceNode) else [])
+            size, height = 1, 1
+            for c in kids:
+                cs, ch = walk(c, depth + 1)
+                size, height = size + cs, max(height, ch + 1)
+                if size > MAX_NODES:
+                    break
+            on_path.discard(key)
+            memo[key] = (size, height)
+        if size > MAX_NODES:
+            raise yaml.composer.ComposerError(None, None, f"its aliases expand it past {MAX_NODES:,} values "
+                                              "(an alias bomb?); write the values out", n.start_mark)
+        if depth + height > MAX_DEPTH + 1:
+            raise yaml.composer.ComposerError(None, None, f"its aliases nest it deeper than {MAX_DEPTH} levels",
+                                              n.start_mark)
+        return size, height
+
+    walk(node, 0)
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _short(value: Any, n: int = 80) -> str:
+    """repr of a value from the file, cut to ``n`` characters (it may be large)."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict = n, n, 8, 8
+    return _one_line(r.repr(value))[:n]
+
+
+def read_suite_file(path: Path) -> Any:
+    """The YAML document of a suite file, through the checks above; SuiteError (one line) when it breaks one."""
+    where = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise SuiteError(where, [f"the file is {size:,} bytes; a suite file is at most {MAX_BYTES:,}: is this "
+                                     "the right file?"])
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SuiteError(where, [f"cannot read it ({exc.strerror or exc}): make it readable"]) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SuiteError(where, [f"not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}): save it as "
+                                 "UTF-8"]) from None
+    loader = None
+    try:
+        loader = _SuiteLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        _check_expansion(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise SuiteError(where, [f"not valid YAML{at}: {_one_line(getattr(exc, 'problem', None) or exc)}"]) \
+            from None
+    except RecursionError:
+        raise SuiteError(where, [f"nested too deeply (at most {MAX_DEPTH} levels)"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def suite_name(path: Path, raw: Any) -> tuple[str, list[str]]:
+    """(the suite's name, problems with it): a safe file-name component, and not a shipped suite's name unless
+    this is that shipped file."""
+    where = str(path)
+    name = raw.get("name", path.stem) if isinstance(raw, dict) else path.stem
+    if not isinstance(name, str):
+        return path.stem, [f"{where}: 'name' must be a string, got a {type(name).__name__}"]
+    if not NAME_RE.fullmatch(name) or ".." in name:
+        shown = name if len(name) <= 60 else name[:60] + "..."
+        return name, [f"{where}: name {shown!r} is not a valid suite name: it names folders, so use letters, digits, "
+                      "'-', '_' and '.' (not first), at most 100 characters"
+                      + ("" if isinstance(raw, dict) and "name" in raw else "; add a 'name:' key")]
+    shipped = SUITES_DIR / f"{name}.yaml"
+    if shipped.is_file() and shipped.resolve() != Path(path).resolve():
+        return name, [f"{where}: name {name!r} is the name of the shipped suite {shipped}; its runs would merge into "
+                      f"that suite's results and report: give this suite another name (e.g. name: {name}-mine)"]
+    return name, []
+
+
+def suite_identity(name_or_path: str) -> tuple[Path, str]:
+    """(file, name) of a suite, checked as ``load_suite`` checks them, without validating the grid: what a
+    report of its results needs."""
+    path = find_suite(name_or_path)
+    raw = read_suite_file(path)
+    name, problems = suite_name(path, raw)
+    if problems:
+        raise SuiteError(str(path), problems)
+    return path, name
+
+
+def count_trials(n_models: int, n_datasets: int, n_estimators: int, bits: list[str], n_recipes: int, n_seeds: int,
+                 fp: bool, search: Any) -> int:
+    """How many trials the grid (and search) expands to, without expanding it."""
+    per_pair = (1 if fp or "FP32" in bits else 0) + sum(b != "FP32" for b in bits) * n_estimators * n_recipes
+    n = n_models * n_datasets * per_pair * n_seeds
+    if isinstance(search, dict):
+        ns = search.get("num_samples", 1)
+        n *= ns if isinstance(ns, int) and ns > 0 else 1
+        space = search.get("space")
+        for spec in (space.values() if isinstance(space, dict) else []):
+            if isinstance(spec, dict) and isinstance(spec.get("grid"), list):
+                n *= max(1, len(spec["grid"]))
+    return n
 
 
 def trial_key(suite: str, resolved: dict[str, Any]) -> str:
@@ -127,20 +330,19 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool = False) -> Suite:
-    """Read, validate and expand a suite; raise SuiteError listing every problem."""
+def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool = False,
+               max_trials: int | None = None) -> Suite:
+    """Read, validate and expand a suite; raise SuiteError listing every problem.
+
+    ``max_trials`` (default MAX_TRIALS) bounds the trials the suite may expand to; the count is computed
+    before anything is expanded."""
     from bench.data import DATASETS
     from bench.estimator import ESTIMATORS, get_estimator_class
     from bench.models import MODELS
 
     path = find_suite(name_or_path)
     where = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise SuiteError(where, [f"not valid YAML{at}: {getattr(exc, 'problem', exc)}"]) from None
+    raw = read_suite_file(path) or {}
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise SuiteError(where, ["the top level must be a mapping with keys: " + ", ".join(sorted(TOP_KEYS))])
@@ -148,10 +350,8 @@ def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool
         if k not in TOP_KEYS:
             problems.append(f"{where}: unknown key {k!r}{did_you_mean(str(k), TOP_KEYS)}; valid: "
                             f"{', '.join(sorted(TOP_KEYS))}")
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str):
-        problems.append(f"{where}: 'name' must be a string, got {name!r}")
-        name = path.stem
+    name, name_problems = suite_name(path, raw)
+    problems += name_problems
     grid = raw.get("grid")
     if not isinstance(grid, dict):
         problems.append(f"{where}: 'grid' must be a mapping with keys {', '.join(sorted(GRID_KEYS))}")
@@ -172,8 +372,9 @@ def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool
         out = []
         for v in _as_list(value):
             if not isinstance(v, str) or v not in registry:
-                problems.append(f"{where}: grid.{key}: unknown {registry.kind} {v!r}{did_you_mean(str(v), registry)}; "
-                                f"valid: {', '.join(registry.names())}")
+                shown = _short(v)
+                problems.append(f"{where}: grid.{key}: unknown {registry.kind} {shown}"
+                                f"{did_you_mean(shown.strip(chr(39)), registry)}; valid: {', '.join(registry.names())}")
             else:
                 out.append(v)
         return out
@@ -183,23 +384,23 @@ def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool
     datasets = names("datasets", DATASETS)
     bits = []
     for b in _as_list(grid.get("bits", ["W1A1"])):
-        if b not in BITS:
-            problems.append(f"{where}: grid.bits: unknown {b!r}; valid: {', '.join(BITS)}")
+        if not isinstance(b, str) or b not in BITS:
+            problems.append(f"{where}: grid.bits: unknown {_short(b)}; valid: {', '.join(BITS)}")
         else:
             bits.append(b)
     recipes = []
     for r in _as_list(grid.get("recipes", ["common"])):
-        if r not in ("common", "published"):
-            problems.append(f"{where}: grid.recipes: unknown {r!r}; valid: common, published")
+        if not isinstance(r, str) or r not in ("common", "published"):
+            problems.append(f"{where}: grid.recipes: unknown {_short(r)}; valid: common, published")
         else:
             recipes.append(r)
     seeds = _as_list(grid.get("seeds", [0]))
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        problems.append(f"{where}: grid.seeds must be a list of integers, got {grid.get('seeds')!r}")
+        problems.append(f"{where}: grid.seeds must be a list of integers, got {_short(grid.get('seeds'))}")
         seeds = []
     fp = raw.get("fp_baseline", False)
     if not isinstance(fp, bool):
-        problems.append(f"{where}: 'fp_baseline' must be true or false, got {fp!r}")
+        problems.append(f"{where}: 'fp_baseline' must be true or false, got {_short(fp)}")
         fp = False
 
     defaults = raw.get("defaults", {}) or {}
@@ -237,6 +438,11 @@ def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool
     search = raw.get("search")
     if search is not None:
         problems += _check_search(where, search)
+    limit = MAX_TRIALS if max_trials is None else max_trials
+    n_trials = count_trials(len(models), len(datasets), len(estimators), bits, len(recipes), len(seeds), fp, search)
+    if n_trials > limit:
+        problems.append(f"{where}: the grid expands to {n_trials:,} trials, more than the limit of {limit:,}: shrink "
+                        f"the grid (or search.num_samples), or pass --max-trials {n_trials} if you mean it")
 
     trials: list[Trial] = []
     if not problems:

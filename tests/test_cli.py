@@ -142,3 +142,17 @@ def test_dry_run_json_marks_extrapolated_and_dataset_defaults(capsys):
     code, out, _ = run_cli(capsys, "run", "-e", "irnet", "-d", "digits", "--dry-run", "--json")
     prov = {p["key"]: p for p in json.loads(out)["recipe"]["provenance"]}
     assert prov["epochs"]["source"] == "dataset 'digits' default"
+
+
+@pytest.mark.parametrize("argv", [
+    ["report", "smoke", "--results-dir", "{d}", "--out", "{f}"],
+    ["report", "smoke", "--results-dir", "{f}"],
+    ["benchmark", "--out", "{f}", "--quick"],
+    ["suite", "run", "smoke", "--results-dir", "{f}"],
+])
+def test_output_folder_that_is_a_file_fails_first(tmp_path, capsys, argv):
+    f = tmp_path / "taken"
+    f.write_text("mine")
+    code, _, err = run_cli(capsys, *[a.format(d=tmp_path, f=f) for a in argv])
+    assert code == 2 and "is a file, not a folder" in err and err.count("\n") == 1
+    assert f.read_text() == "mine"

@@ -189,3 +189,109 @@ def test_search_suite_asha_per_cell(tmp_path):
     assert all(r[2] == "stopped" for r in runs if r[1] == "KILLED")
     for t in load_suite(str(path)).trials:
         assert any(r[0] == t.key and r[1] == "FINISHED" for r in runs), f"{t.label}: a point ran to the end"
+
+
+# -- issue 15: what a suite file may hold, refused in one line before anything is expanded or started -------------
+GOOD = "grid:\n  estimators: [ste]\n  models: [mlp]\n  datasets: [digits]\n  seeds: [0]\ndefaults: {epochs: 1}\n"
+BOMB = "name: bomb\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '0'] * 9)}]\n" for i in range(10)) \
+    + GOOD.replace("seeds: [0]", "seeds: *l9")
+NESTED = "name: deep\n" + GOOD + "notes: " + "[" * 2000 + "]" * 2000 + "\n"
+MALFORMED = {  # file body (str or bytes), what the one-line error says
+    "dup_grid": ("name: dup1\ngrid: {estimators: [ste]}\n" + GOOD, "key 'grid' appears twice in one mapping"),
+    "dup_seeds": ("name: dup2\n" + GOOD.replace("  seeds: [0]\n", "  seeds: [0]\n  seeds: [1, 2]\n"),
+                  "key 'seeds' appears twice in one mapping (first at line 6)"),
+    "alias_bomb": (BOMB, "alias bomb"),
+    "alias_loop": ("name: loop\nnotes: &a [1, *a]\n" + GOOD, "refers to a node that contains it"),
+    "deep_nesting": (NESTED, "nested deeper than 32 levels"),
+    "not_utf8": (b"name: latin\ndescription: caf\xe9\n" + GOOD.encode(), "not UTF-8 text (byte 0xe9 at line 2)"),
+    "control_char": ("name: ctl\ndescription: a\x00b\n" + GOOD, "not valid YAML"),
+    "too_big": ("name: big\n" + GOOD + "notes: '" + "x" * (1 << 20) + "'\n", "a suite file is at most"),
+    "name_dotdot": ("name: ../../x\n" + GOOD, "is not a valid suite name"),
+    "name_abs": ("name: /abs/path\n" + GOOD, "is not a valid suite name"),
+    "name_hidden": ("name: .hidden\n" + GOOD, "is not a valid suite name"),
+    "name_list": ("name: [a, b]\n" + GOOD, "'name' must be a string"),
+    "shipped_name": ("name: smoke\n" + GOOD, "is the name of the shipped suite"),
+    "million_samples": ("name: many\n" + GOOD + "search: {num_samples: 1000000, space: {lr: {uniform: [0.1, 1]}}}\n",
+                        "expands to 1,000,000 trials, more than the limit of 10,000"),
+    "million_grid": ("name: grid\n" + GOOD.replace("seeds: [0]", "seeds: [" + ", ".join(map(str, range(2000)))
+                                                   + "]").replace("[ste]", "all"),
+                     "more than the limit of 10,000"),
+}
+
+
+def _suite_file(tmp_path, body, stem="suite") -> Path:
+    p = tmp_path / f"{stem}.yaml"
+    p.write_bytes(body if isinstance(body, bytes) else body.encode())
+    return p
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_suite_is_one_line_before_anything_starts(tmp_path, capsys, case):
+    from bench.cli import main
+
+    body, needle = MALFORMED[case]
+    path = _suite_file(tmp_path, body)
+    for action in (["show"], ["run", "--results-dir", str(tmp_path / "res")]):
+        t0 = time.perf_counter()
+        code = main(["suite", *action[:1], str(path), *action[1:]])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and err.count("\n") == 1, err[:500]
+        assert time.perf_counter() - t0 < 20 and len(err) < 1000  # nothing expanded, nothing echoed back
+    assert not (tmp_path / "res").exists() and not (tmp_path / "x").exists()
+
+
+def test_malformed_suite_cli_has_no_traceback(tmp_path):
+    out = cli("suite", "run", str(_suite_file(tmp_path, BOMB)), "--results-dir", str(tmp_path / "res"))
+    assert out.returncode == 2 and "alias bomb" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and not (tmp_path / "res").exists()
+
+
+def test_suite_file_named_like_shipped_suite_is_refused(tmp_path, capsys):
+    from bench.cli import main
+
+    path = _suite_file(tmp_path, GOOD, stem="smoke")  # no 'name': the stem names it
+    assert main(["suite", "show", str(path)]) == 2
+    assert "is the name of the shipped suite" in capsys.readouterr().err
+    assert main(["report", str(path), "--results-dir", str(tmp_path)]) == 2
+    assert "is the name of the shipped suite" in capsys.readouterr().err
+    assert load_suite(str(REPO / "suites" / "smoke.yaml")).name == "smoke"  # the shipped file itself is fine
+
+
+def test_max_trials_raises_the_bound(tmp_path, capsys):
+    from bench.cli import main
+
+    path = _suite_file(tmp_path, MALFORMED["million_samples"][0].replace("1000000", "20000"))
+    assert main(["suite", "show", str(path)]) == 2
+    assert "pass --max-trials 20000" in capsys.readouterr().err
+    assert main(["suite", "show", str(path), "--max-trials", "20000"]) == 0
+    assert main(["suite", "show", str(_suite_file(tmp_path, "name: two\n" + GOOD, "two")), "--max-trials", "0"]) == 2
+
+
+def test_suite_path_that_is_a_folder(tmp_path, capsys, monkeypatch):
+    from bench.cli import main
+
+    (tmp_path / "mine").mkdir()
+    assert main(["suite", "show", str(tmp_path / "mine")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder, not a suite file" in err and err.count("\n") == 1
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()  # e.g. where `--results-dir smoke` put a run: the shipped name still wins
+    assert main(["suite", "show", "smoke"]) == 0
+    assert "suite smoke" in capsys.readouterr().out
+    assert main(["report", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "no MLflow store at" in err and err.count("\n") == 1
+
+
+def test_derived_paths_stay_inside_their_root(tmp_path, capsys):
+    from bench.cli import main
+    from bench.errors import BinbenchError
+    from bench.suite import inside
+
+    assert inside(tmp_path, "a-b.c") == tmp_path.resolve() / "a-b.c"
+    for bad in ("../x", "/abs", "a/../../x"):
+        with pytest.raises(BinbenchError, match="leads outside"):
+            inside(tmp_path, bad)
+    assert main(["report", "../../x"]) == 2
+    assert main(["ui", "../../x"]) == 2
+    assert "leads outside" in capsys.readouterr().err
