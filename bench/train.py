@@ -514,6 +514,8 @@ def _final_model(ckpt_dir: Path, model: nn.Module) -> None:
 
 #: the files a run writes into its checkpoint folder; a fresh run removes them, and nothing else, first
 CHECKPOINT_FILES = ("last.pt", "final.pt", "model.pt", "best_stage*.pt", "*.pt.tmp")
+#: written into every checkpoint folder binbench uses: only there are files of those names binbench's own
+CHECKPOINT_MARKER = ".binbench-checkpoints"
 
 
 def prepare_checkpoint_dir(checkpoint_dir: str | None, resume: bool) -> Path | None:
@@ -521,7 +523,9 @@ def prepare_checkpoint_dir(checkpoint_dir: str | None, resume: bool) -> Path | N
 
     A fresh run (no ``resume``) removes the checkpoint files an earlier run left there (``CHECKPOINT_FILES``;
     other files stay): otherwise that run's ``final.pt`` would outlive this one, and a later ``--resume`` of this
-    run, killed early, would report the earlier run's ending as its own.
+    run, killed early, would report the earlier run's ending as its own. Files of those names are removed only
+    from a folder that carries binbench's marker (``CHECKPOINT_MARKER``); in any other folder they may be the
+    user's (a ``model.pt`` in a home folder), and the run is refused instead.
     """
     if not checkpoint_dir:
         if resume:
@@ -533,10 +537,14 @@ def prepare_checkpoint_dir(checkpoint_dir: str | None, resume: bool) -> Path | N
     try:
         d.mkdir(parents=True, exist_ok=True)
         if not resume:
-            for pattern in CHECKPOINT_FILES:
-                for f in d.glob(pattern):
-                    if f.is_file():
-                        f.unlink()
+            old = sorted({f for pattern in CHECKPOINT_FILES for f in d.glob(pattern) if f.is_file()})
+            if old and not (d / CHECKPOINT_MARKER).exists():
+                raise ConfigError(f"--checkpoint-dir {d} already holds {', '.join(f.name for f in old)}, not marked "
+                                  "as binbench's: pass an empty folder, delete them, or add --resume to continue "
+                                  "that run")
+            for f in old:
+                f.unlink()
+        (d / CHECKPOINT_MARKER).touch()
     except OSError as exc:
         raise ConfigError(f"cannot use --checkpoint-dir {d} ({exc.strerror or exc}): pass a writable folder") from None
     return d

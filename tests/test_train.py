@@ -227,6 +227,13 @@ def test_bad_last_checkpoint_is_one_line_on_resume(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "PWNED").exists()
 
 
+def test_fresh_run_never_deletes_files_binbench_did_not_write(tmp_path):
+    (tmp_path / "model.pt").write_text("the user's own model")
+    with pytest.raises(ConfigError, match="already holds model.pt, not marked as binbench's"):
+        train({**TINY, "estimator": "ste", "epochs": 1, "checkpoint_dir": str(tmp_path)})
+    assert (tmp_path / "model.pt").read_text() == "the user's own model"
+
+
 def test_checkpoint_dir_that_is_a_file_fails_before_training(tmp_path):
     f = tmp_path / "ck"
     f.write_text("x")
