@@ -468,6 +468,24 @@ def test_cifar10_image_folders_in_two_roots_do_not_share_cache(tmp_path, cache):
     assert a.digest != b.digest and not torch.equal(a.train_x, b.train_x)
 
 
+def test_cifar10_folder_copies_that_look_alike_to_stat_do_not_share_cache(tmp_path, cache):
+    import shutil
+
+    from PIL import Image
+
+    a = load_dataset("cifar10", _image_folder(tmp_path / "r1" / "CIFAR-10-images").parent)
+    shutil.copytree(tmp_path / "r1", tmp_path / "r2", copy_function=shutil.copy2)  # sizes and mtimes kept
+    f = tmp_path / "r2" / "CIFAR-10-images" / "train" / "airplane" / "0000.jpg"
+    st = f.stat()
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(f, "JPEG")
+    with open(f, "r+b") as fh:  # the same size as before
+        fh.truncate(st.st_size)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    b = load_dataset("cifar10", tmp_path / "r2")
+    assert a.digest == b.digest  # stat sees no change: the digest is of paths, sizes and mtimes
+    assert not torch.equal(a.train_x[0], b.train_x[0])  # but r2 was decoded, not served r1's cache
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, (f"touch {_Evil.marker}",))

@@ -3,8 +3,9 @@
 The data root is read-only and may be shared, so nothing is ever written next to the data: an archive is
 extracted once into binbench's cache and every copy is decoded once into uint8 tensors that are saved there
 too, so later loads read one file. Every cache entry is named by a digest of what it was made from (the
-archive's sha256, or for a folder a sha256 over its files' relative paths, sizes and mtimes), never by the
-folder's name, so another data root cannot pick up a cache that belongs to different files.
+archive's sha256, or for a folder a sha256 over its files' relative paths, sizes and mtimes together with the
+folder's resolved path, since stat cannot tell two same-looking copies apart), never by the folder's name
+alone, so another data root cannot pick up a cache that belongs to different files.
 
 Digests, as recorded in :class:`bench.data.DatasetTensors` (``digest``):
 
@@ -337,8 +338,13 @@ def _write_cache(path: Path, blob: dict) -> None:
 def load_cifar10_images(copy: ImageCopy) -> DatasetTensors:
     """CIFAR-10 from an image-folder copy or its archive, decoded once and cached by content digest."""
     digest = image_copy_digest(copy)
-    cache = tensor_cache_path(digest)
-    blob = _read_cache(cache, digest)
+    # a folder's digest is of paths, sizes and mtimes, not bytes: its cache entry is also tied to the folder, so
+    # another copy that merely looks the same to stat (cp -p, then an edit that keeps size and mtime) is decoded
+    # on its own
+    ident = digest if copy.kind == "archive" else f"{digest}@{copy.path.resolve()}"
+    cache = tensor_cache_path(ident if copy.kind == "archive" else
+                              "stat-sha256:" + hashlib.sha256(ident.encode()).hexdigest())
+    blob = _read_cache(cache, ident)
     if blob is None:
         folder = extract_archive(copy.path, digest) if copy.kind == "archive" else copy.path
         try:
@@ -347,7 +353,7 @@ def load_cifar10_images(copy: ImageCopy) -> DatasetTensors:
             if copy.kind == "archive":  # the extraction of an archive with a bad image is of no later use
                 shutil.rmtree(cache_dir() / "extracted" / f"cifar10-jpeg-{_key(digest)}", ignore_errors=True)
             raise
-        blob = {"version": _DECODE_VERSION, "digest": digest, "classes": list(CIFAR10_CLASSES),
+        blob = {"version": _DECODE_VERSION, "digest": ident, "classes": list(CIFAR10_CLASSES),
                 "train_x": xtr, "train_y": ytr, "test_x": xte, "test_y": yte}
         _write_cache(cache, blob)
     return DatasetTensors(blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"], source=JPEG_SOURCE,
