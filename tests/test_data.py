@@ -573,3 +573,17 @@ def test_damaged_data_files_are_one_line(tmp_path, cache, capsys, dataset, spoil
     code = main(["run", "-e", "ste", "-d", dataset, "-m", "mlp", "--data-root", str(tmp_path), "--epochs", "1"])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_cifar_unpickler_reads_python2_batches():
+    """The real CIFAR files are Python 2 pickles: numpy.core names and the array bytes as a BINSTRING."""
+    import io
+
+    from bench.data.sources import CifarUnpickler
+
+    raw = np.arange(6, dtype=np.uint8).tobytes()
+    py2 = (b"\x80\x02}q\x00(U\x04dataq\x01cnumpy.core.multiarray\n_reconstruct\nq\x02cnumpy\nndarray\nq\x03K\x00"
+           b"\x85U\x01b\x87Rq\x04(K\x01K\x02K\x03\x86cnumpy\ndtype\nq\x05U\x02u1K\x00K\x01\x87Rq\x06(K\x03U\x01|NNNJ"
+           b"\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x06" + raw + b"tbU\x06labelsq\x07]q\x08(K\x01K\x02eu.")
+    out = CifarUnpickler(io.BytesIO(py2), encoding="latin1").load()
+    assert out["data"].tolist() == [[0, 1, 2], [3, 4, 5]] and out["labels"] == [1, 2]
