@@ -157,11 +157,12 @@ class Workload:
         else:
             from torchvision.datasets import MNIST
 
-            from bench.data import cache_dir
+            from bench.data.sources import extract_archives, mnist_archives
 
             root = self.data_root
             if not (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-                root = str(cache_dir() / "extracted")  # where binbench extracted the archives
+                gz, digest = mnist_archives(Path(root))
+                root = str(extract_archives(gz, "MNIST", digest))  # where binbench extracts the archives
             ds = MNIST(root, train=True, transform=T.Compose([T.ToTensor(), norm]))
         if self.subset:
             ds = torch.utils.data.Subset(ds, range(self.subset))

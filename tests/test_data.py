@@ -442,3 +442,34 @@ def test_cifar10_from_shared_jpeg_archive():
     assert torch.bincount(d.test_y, minlength=10).tolist() == [1000] * 10
     mean = d.train_x[:5000].float().mean((0, 2, 3)) / 255  # CIFAR-10's channel means: 0.491, 0.482, 0.447
     assert torch.allclose(mean, torch.tensor([0.491, 0.482, 0.447]), atol=0.02)
+
+
+def test_mnist_extraction_by_overlapping_writers(tmp_path, cache, monkeypatch):
+    """Two trials that start together with a cold cache both read complete files (they once shared one
+    temporary name, and the slower one crashed renaming a file the faster one had already moved)."""
+    import shutil
+
+    _write_idx_gz(tmp_path / "r" / "MNIST" / "raw", seed=3)
+    copy, nested = shutil.copyfileobj, {}
+
+    def overlapping_copy(fi, fo, *a, **kw):  # a second writer extracts the same archives mid-write
+        if not nested:
+            nested["started"] = True
+            nested["data"] = load_dataset("mnist", tmp_path / "r")
+        return copy(fi, fo, *a, **kw)
+
+    monkeypatch.setattr(shutil, "copyfileobj", overlapping_copy)
+    first = load_dataset("mnist", tmp_path / "r")
+    assert torch.equal(first.train_x, nested["data"].train_x) and first.train_x.shape == (6, 1, 28, 28)
+    assert not list(cache.rglob("*.tmp"))
+
+
+def test_mnist_garbage_archive_is_one_line_error(tmp_path, cache):
+    from bench.errors import BinbenchError
+
+    raw = tmp_path / "MNIST" / "raw"
+    _write_idx_gz(raw, seed=0)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"not a gzip file at all")
+    with pytest.raises(BinbenchError, match="train-images-idx3-ubyte.gz is not a readable gzip archive"):
+        load_dataset("mnist", tmp_path)
+    assert not list(cache.rglob("*.tmp"))

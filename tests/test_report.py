@@ -298,3 +298,21 @@ def test_real_suite_with_control(reported):
     assert "validation split: 0.2" in md and "epochs per stage: main: 4" in md and "widths: [64, 64]" in md
     for cmd in ("run", "report"):
         assert "control check: " in STDOUT[cmd] and "digits mlp W1A1 common: " in STDOUT[cmd]
+
+
+@pytest.mark.skipif(not CONTROL, reason="the frozen control estimator is not registered yet")
+def test_real_suite_lift_matches_the_runs(reported):
+    """The lift column of a real tiny suite equals the paired differences of the MLflow runs it was made from."""
+    import numpy as np
+
+    truth = _truth(reported)
+    ctl = truth[truth.estimator == "frozen"].set_index("seed").top1
+    lb = pd.read_csv(reported / "leaderboard.csv")
+    for est in ("ste", "reste", "vispa"):
+        mine = truth[truth.estimator == est].set_index("seed").top1
+        d = (mine - ctl).dropna().to_numpy()
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        row = lb[lb.estimator == est].iloc[0]
+        assert row.lift_n_pairs == len(d) == 3
+        assert row.lift_vs_control == pytest.approx(float(np.mean(d)))
+        assert (row.lift_ci95_low, row.lift_ci95_high) == pytest.approx((d.mean() - half, d.mean() + half))

@@ -7,8 +7,10 @@ CIFAR-10 also reads a JPEG image-folder copy (or its .tar.gz) when torchvision's
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from bench.data.imagefolder import (
     image_copy_digest,
     load_cifar10_images,
 )
-from bench.errors import DataNotFoundError
+from bench.errors import DataCorruptError, DataNotFoundError
 
 
 def _missing(name: str, where: Path, how: str) -> DataNotFoundError:
@@ -72,6 +74,43 @@ def _mnist_files(cls_name: str, folder: str, root: Path) -> tuple[list[Path], li
     return [raw / f.removesuffix(".gz") for f in files], [raw / f for f in files]
 
 
+def mnist_archives(root: Path, cls_name: str = "MNIST", folder: str = "MNIST") -> tuple[list[Path], str]:
+    """The ``.gz`` archives of an MNIST-style dataset under ``root`` and their content digest."""
+    _plain, gz = _mnist_files(cls_name, folder, root)
+    missing = [p for p in gz if not p.exists()]
+    if missing:
+        raise _missing(folder, missing[0].parent, f"{missing[0].name} is missing")
+    return gz, files_digest(gz, root / folder)
+
+
+def extract_archives(gz: list[Path], folder: str, digest: str) -> Path:
+    """Extract MNIST-style ``.gz`` archives into binbench's cache, in torchvision's layout, once.
+
+    The folder is named by the archives' content digest, so another data root's (different) archives get a
+    folder of their own and can never be read in place of these; several processes extracting at once (two
+    trials starting together) each write a uniquely named temporary and rename it into place atomically, so
+    a reader sees a complete file or none. Returns the root to hand to torchvision.
+    """
+    use_root = cache_dir() / "extracted" / digest.rpartition(":")[2][:16]
+    dest = use_root / folder / "raw"
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in gz:
+        out = dest / src.name.removesuffix(".gz")
+        if out.exists():
+            continue
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=dest)  # unique per writer
+        tmp = Path(name)
+        try:
+            with gzip.open(src, "rb") as fi, os.fdopen(fd, "wb") as fo:
+                shutil.copyfileobj(fi, fo)
+        except (OSError, EOFError) as exc:
+            tmp.unlink(missing_ok=True)
+            msg = f"{src} is not a readable gzip archive ({exc}): replace it with an intact copy"
+            raise DataCorruptError(msg) from exc
+        os.replace(tmp, out)
+    return use_root
+
+
 def _mnist_like(cls_name: str, folder: str, name: str, how: str, source: str):
     def identify(root: Path) -> tuple[str, str]:
         plain, gz = _mnist_files(cls_name, folder, root)
@@ -94,24 +133,7 @@ def _mnist_like(cls_name: str, folder: str, name: str, how: str, source: str):
             digest = files_digest(plain, root / folder)
         elif all(p.exists() for p in gz):
             digest = files_digest(gz, root / folder)
-            use_root = cache_dir() / "extracted"
-            dest = use_root / folder / "raw"
-            dest.mkdir(parents=True, exist_ok=True)
-            # the extraction keeps torchvision's layout (bench.benchmark reads it there), so it is tagged with
-            # the digest of the archives it came from: another data root's archives replace it, never reuse it
-            marker = dest / ".source-digest"
-            fresh = marker.exists() and marker.read_text().strip() == digest
-            for src in gz:
-                out = dest / src.name.removesuffix(".gz")
-                if not (fresh and out.exists()):
-                    tmp = out.with_suffix(".tmp")
-                    with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
-                        shutil.copyfileobj(fi, fo)
-                    tmp.replace(out)
-            if not fresh:
-                tmp = marker.with_suffix(".tmp")
-                tmp.write_text(digest + "\n")
-                tmp.replace(marker)
+            use_root = extract_archives(gz, folder, digest)
         elif not download:
             raise _missing(name, raw, how)
         try:
