@@ -18,6 +18,7 @@ from .conftest import REPO
 #: a suite name that would be live LaTeX, Markdown and HTML if any writer forgot to escape it
 EVIL = "evil\n\\input{/etc/hostname} $x^2$ 100% _#&~ <script>alert(1)</script> | *b*"
 SEEDS = (0, 1, 2)
+HIST = {"edges": [-0.2, -0.1, 0.0, 0.1, 0.2], "epochs": {"1": [1, 5, 5, 1], "2": [3, 2, 2, 3]}}
 #: final top-1 per (bits, estimator) and seed; resnet20 on cifar10 has published numbers for irnet and reste
 TOP1 = {("W1A1", "frozen"): [60.0, 61.0, 59.5], ("W1A1", "ste"): [80.1, 81.3, 79.9],
         ("W1A1", "irnet"): [82.0, 82.4, 81.1], ("W1A1", "reste"): [80.3, 81.0, 80.8],
@@ -55,10 +56,12 @@ def paper(tmp_path_factory) -> tuple[object, Path]:
     res = tmp_path_factory.mktemp("paper")
     uri = f"sqlite:///{res / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment(EVIL)
+    exp_id = client.create_experiment(EVIL, artifact_location=(res / "artifacts").as_uri())
     for (bits, est), values in TOP1.items():
         for seed, top1 in zip(SEEDS, values, strict=True):
             _trial(client, exp_id, EVIL, bits, est, seed, top1)
+    irnet = client.search_runs([exp_id], "tags.estimator = 'irnet'")[0].info.run_id
+    client.log_dict(irnet, HIST, "latent_hist.json")
     c = collect(uri, EVIL)
     write_tables(c, res)
     return c, res
@@ -166,3 +169,109 @@ def test_no_estimator_name_is_hard_coded_in_the_report():
         shown = ESTIMATORS.get(name).display_name
         if shown != name:  # as a string literal: prose (docstrings, BiPer's own QE figure) may name a method
             assert f'"{shown}"' not in src and f"'{shown}'" not in src, shown
+
+
+# -- figures ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def figures(paper):
+    from bench.report import write_figures
+
+    c, res = paper
+    return {p.name: p for p in write_figures(c, res / "figs")}
+
+
+def _finished(c):
+    from bench.report.figures import _labelled
+
+    return _labelled(c.runs[c.runs.status == "finished"])
+
+
+def test_final_top1_bars_are_the_tables_t_intervals_with_an_fp_line(paper):
+    from bench.report.figures import _fig_final, styles
+
+    c, _res = paper
+    runs = _finished(c)
+    fig = _fig_final(runs, styles(runs))
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    ax = panels["resnet20 W1A1"]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    for k, bars in enumerate(ax.containers):
+        (lo, _), (hi, _) = bars.lines[2][0].get_segments()[0]
+        est = {"IR-Net": "irnet", "STE": "ste", "ReSTE": "reste", "Clipped STE (BNN)": "clipped_ste",
+               "control (frozen)": "frozen"}[labels[k]]
+        v = TOP1[("W1A1", est)]
+        want = stats.t.interval(0.95, len(v) - 1, loc=sum(v) / 3, scale=stats.sem(v))  # not a bootstrap
+        assert (lo, hi) == pytest.approx(want)
+    fp = sum(TOP1[("FP32", "fp")]) / 3
+    assert any(line.get_label() == "FP mean" and line.get_xdata()[0] == pytest.approx(fp) for line in ax.get_lines())
+
+
+def test_curves_show_two_epoch_runs_as_points_on_integer_ticks(paper):
+    from bench.report.figures import _curves, _fig_lines, styles
+
+    c, _res = paper
+    runs = _finished(c)
+    cur = _curves(c, runs)
+    fig = _fig_lines(cur[cur.test_top1.notna()], "test_top1", "top-1", "t", styles(runs))
+    ax = fig.axes[0]
+    ste = [line for line in ax.get_lines() if line.get_label() == "STE"][0]
+    assert list(ste.get_xdata()) == [1, 2] and ste.get_marker() not in ("None", "", None)
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert any(line.get_label() == "FP" for line in ax.get_lines())  # the baseline as a reference in the panel
+
+
+def test_stage_boundaries_come_from_the_recorded_stages():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bench.report.figures import _fig_lines
+
+    rows = [{"display": "Two stages", "role": "method", "model": "m", "bits": "W1A1", "seed": 0, "epoch": e,
+             "test_top1": 10.0 * e, "stage": float(e > 3), "stage_epochs": "warm: 3, cold: 2"} for e in range(1, 6)]
+    rows += [{**r, "display": "One stage", "stage": 0.0, "stage_epochs": "main: 5"} for r in rows]
+    sty = {"Two stages": {"color": "C0", "marker": "o", "ls": "-"}, "One stage": {"color": "C1", "marker": "s",
+                                                                                  "ls": "--"}}
+    ax = _fig_lines(pd.DataFrame(rows), "test_top1", "top-1", "t", sty).axes[0]
+    verticals = [line.get_xdata()[0] for line in ax.get_lines() if len(set(line.get_xdata())) == 1
+                 and line.get_label().startswith("_")]
+    assert verticals == [3.5]  # between epoch 3 (warm) and 4 (cold); nothing for the one-stage method
+    assert any(t.get_text() == "Two stages: warm | cold" for t in ax.texts)
+
+
+def test_ste_and_clipped_ste_are_told_apart_without_colour():
+    from bench.report.figures import styles
+
+    runs = pd.DataFrame({"display": ["STE", "Clipped STE (BNN)", "IR-Net", "control (frozen)", "FP"],
+                         "role": ["method", "method", "method", "control", "baseline"]})
+    sty = styles(runs)
+    a, b = sty["STE"], sty["Clipped STE (BNN)"]
+    assert a["color"] != b["color"] and a["marker"] != b["marker"] and a["ls"] != b["ls"]
+    assert len({tuple(s["color"]) if not isinstance(s["color"], str) else s["color"] for s in sty.values()}) == 5
+
+
+def test_layer_heatmap_holds_the_per_layer_metrics(paper, figures):
+    from bench.report.figures import _curves, _fig_layers, _layer_frame
+
+    c, _res = paper
+    assert "layer_diagnostics_resnet20_W1A1.png" in figures and "layer_diagnostics_resnet20_W1A32.png" in figures
+    lay = _layer_frame(_curves(c, _finished(c)))
+    fig = _fig_layers(lay, "resnet20", "W1A1")
+    row = [ax for ax in fig.axes if ax.get_ylabel().startswith("IR-Net")]
+    flip, qe = (ax.images[0].get_array() for ax in row[:2])
+    # as logged: flip 0.01 / (step + 1) * layer, qe 0.1 * (step + 1) + layer, layers 1 and 4, epochs 1 and 2
+    assert flip.ravel().tolist() == pytest.approx([0.01, 0.005, 0.04, 0.02])
+    assert qe.ravel().tolist() == pytest.approx([1.1, 1.2, 4.1, 4.2])
+
+
+def test_surrogates_over_stored_histograms_or_say_there_are_none(paper, figures):
+    from bench.report.figures import _fig_surrogates, latent_histograms
+
+    c, _res = paper
+    runs = _finished(c)
+    hists = latent_histograms(c, runs)
+    assert set(hists) == {"IR-Net"} and hists["IR-Net"]["first"] == ("1", [1, 5, 5, 1])
+    assert hists["IR-Net"]["last"] == ("2", [3, 2, 2, 3])
+    assert "surrogates.png" in figures
+    fig = _fig_surrogates(runs, {})
+    assert "holds no latent-weight histograms" in fig._suptitle.get_text()

@@ -17,6 +17,7 @@ above 0 "cannot discriminate estimators": its full-precision parts, not the bina
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -31,6 +32,7 @@ from bench.report import escape, latex
 #: method names in published.csv for binbench estimators where they differ
 PUBLISHED_NAME = {"clipped_ste": "bnn"}
 DIAG = ("diag/qe", "diag/laplace_b", "diag/flip")
+LAYER_METRIC = re.compile(r"diag/(\d+)/(flip|qe)$")  # per binary layer (by module index): the heatmaps' data
 CELL = ["dataset", "model", "bits", "recipe"]
 FLAG = "this cell cannot discriminate estimators"
 LATE_GAIN = 0.5  # test top-1 points gained over the last quarter of the epochs: more means still learning
@@ -92,6 +94,7 @@ def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any
            "stage_epochs": t.get("stage_epochs"), "dataset_source": t.get("dataset_source")}
     row.update({k: v for k, v in m.items() if "/" not in k or k in DIAG})
     row["search_point"] = "|".join(f"{k}={p.get(k)}" for k in search_keys)
+    row["layer_metrics"] = "|".join(sorted(k for k in m if LAYER_METRIC.match(k)))
     return row
 
 
@@ -126,9 +129,9 @@ def collect(uri: str, suite: str, search_keys: tuple[str, ...] = ()) -> Collecte
     ident = ["estimator", "model", "dataset", "bits", "recipe", "seed", "search_point"]
     df = df.sort_values(["rank", "start"]).groupby(ident, as_index=False).tail(1).drop(columns="rank")
     curves = []
-    for run_id in df["run_id"]:
+    for run_id, layers in zip(df["run_id"], df["layer_metrics"], strict=True):
         per: dict[int, dict[str, float]] = {}
-        for metric in ("test_top1", "stage", "epoch", *DIAG):
+        for metric in ("test_top1", "stage", "epoch", *DIAG, *filter(None, layers.split("|"))):
             for h in client.get_metric_history(run_id, metric):
                 per.setdefault(h.step, {})[metric] = h.value
         for step, vals in per.items():
