@@ -275,3 +275,33 @@ def test_surrogates_over_stored_histograms_or_say_there_are_none(paper, figures)
     assert "surrogates.png" in figures
     fig = _fig_surrogates(runs, {})
     assert "holds no latent-weight histograms" in fig._suptitle.get_text()
+
+
+# -- complexity --------------------------------------------------------------------------------------------------
+def test_complexity_counts_match_the_layer_formulas():
+    """convnet on CIFAR-10 (32x32x3): a full-precision 3x3 conv 3->32, binary 3x3 convs 32->64 at 16x16 and
+    64->128 at 8x8 (each after a 2x2 max-pool), a full-precision linear 128->10; batch norms after each conv."""
+    from bench.report import complexity
+
+    fp_conv, b1, b2, fc = 32 * 32 * 32 * 3 * 9, 16 * 16 * 64 * 32 * 9, 8 * 8 * 128 * 64 * 9, 128 * 10
+    for bits, bops, flops in (("W1A1", b1 + b2, fp_conv + fc), ("W1A32", 0, fp_conv + b1 + b2 + fc)):
+        net, shape = complexity.build("convnet", "cifar10", bits, {})
+        t = complexity.totals(complexity.layers(net, shape))
+        assert t["bops"] == bops and t["flops"] == flops and t["ops"] == pytest.approx(bops / 64 + flops)
+        assert t["binary_layers"] == 2 and t["fp_layers"] == 2
+        assert t["params_binary"] == (32 * 64 + 64 * 128) * 9
+        fp_params = 3 * 32 * 9 + 2 * (32 + 64 + 128) + 128 * 10 + 10  # first conv, batch-norm affine, fc
+        assert t["params_fp"] == fp_params and t["memory_bits"] == t["params_binary"] + 32 * fp_params
+    net, shape = complexity.build("convnet", "cifar10", "FP32", {})
+    assert complexity.totals(complexity.layers(net, shape))["binary_layers"] == 0
+
+
+def test_complexity_table_is_written_per_network(paper):
+    _c, res = paper
+    cx = pd.read_csv(res / "complexity.csv")
+    assert set(cx.bits) == {"W1A1", "W1A32", "W32A32"} and set(cx.network) == {"resnet20"}
+    w1a1 = cx[cx.bits == "W1A1"].iloc[0]
+    assert w1a1.bops > 0 and w1a1.ops == pytest.approx(w1a1.bops / 64 + w1a1.flops)
+    assert cx[cx.bits == "W32A32"].iloc[0].bops == 0
+    md = (res / "complexity.md").read_text()
+    assert "| resnet20 | W1A1 |" in md and "OPs = BOPs/64 + FLOPs" in md and "<script>" not in md

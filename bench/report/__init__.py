@@ -16,6 +16,7 @@ above 0 "cannot discriminate estimators": its full-precision parts, not the bina
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -27,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BinbenchError
-from bench.report import escape, latex
+from bench.report import complexity, escape, latex
 
 #: method names in published.csv for binbench estimators where they differ
 PUBLISHED_NAME = {"clipped_ste": "bnn"}
@@ -94,6 +95,7 @@ def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any
            "stage_epochs": t.get("stage_epochs"), "dataset_source": t.get("dataset_source")}
     row.update({k: v for k, v in m.items() if "/" not in k or k in DIAG})
     row["search_point"] = "|".join(f"{k}={p.get(k)}" for k in search_keys)
+    row["model_args"] = json.dumps({k[len("model_args."):]: v for k, v in p.items() if k.startswith("model_args.")})
     row["layer_metrics"] = "|".join(sorted(k for k in m if LAYER_METRIC.match(k)))
     return row
 
@@ -603,12 +605,13 @@ def _markdown(c: Collected, disp: pd.DataFrame, lb: pd.DataFrame, head: list[str
         md += ["## Checks", ""] + [f"- {escape.markdown(x)}" for x in checks] + [""]
     for ds, g in disp.groupby(lb["dataset"], sort=False):
         notes = [escape.markdown(n) for n in _flag_notes(d, ds)]
-        md += [f"## {escape.markdown(ds)}", "", _md_table(g), ""] + ([*notes, ""] if notes else [])
+        md += [f"## {escape.markdown(ds)}", "", md_table(g), ""] + ([*notes, ""] if notes else [])
     return md + [LEGEND, ""]
 
 
 def write_tables(c: Collected, out: Path) -> dict[str, Path]:
-    """leaderboard.{md,csv,tex}, paired.csv and diagnostics.csv under ``out``; returns their paths."""
+    """leaderboard.{md,csv,tex}, paired.csv, diagnostics.csv and complexity.{md,csv} under ``out``; returns their
+    paths."""
     out.mkdir(parents=True, exist_ok=True)
     lb, pr, dg = leaderboard(c), paired(c), diagnostics_table(c)
     disp = _shown(_lb_display(lb), lb)
@@ -618,17 +621,21 @@ def write_tables(c: Collected, out: Path) -> dict[str, Path]:
     dg.to_csv(out / "diagnostics.csv", index=False)
     md = _markdown(c, disp, lb, head, checks)
     md += ["## Paired differences to ste and to the control (same seeds), ratio to FP", "",
-           _md_table(_paired_display(pr)), "", PAIRED_LEGEND, ""]
+           md_table(_paired_display(pr)), "", PAIRED_LEGEND, ""]
     if not dg.empty:
-        md += ["## Diagnostics at the end of each stage", "", _md_table(_diag_display(dg)), "",
+        md += ["## Diagnostics at the end of each stage", "", md_table(_diag_display(dg)), "",
                "QE: BiPer eq. (15) of the value each estimator binarizes (sin(w0 w) for BiPer); b: Laplace scale "
                "of the latent weights; flip: share of binary weights whose sign changed in the stage's last epoch; "
                "means over binary layers and seeds.", ""]
     (out / "leaderboard.md").write_text("\n".join(md))
     tex = latex.render(lb, c.suite, caption(c, lb), head + checks, _flag_notes(discrimination(c)))
     (out / "leaderboard.tex").write_text(tex)
+    cx = complexity.summary(c.runs)
+    cx.to_csv(out / "complexity.csv", index=False)
+    (out / "complexity.md").write_text(complexity.markdown(cx, c.suite))
     return {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "tex": out / "leaderboard.tex",
-            "paired": out / "paired.csv", "diagnostics": out / "diagnostics.csv"}
+            "paired": out / "paired.csv", "diagnostics": out / "diagnostics.csv",
+            "complexity": out / "complexity.md", "complexity_csv": out / "complexity.csv"}
 
 
 def _ci(lo: float, hi: float) -> str:
@@ -667,7 +674,7 @@ def _diag_display(dg: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def md_table(df: pd.DataFrame) -> str:
     cols = [c for c in df.columns if not c.startswith("_")]
     lines = ["| " + " | ".join(escape.markdown(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, r in df.iterrows():
