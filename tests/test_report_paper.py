@@ -305,3 +305,33 @@ def test_complexity_table_is_written_per_network(paper):
     assert cx[cx.bits == "W32A32"].iloc[0].bops == 0
     md = (res / "complexity.md").read_text()
     assert "| resnet20 | W1A1 |" in md and "OPs = BOPs/64 + FLOPs" in md and "<script>" not in md
+
+
+# -- report.html --------------------------------------------------------------------------------------------------
+def test_html_report_is_self_contained_and_escaped(paper, figures):
+    from html.parser import HTMLParser
+
+    from bench.report import tables, write_html
+
+    c, res = paper
+    path = write_html(c, tables(c, res), res, list(figures.values()))
+    page = path.read_text(encoding="utf-8")
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.srcs = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.srcs += [v for k, v in attrs if k in ("src", "href")]
+
+    p = Tags()
+    p.feed(page)
+    assert "script" not in p.tags and "link" not in p.tags  # nothing runs, nothing loads
+    pngs = [f for f in figures.values() if f.suffix == ".png"]
+    assert len(p.srcs) == len(pngs) and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    for part in ("made by: ", "git commit(s): abc123", "seeds: 0, 1, 2", "hardware: CPU &amp; {co}", "IR-Net",
+                 "Model complexity", "OPs", "p (Holm)", "layer_diagnostics_resnet20_W1A1.png"):
+        assert part in page, part

@@ -609,33 +609,69 @@ def _markdown(c: Collected, disp: pd.DataFrame, lb: pd.DataFrame, head: list[str
     return md + [LEGEND, ""]
 
 
-def write_tables(c: Collected, out: Path) -> dict[str, Path]:
+@dataclass
+class Tables:
+    """One report's tables, computed once for every writer (Markdown, CSV, LaTeX, HTML)."""
+
+    lb: pd.DataFrame  # leaderboard
+    pr: pd.DataFrame  # paired differences
+    dg: pd.DataFrame  # diagnostics at stage ends
+    cx: pd.DataFrame  # complexity per network and bits
+    head: list[str]  # provenance and setup lines
+    checks: list[str]  # the control checks and late gains
+
+
+DIAG_LEGEND = ("QE: BiPer eq. (15) of the value each estimator binarizes (sin(w0 w) for BiPer); b: Laplace scale "
+               "of the latent weights; flip: share of binary weights whose sign changed in the stage's last epoch; "
+               "means over binary layers and seeds.")
+
+
+def tables(c: Collected, out: Path) -> Tables:
+    lb = leaderboard(c)
+    return Tables(lb, paired(c), diagnostics_table(c), complexity.summary(c.runs),
+                  provenance(c, out) + setup_lines(lb), summary_lines(c, lb))
+
+
+def write_tables(c: Collected, out: Path, t: Tables | None = None) -> dict[str, Path]:
     """leaderboard.{md,csv,tex}, paired.csv, diagnostics.csv and complexity.{md,csv} under ``out``; returns their
     paths."""
     out.mkdir(parents=True, exist_ok=True)
-    lb, pr, dg = leaderboard(c), paired(c), diagnostics_table(c)
-    disp = _shown(_lb_display(lb), lb)
-    head, checks = provenance(c, out) + setup_lines(lb), summary_lines(c, lb)
-    lb.to_csv(out / "leaderboard.csv", index=False)
-    pr.to_csv(out / "paired.csv", index=False)
-    dg.to_csv(out / "diagnostics.csv", index=False)
-    md = _markdown(c, disp, lb, head, checks)
+    t = t or tables(c, out)
+    disp = _shown(_lb_display(t.lb), t.lb)
+    t.lb.to_csv(out / "leaderboard.csv", index=False)
+    t.pr.to_csv(out / "paired.csv", index=False)
+    t.dg.to_csv(out / "diagnostics.csv", index=False)
+    t.cx.to_csv(out / "complexity.csv", index=False)
+    md = _markdown(c, disp, t.lb, t.head, t.checks)
     md += ["## Paired differences to ste and to the control (same seeds), ratio to FP", "",
-           md_table(_paired_display(pr)), "", PAIRED_LEGEND, ""]
-    if not dg.empty:
-        md += ["## Diagnostics at the end of each stage", "", md_table(_diag_display(dg)), "",
-               "QE: BiPer eq. (15) of the value each estimator binarizes (sin(w0 w) for BiPer); b: Laplace scale "
-               "of the latent weights; flip: share of binary weights whose sign changed in the stage's last epoch; "
-               "means over binary layers and seeds.", ""]
+           md_table(_paired_display(t.pr)), "", PAIRED_LEGEND, ""]
+    if not t.dg.empty:
+        md += ["## Diagnostics at the end of each stage", "", md_table(_diag_display(t.dg)), "", DIAG_LEGEND, ""]
     (out / "leaderboard.md").write_text("\n".join(md))
-    tex = latex.render(lb, c.suite, caption(c, lb), head + checks, _flag_notes(discrimination(c)))
+    tex = latex.render(t.lb, c.suite, caption(c, t.lb), t.head + t.checks, _flag_notes(discrimination(c)))
     (out / "leaderboard.tex").write_text(tex)
-    cx = complexity.summary(c.runs)
-    cx.to_csv(out / "complexity.csv", index=False)
-    (out / "complexity.md").write_text(complexity.markdown(cx, c.suite))
+    (out / "complexity.md").write_text(complexity.markdown(t.cx, c.suite))
     return {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "tex": out / "leaderboard.tex",
             "paired": out / "paired.csv", "diagnostics": out / "diagnostics.csv",
             "complexity": out / "complexity.md", "complexity_csv": out / "complexity.csv"}
+
+
+def write_html(c: Collected, t: Tables, out: Path, figures: list[Path]) -> Path:
+    """``report.html`` beside the tables: the leaderboard, paired, complexity and diagnostics tables, every
+    figure embedded, the provenance; self-contained (see :mod:`bench.report.html`)."""
+    from bench.report import html
+
+    d = discrimination(c)
+    sections = [(f"Leaderboard: {ds}", g, " ".join([*_flag_notes(d, ds), LEGEND]))
+                for ds, g in _shown(_lb_display(t.lb), t.lb).groupby(t.lb["dataset"], sort=False)]
+    sections += [("Paired differences to ste and to the control (same seeds), ratio to FP",
+                  _paired_display(t.pr), PAIRED_LEGEND),
+                 ("Model complexity", complexity.display(t.cx), complexity.LEGEND)]
+    if not t.dg.empty:
+        sections.append(("Diagnostics at the end of each stage", _diag_display(t.dg), DIAG_LEGEND))
+    path = out / "report.html"
+    path.write_text(html.render(c.suite, t.head, t.checks, sections, figures), encoding="utf-8")
+    return path
 
 
 def _ci(lo: float, hi: float) -> str:
@@ -721,10 +757,14 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     c = collect(uri, name, search_keys)
     c.notes = list(notes or [])
     out = Path(out_dir or results)
-    tables = write_tables(c, out)
+    out.mkdir(parents=True, exist_ok=True)
+    t = tables(c, out)
+    paths = write_tables(c, out, t)
     figs = write_figures(c, out)
-    return c, tables, figs
+    paths["html"] = write_html(c, t, out, figs)
+    return c, paths, figs
 
 
-__all__ = ["collect", "discrimination", "flagged_cells", "leaderboard", "lift_table", "paired", "report",
-           "setup_lines", "summary_lines", "t_interval"]
+__all__ = ["Tables", "caption", "collect", "discrimination", "display_label", "flagged_cells", "holm", "leaderboard",
+           "lift_table", "md_table", "paired", "paired_p", "report", "setup_lines", "summary_lines", "t_interval",
+           "tables", "write_figures", "write_html", "write_tables"]
