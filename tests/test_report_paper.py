@@ -99,7 +99,7 @@ def test_no_live_markup_from_a_suite_name(paper):
     for line in tex.splitlines():  # a newline in the name must not end a comment line and start a live one
         assert not line.startswith("\\input") and not line.startswith("evil")
     md = (res / "leaderboard.md").read_text()
-    assert "<script>" not in md and "&lt;script&gt;" in md
+    assert "<script>" not in md and "&lt;script>" in md
     assert md.splitlines()[0].startswith("# evil \\\\input{/etc/hostname}") and "\\| \\*b\\*" in md.splitlines()[0]
 
 
@@ -335,3 +335,14 @@ def test_html_report_is_self_contained_and_escaped(paper, figures):
     for part in ("made by: ", "git commit(s): abc123", "seeds: 0, 1, 2", "hardware: CPU &amp; {co}", "IR-Net",
                  "Model complexity", "OPs", "p (Holm)", "layer_diagnostics_resnet20_W1A1.png"):
         assert part in page, part
+
+
+def test_escapes_leave_no_markup():
+    from bench.report import escape
+
+    raw = "a\\b{c}$d&e%f#g_h^i~j\nk\rl\u2028m é 中"
+    assert escape.latex(raw) == ("a\\textbackslash{}b\\{c\\}\\$d\\&e\\%f\\#g\\_h\\textasciicircum{}i"
+                                 "\\textasciitilde{}j k l m e ?")
+    assert escape.latex_comment("x\ny\rz\u2029w") == "% x y z w"
+    assert escape.markdown("a|b\nc`d*e<f](g)\\") == "a\\|b c\\`d\\*e&lt;f]\\(g)\\\\"
+    assert escape.html('<a href="x">&') == "&lt;a href=&quot;x&quot;&gt;&amp;"

@@ -46,12 +46,12 @@ def latex_comment(value: Any) -> str:
 
 
 def markdown(value: Any) -> str:
-    """``value`` for a Markdown line or table cell: no row break, no column break, no raw HTML, no code span,
-    emphasis or inline link."""
+    """``value`` for a Markdown line or table cell (never at a line's start): no row break, no column break, no
+    raw HTML, no code span, emphasis or inline link."""
     text = one_line(value).replace("\\", "\\\\")
     for ch in "`*|":
         text = text.replace(ch, "\\" + ch)
-    return text.replace("<", "&lt;").replace(">", "&gt;").replace("](", "]\\(")
+    return text.replace("<", "&lt;").replace("](", "]\\(")  # no "<": no tag; a lone ">" opens nothing mid-line
 
 
 def html(value: Any) -> str:
