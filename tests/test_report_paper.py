@@ -346,3 +346,13 @@ def test_escapes_leave_no_markup():
     assert escape.latex_comment("x\ny\rz\u2029w") == "% x y z w"
     assert escape.markdown("a|b\nc`d*e<f](g)\\") == "a\\|b c\\`d\\*e&lt;f]\\(g)\\\\"
     assert escape.html('<a href="x">&') == "&lt;a href=&quot;x&quot;&gt;&amp;"
+
+
+def test_complexity_of_a_network_not_installed_is_a_note_not_a_traceback():
+    from bench.report import complexity
+
+    runs = pd.DataFrame({"dataset": ["cifar10"], "model": ["no_such_net"], "bits": ["W1A1"], "model_args": ["{}"]})
+    summ = complexity.summary(runs)
+    assert "no_such_net" in summ.iloc[0]["error"]
+    md = complexity.markdown(summ, "s")
+    assert "| cifar10 | no_such_net | W1A1 | – |" in md and "unknown model" in md
