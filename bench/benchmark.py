@@ -159,11 +159,13 @@ class Workload:
         else:
             from torchvision.datasets import MNIST
 
-            from bench.data import resolve_data_root
-            from bench.data.sources import mnist_root
+            from bench.data.sources import extract_archives, mnist_archives
 
-            root = mnist_root("MNIST", "MNIST", resolve_data_root(self.data_root))[0]  # or where binbench extracted
-            ds = MNIST(str(root), train=True, transform=T.Compose([T.ToTensor(), norm]))
+            root = self.data_root
+            if not (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+                gz, digest = mnist_archives(Path(root))
+                root = str(extract_archives(gz, "MNIST", digest))  # where binbench extracts the archives
+            ds = MNIST(root, train=True, transform=T.Compose([T.ToTensor(), norm]))
         if self.subset:
             ds = torch.utils.data.Subset(ds, range(self.subset))
         model, opt = self._model()

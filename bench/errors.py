@@ -29,3 +29,7 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' with the closest candidates, or '' when none is close."""
     close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
     return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+class DataCorruptError(BinbenchError, ValueError):
+    """A data file exists but cannot be read: damaged, truncated or not what its name says."""

@@ -115,6 +115,9 @@ class Estimator:
     #: "method" (a binarization method), or "control" (a reference that is not a method, such as ``frozen``:
     #: listed, tabulated and drawn as a control, never ranked among the methods)
     role: ClassVar[str] = "method"
+    #: how tables and figures name it ("Clipped STE (BNN)"); set at registration to the registered name where a
+    #: class does not declare its own, so a plugin needs nothing to appear in a report
+    display_name: ClassVar[str] = ""
     #: the method's own training recipe as its paper/code gives it: a list of ``bench.recipes.Rule``, each naming
     #: its source (file and line, or paper section and table) and whether its values are extrapolated;
     #: None = no published recipe (``--recipe published`` then runs the common recipe, and says so)
@@ -209,6 +212,8 @@ def register_estimator(name: str):
             raise ConfigError(f"@register_estimator({name!r}) must decorate a subclass of bench.Estimator")
         ESTIMATORS.add(name, cls)
         cls.name = name
+        if not cls.__dict__.get("display_name"):  # declared on this class, not inherited from a registered one
+            cls.display_name = name
         return cls
 
     return decorator

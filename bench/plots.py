@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,20 +33,20 @@ def curves(name: str, x: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Te
     return out
 
 
-def plot_estimators(names: list[str], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def estimators_figure(names: list[str]) -> Any:
+    """Forward function (top) and surrogate gradient (bottom) of each estimator over x in [-2, 2], titled by its
+    display name."""
     import matplotlib.pyplot as plt
 
     x = torch.linspace(-2, 2, 801)
-    fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names) + 0.6, 5.2), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(2, max(len(names), 1), figsize=(2.6 * len(names) + 0.6, 5.2), squeeze=False,
+                             sharex=True)
     for j, name in enumerate(names):
         cs = curves(name, x)
         for label, f, g in cs:
             axes[0, j].plot(x, f, lw=1.2, label=label or None)
             axes[1, j].plot(x, g, lw=1.2, label=label or None)
-        axes[0, j].set_title(name)
+        axes[0, j].set_title(get_estimator_class(name).display_name or name)
         axes[1, j].set_xlabel("x")
         if j == 0:
             axes[0, j].set_ylabel("forward")
@@ -53,6 +54,17 @@ def plot_estimators(names: list[str], path: str | Path) -> Path:
         if len(cs) > 1:
             axes[1, j].legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_estimators(names: list[str], path: str | Path) -> Path:
+    """The sheet of :func:`estimators_figure` saved to ``path`` (and a PDF beside a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = estimators_figure(names)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

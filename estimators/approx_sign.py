@@ -27,6 +27,8 @@ class ApproxSign(Estimator):
             Sign is scale invariant: this only moves where the backward window sits.
     """
 
+    display_name = "ApproxSign (Bi-Real)"
+
     native_activation = None
 
     def __init__(self, std_normalize: bool = False):

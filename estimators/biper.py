@@ -33,6 +33,8 @@ class BiPer(Estimator):
     QE of w_hat = sin(w0 w): for Laplace(0, b) latents it peaks at 0.1028 for b*w0 = 0.955 (sheet section 9).
     """
 
+    display_name = "BiPer"
+
     kinds = ("weight",)
     native_scaling = "alpha"
     native_activation = "approx_sign"

@@ -25,6 +25,8 @@ class ClippedSteSign(Estimator):
     BNN applies it to weights and activations (its own recipe uses it for both).
     """
 
+    display_name = "Clipped STE (BNN)"
+
     native_activation = None  # itself
     published = None  # BNN's own recipe is not in the sheet or an official repository here
 

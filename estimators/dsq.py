@@ -81,6 +81,8 @@ class DsqSign(Estimator):
     quantizer after training; both third-party codes run it hard forward, soft backward).
     """
 
+    display_name = "DSQ"
+
     native_activation = None  # DSQ quantizes weights and activations
     published = None  # no official code and no CIFAR recipe (sheet section 4): --recipe published runs the common one
 

@@ -19,6 +19,8 @@ class Frozen(Estimator):
     a trained binary network from an untrained one: its full-precision parts carry the accuracy.
     """
 
+    display_name = "control (frozen)"
+
     kinds = ("weight",)
     role = "control"
 

@@ -68,6 +68,8 @@ class IrNetEde(Estimator):
         standardize (bool, default True).
     """
 
+    display_name = "IR-Net"
+
     native_scaling = "internal"
     native_activation = None  # EDE for activations too
     published = [

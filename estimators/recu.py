@@ -58,6 +58,8 @@ class ReCU(Estimator):
         standardize (bool, default True): False applies the clamp to w directly (used by probes/tests).
     """
 
+    display_name = "ReCU"
+
     kinds = ("weight",)
     native_scaling = "alpha"
     native_activation = "approx_sign"

@@ -43,6 +43,8 @@ class ReSte(Estimator):
     current o (the official code evaluates it at o_end), ``grad_stability`` = Var(|dL/dw|) of the last step.
     """
 
+    display_name = "ReSTE"
+
     native_scaling = "internal"
     native_activation = None  # the same estimator binarizes activations
     published = [

@@ -20,6 +20,8 @@ class SteSign(Estimator):
     Paired with ApproxSign for activations at W1A1 (sheet section 2).
     """
 
+    display_name = "STE"
+
     native_activation = "approx_sign"
     published = None  # no sourced recipe: BinaryConnect's clip and optimiser are from memory (sheet section 2)
 

@@ -72,6 +72,8 @@ class Vispa(Estimator):
             case the paper describes; the official ablation has no clip).
     """
 
+    display_name = "VISPA"
+
     kinds = ("weight",)
     native_scaling = "alpha"
     native_activation = "approx_sign"

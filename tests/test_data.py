@@ -455,7 +455,7 @@ def test_mnist_like_caches_keyed_by_content(tmp_path, cache, name, folder):
     again = load_dataset(name, tmp_path / "r1")  # r2's extraction did not replace r1's files
     assert torch.equal(again.train_x, a.train_x)
     extracted = sorted(p.name for p in (cache / "extracted").iterdir())
-    assert len(extracted) == 2 and all(n.startswith(folder.lower() + "-sha256-") for n in extracted)
+    assert len(extracted) == 2  # one folder per content digest
 
 
 def test_cifar10_image_folders_in_two_roots_do_not_share_cache(tmp_path, cache):
@@ -523,6 +523,14 @@ def _truncated_gz(root: Path):
     f.write_bytes(f.read_bytes()[:20])
 
 
+def _damaged_deflate(root: Path):
+    _write_idx_gz(root / "MNIST" / "raw", seed=0)
+    f = root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    b = bytearray(f.read_bytes())
+    b[30:60] = bytes(range(200, 230))  # inside the deflate stream: zlib.error, not an OSError
+    f.write_bytes(bytes(b))
+
+
 def _garbage_idx(root: Path):
     import gzip
 
@@ -558,8 +566,9 @@ def _garbage_archive(root: Path):
 
 
 @pytest.mark.parametrize(("dataset", "spoil", "needle"), [
-    ("mnist", _garbage_gz, "truncated or not a gzip archive"),
-    ("mnist", _truncated_gz, "truncated or not a gzip archive"),
+    ("mnist", _garbage_gz, "is not a readable gzip archive"),
+    ("mnist", _truncated_gz, "is not a readable gzip archive"),
+    ("mnist", _damaged_deflate, "is not a readable gzip archive"),
     ("mnist", _garbage_idx, "damaged or not idx files"),
     ("cifar10", _garbage_cifar, "damaged or not a CIFAR batch"),
     ("cifar10", _truncated_cifar, "damaged or not a CIFAR batch"),
@@ -587,3 +596,34 @@ def test_cifar_unpickler_reads_python2_batches():
            b"\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x06" + raw + b"tbU\x06labelsq\x07]q\x08(K\x01K\x02eu.")
     out = CifarUnpickler(io.BytesIO(py2), encoding="latin1").load()
     assert out["data"].tolist() == [[0, 1, 2], [3, 4, 5]] and out["labels"] == [1, 2]
+
+
+def test_mnist_extraction_by_overlapping_writers(tmp_path, cache, monkeypatch):
+    """Two trials that start together with a cold cache both read complete files (they once shared one
+    temporary name, and the slower one crashed renaming a file the faster one had already moved)."""
+    import shutil
+
+    _write_idx_gz(tmp_path / "r" / "MNIST" / "raw", seed=3)
+    copy, nested = shutil.copyfileobj, {}
+
+    def overlapping_copy(fi, fo, *a, **kw):  # a second writer extracts the same archives mid-write
+        if not nested:
+            nested["started"] = True
+            nested["data"] = load_dataset("mnist", tmp_path / "r")
+        return copy(fi, fo, *a, **kw)
+
+    monkeypatch.setattr(shutil, "copyfileobj", overlapping_copy)
+    first = load_dataset("mnist", tmp_path / "r")
+    assert torch.equal(first.train_x, nested["data"].train_x) and first.train_x.shape == (6, 1, 28, 28)
+    assert not list(cache.rglob("*.tmp"))
+
+
+def test_mnist_garbage_archive_is_one_line_error(tmp_path, cache):
+    from bench.errors import BinbenchError
+
+    raw = tmp_path / "MNIST" / "raw"
+    _write_idx_gz(raw, seed=0)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"not a gzip file at all")
+    with pytest.raises(BinbenchError, match="train-images-idx3-ubyte.gz is not a readable gzip archive"):
+        load_dataset("mnist", tmp_path)
+    assert not list(cache.rglob("*.tmp"))

@@ -10,6 +10,7 @@ import gzip
 import os
 import pickle
 import shutil
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -22,8 +23,6 @@ from bench.data.imagefolder import (
     ARCHIVE_NAME,
     IMAGE_FOLDERS,
     JPEG_SOURCE,
-    _key,
-    _remove_stale,
     file_sha256,
     files_digest,
     find_cifar10_images,
@@ -31,7 +30,7 @@ from bench.data.imagefolder import (
     image_copy_digest,
     load_cifar10_images,
 )
-from bench.errors import BinbenchError, DataNotFoundError
+from bench.errors import BinbenchError, DataCorruptError, DataNotFoundError
 
 
 def _missing(name: str, where: Path, how: str) -> DataNotFoundError:
@@ -76,51 +75,41 @@ def _mnist_files(cls_name: str, folder: str, root: Path) -> tuple[list[Path], li
     return [raw / f.removesuffix(".gz") for f in files], [raw / f for f in files]
 
 
-def mnist_root(cls_name: str, folder: str, root: Path) -> tuple[Path, str]:
-    """(the root torchvision should read, the digest of the files) for MNIST-like idx files under ``root``.
+def mnist_archives(root: Path, cls_name: str = "MNIST", folder: str = "MNIST") -> tuple[list[Path], str]:
+    """The ``.gz`` archives of an MNIST-style dataset under ``root`` and their content digest."""
+    _plain, gz = _mnist_files(cls_name, folder, root)
+    missing = [p for p in gz if not p.exists()]
+    if missing:
+        raise _missing(folder, missing[0].parent, f"{missing[0].name} is missing")
+    return gz, files_digest(gz, root / folder)
 
-    The plain files are read where they are. Archives (*.gz) in a possibly read-only root are extracted once
-    into ``<cache>/extracted/<folder>-<digest key>/<folder>/raw/``: the folder is named by the archives'
-    content digest, and filled in a temporary folder renamed into place, so another data root (or a killed
-    extraction) never hands a later load different files.
+
+def extract_archives(gz: list[Path], folder: str, digest: str) -> Path:
+    """Extract MNIST-style ``.gz`` archives into binbench's cache, in torchvision's layout, once.
+
+    The folder is named by the archives' content digest, so another data root's (different) archives get a
+    folder of their own and can never be read in place of these; several processes extracting at once (two
+    trials starting together) each write a uniquely named temporary and rename it into place atomically, so
+    a reader sees a complete file or none. Returns the root to hand to torchvision.
     """
-    plain, gz = _mnist_files(cls_name, folder, root)
-    if all(p.exists() for p in plain):
-        return root, files_digest(plain, root / folder)
-    if not all(p.exists() for p in gz):
-        raise _missing(folder, root / folder / "raw", MNIST_HOW.replace("MNIST", folder))
-    digest = files_digest(gz, root / folder)
-    parent = cache_dir() / "extracted"
-    final = parent / f"{folder.lower()}-{_key(digest)}"
-    names = [src.name.removesuffix(".gz") for src in gz]
-    if all((final / folder / "raw" / n).is_file() for n in names):
-        return final, digest
-    _remove_stale(parent, final.name)
-    tmp = parent / f".{final.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / folder / "raw").mkdir(parents=True)
-        for src, n in zip(gz, names, strict=True):
-            try:
-                with gzip.open(src, "rb") as fi, open(tmp / folder / "raw" / n, "wb") as fo:
-                    shutil.copyfileobj(fi, fo)
-            except (OSError, EOFError, zlib.error) as exc:
-                if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile) and exc.errno is not None:
-                    raise BinbenchError(f"could not extract {src} into {parent} ({exc.strerror}): free disk space "
-                                        "there or point XDG_CACHE_HOME at a writable folder") from None
-                raise BinbenchError(f"{src} is truncated or not a gzip archive ({type(exc).__name__}): replace it "
-                                    "with an intact copy") from None
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)  # incomplete: someone removed files from it
+    use_root = cache_dir() / "extracted" / digest.rpartition(":")[2][:16]
+    dest = use_root / folder / "raw"
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in gz:
+        out = dest / src.name.removesuffix(".gz")
+        if out.exists():
+            continue
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=dest)  # unique per writer
+        tmp = Path(name)
         try:
-            os.replace(tmp, final)
-        except OSError:
-            if not all((final / folder / "raw" / n).is_file() for n in names):  # not a concurrent load's win
-                raise BinbenchError(f"could not move the extracted {folder} files into {final}: free disk space "
-                                    "there or point XDG_CACHE_HOME at a writable folder") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final, digest
+            with gzip.open(src, "rb") as fi, os.fdopen(fd, "wb") as fo:
+                shutil.copyfileobj(fi, fo)
+        except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged deflate stream
+            tmp.unlink(missing_ok=True)
+            msg = f"{src} is not a readable gzip archive ({exc}): replace it with an intact copy"
+            raise DataCorruptError(msg) from exc
+        os.replace(tmp, out)
+    return use_root
 
 
 def _mnist_like(cls_name: str, folder: str, name: str, how: str, source: str):
@@ -140,7 +129,12 @@ def _mnist_like(cls_name: str, folder: str, name: str, how: str, source: str):
         have = all(p.exists() for p in plain) or all(p.exists() for p in gz)
         if not have and not download:
             raise _missing(name, raw, how)
-        use_root, digest = mnist_root(cls_name, folder, root) if have else (root, "")
+        use_root, digest = root, ""
+        if all(p.exists() for p in plain):
+            digest = files_digest(plain, root / folder)
+        elif have:
+            digest = files_digest(gz, root / folder)
+            use_root = extract_archives(gz, folder, digest)
         try:
             train = cls(str(use_root), train=True, download=download and not have)
             test = cls(str(use_root), train=False, download=download and not have)

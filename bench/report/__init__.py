@@ -16,7 +16,9 @@ above 0 "cannot discriminate estimators": its full-precision parts, not the bina
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,10 +28,12 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BinbenchError
+from bench.report import complexity, escape, latex
 
 #: method names in published.csv for binbench estimators where they differ
 PUBLISHED_NAME = {"clipped_ste": "bnn"}
 DIAG = ("diag/qe", "diag/laplace_b", "diag/flip")
+LAYER_METRIC = re.compile(r"diag/(\d+)/(flip|qe)$")  # per binary layer (by module index): the heatmaps' data
 CELL = ["dataset", "model", "bits", "recipe"]
 FLAG = "this cell cannot discriminate estimators"
 LATE_GAIN = 0.5  # test top-1 points gained over the last quarter of the epochs: more means still learning
@@ -91,6 +95,8 @@ def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any
            "stage_epochs": t.get("stage_epochs"), "dataset_source": t.get("dataset_source")}
     row.update({k: v for k, v in m.items() if "/" not in k or k in DIAG})
     row["search_point"] = "|".join(f"{k}={p.get(k)}" for k in search_keys)
+    row["model_args"] = json.dumps({k[len("model_args."):]: v for k, v in p.items() if k.startswith("model_args.")})
+    row["layer_metrics"] = "|".join(sorted(k for k in m if LAYER_METRIC.match(k)))
     return row
 
 
@@ -125,9 +131,9 @@ def collect(uri: str, suite: str, search_keys: tuple[str, ...] = ()) -> Collecte
     ident = ["estimator", "model", "dataset", "bits", "recipe", "seed", "search_point"]
     df = df.sort_values(["rank", "start"]).groupby(ident, as_index=False).tail(1).drop(columns="rank")
     curves = []
-    for run_id in df["run_id"]:
+    for run_id, layers in zip(df["run_id"], df["layer_metrics"], strict=True):
         per: dict[int, dict[str, float]] = {}
-        for metric in ("test_top1", "stage", "epoch", *DIAG):
+        for metric in ("test_top1", "stage", "epoch", *DIAG, *filter(None, layers.split("|"))):
             for h in client.get_metric_history(run_id, metric):
                 per.setdefault(h.step, {})[metric] = h.value
         for step, vals in per.items():
@@ -153,10 +159,21 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, 
 
 
 def method_label(row: pd.Series | dict) -> str:
-    """How tables and figures name a row's estimator: FP for the baseline, "control (frozen)" for a control."""
+    """A row's estimator as the CSV and console name it: FP for the baseline, control (name) for a control."""
     est = row["estimator"]
     role = row.get("role") or _role({"estimator": est})
     return "FP" if role == "baseline" else f"control ({est})" if role == "control" else est
+
+
+def display_label(row: pd.Series | dict) -> str:
+    """The name a paper prints: "FP" for the baseline, else the estimator's declared ``display_name`` (an
+    estimator no longer registered keeps :func:`method_label`'s name)."""
+    from bench.estimator import ESTIMATORS
+
+    if (row.get("role") or _role({"estimator": row["estimator"]})) == "baseline":
+        return "FP"
+    est = row["estimator"]
+    return ESTIMATORS.get(est).display_name if est in ESTIMATORS else method_label(row)
 
 
 def _by_seed(g: pd.DataFrame, est: str, metric: str = "top1") -> pd.Series:
@@ -267,7 +284,8 @@ def _lb_row(key: tuple, g: pd.DataFrame, pub: pd.DataFrame) -> dict[str, Any]:
     n = len(fin)
     mean = fin["top1"].mean() if n else math.nan
     published, source = _published(pub, ds, model, bits, est)
-    row = {"dataset": ds, "network": model, "method": method_label(g.iloc[0]), "estimator": est,
+    row = {"dataset": ds, "network": model, "method": method_label(g.iloc[0]),
+           "display": display_label(g.iloc[0]), "estimator": est,
            "role": g["role"].iloc[0], "bits": "W32A32" if bits == "FP32" else bits, "recipe": recipe, "n": n,
            "diverged": int((g["status"] == "diverged").sum()), "top1_mean": mean,
            "top1_std": fin["top1"].std(ddof=1) if n > 1 else math.nan,
@@ -306,22 +324,60 @@ def leaderboard(c: Collected) -> pd.DataFrame:
     return lb.reset_index(drop=True)
 
 
+def paired_p(a: pd.Series, b: pd.Series) -> float:
+    """Two-sided p-value of the paired t-test of ``a`` against ``b`` over their shared seeds (scipy's
+    ``ttest_rel``); nan with fewer than 2 pairs or when every difference is the same (no variance to test)."""
+    from scipy import stats
+
+    common = sorted(set(a.index) & set(b.index))
+    diffs = [float(a[k] - b[k]) for k in common]
+    if len(diffs) < 2 or max(diffs) == min(diffs):
+        return math.nan
+    return float(stats.ttest_rel([a[k] for k in common], [b[k] for k in common]).pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (one cell's methods against one reference): the
+    k-th smallest is multiplied by (m - k), made monotone and capped at 1; nan values are not in the family."""
+    known = sorted((p, i) for i, p in enumerate(pvalues) if _known(p))
+    out, running = [math.nan] * len(pvalues), 0.0
+    for k, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - k) * p))
+        out[i] = running
+    return out
+
+
+def _cell_pairs(g: pd.DataFrame, baseline: str, fp_mean: float) -> list[dict[str, Any]]:
+    """One cell's rows of :func:`paired`: each estimator against ``baseline`` and against the control, with
+    paired t-test p-values Holm-adjusted across the cell's methods."""
+    ctl, base = _control_of(g), _by_seed(g, baseline)
+    rows = []
+    for est in sorted(g.estimator.unique()):
+        s = _by_seed(g, est)
+        n, mean, lo, hi = _pair(s, base) if est != baseline else (0, *[math.nan] * 3)
+        rows.append({"estimator": est, "method": method_label(g[g.estimator == est].iloc[0]),
+                     "display": display_label(g[g.estimator == est].iloc[0]), "n_pairs": n,
+                     "diff_vs_" + baseline: mean, "ci95_low": lo, "ci95_high": hi,
+                     "p_vs_" + baseline: paired_p(s, base) if est != baseline else math.nan,
+                     "p_vs_control": paired_p(s, _by_seed(g, ctl)) if ctl and est != ctl else math.nan,
+                     "ratio_to_fp": s.mean() / fp_mean if fp_mean else math.nan})
+    for ref in (baseline, "control"):  # the control is no method: it stays out of both families
+        family = [r[f"p_vs_{ref}"] if r["estimator"] != ctl else math.nan for r in rows]
+        for r, p in zip(rows, holm(family), strict=True):
+            r[f"p_holm_vs_{ref}"] = p
+    return rows
+
+
 def paired(c: Collected, baseline: str = "ste") -> pd.DataFrame:
-    """Each binary estimator minus ``baseline`` and minus the cell's control over shared seeds (95% t-intervals),
-    and its mean top-1 over the FP baseline's of the same network and dataset."""
+    """Each binary estimator minus ``baseline`` and minus the cell's control over shared seeds (95% t-intervals,
+    paired t-test p-values, Holm-adjusted across the methods of the cell), and its mean top-1 over the FP
+    baseline's of the same network and dataset."""
     df = c.runs[c.runs.status == "finished"]
     out = []
     for (ds, model, bits, recipe), g in df[df.role != "baseline"].groupby(CELL):
-        base = _by_seed(g, baseline)
         fp = df[(df.dataset == ds) & (df.model == model) & (df.role == "baseline")]["top1"]
-        fp_mean = fp.mean() if len(fp) else math.nan
-        for est in sorted(g.estimator.unique()):
-            s = _by_seed(g, est)
-            n, mean, lo, hi = _pair(s, base) if est != baseline else (0, *[math.nan] * 3)
-            out.append({"dataset": ds, "network": model, "bits": bits, "recipe": recipe, "estimator": est,
-                        "method": method_label(g[g.estimator == est].iloc[0]), "n_pairs": n,
-                        "diff_vs_" + baseline: mean, "ci95_low": lo, "ci95_high": hi,
-                        "ratio_to_fp": s.mean() / fp_mean if fp_mean else math.nan})
+        cell = {"dataset": ds, "network": model, "bits": bits, "recipe": recipe}
+        out += [{**cell, **r} for r in _cell_pairs(g, baseline, fp.mean() if len(fp) else math.nan)]
     lt = lift_table(c).rename(columns={"model": "network", "lift_n_pairs": "control_n_pairs",
                                        "lift": "diff_vs_control", "lift_ci95_low": "control_ci95_low",
                                        "lift_ci95_high": "control_ci95_high"})
@@ -480,7 +536,7 @@ def _lb_display(lb: pd.DataFrame) -> pd.DataFrame:
         top1 = f"{_fmt(r.top1_mean)} ± {_fmt(r.top1_std)} (n={r.n})" if r.n else "–"
         mode = f" [{r.eval_mode}]" if r.eval_mode not in ("default", "") else ""
         flag = " †" if r.cell_check == "cannot discriminate" else ""
-        rows.append({"Network": r.network, "Method": r.method + mode, "W/A": r.bits.replace("W", "").replace("A", "/"),
+        rows.append({"Network": r.network, "Method": r.display + mode, "W/A": r.bits.replace("W", "").replace("A", "/"),
                      "Recipe": r.recipe + flag, FINAL_COL: top1, VAL_COL: _fmt(r.selected_top1_mean),
                      BEST_COL: _fmt(r.best_top1_mean), "Top-5": _fmt(r.top5_mean), "Lift vs control": _lift_cell(r),
                      "Late gain": _fmt(r.late_gain_mean) + (" ↑" if r.still_learning else ""),
@@ -511,6 +567,32 @@ LEGEND = (f"{FINAL_COL}: test accuracy at the last epoch, mean ± sample std ove
           "dataset and network match (clipped_ste is compared with BNN).")
 
 
+PAIRED_LEGEND = ("Δ: mean over shared seeds of (estimator − ste), resp. (estimator − control), top-1 with its 95% "
+                 "Student-t interval; p (Holm): two-sided paired t-test p-value (scipy.stats.ttest_rel) and, in "
+                 "brackets, Holm-adjusted across the methods of the cell (the control is not in the family); ratio: "
+                 "mean top-1 / FP mean top-1 of the same network and dataset (BiBench style).")
+
+
+def caption(c: Collected, lb: pd.DataFrame) -> str:
+    """The LaTeX table's caption: what is shown, the suite, its budget, seeds and hardware, and the marks."""
+    df = c.runs
+    epochs = "; ".join(f"{m}: {', '.join(map(str, sorted(g['epochs'].unique())))} epochs"
+                       for m, g in df.groupby("model"))
+    seeds = sorted(df.seed.unique())
+    hw = "; ".join(sorted(set(df.cpu + (" + " + df.gpu).where(~df.gpu.isin(["none", "?", ""]), ""))))
+    modes = "; ".join(f"{r.display}: {r.eval_mode} evaluation" for r in lb.drop_duplicates("display").itertuples()
+                      if r.eval_mode not in ("default", ""))
+    parts = [f"Suite {c.suite}: final-epoch test top-1 (%), mean ± sample std over {len(seeds)} seeds "
+             f"({', '.join(map(str, seeds))}); budget {epochs}; hardware {hw}.",
+             "FP: the full-precision network, repeated under each bits column of its network.",
+             "Bold: best method of its column (the control is never ranked)."]
+    if (lb.get("cell_check", pd.Series(dtype=str)) == "cannot discriminate").any():
+        parts.append(f"†: {FLAG} (ste does not beat the control with a 95% interval above 0).")
+    if lb.published.notna().any():
+        parts.append("pub.: published top-1 (bench/reference/published.csv).")
+    return " ".join(parts + ([modes + "."] if modes else []))
+
+
 def _flag_notes(d: pd.DataFrame, dataset: str | None = None) -> list[str]:
     bad = d[(d.check == "cannot discriminate") & ((d.dataset == dataset) if dataset else True)]
     return [f"† {_check_line(r)}" for _, r in bad.iterrows()]
@@ -518,39 +600,78 @@ def _flag_notes(d: pd.DataFrame, dataset: str | None = None) -> list[str]:
 
 def _markdown(c: Collected, disp: pd.DataFrame, lb: pd.DataFrame, head: list[str], checks: list[str]) -> list[str]:
     d = discrimination(c)
-    md = [f"# {c.suite}: leaderboard", ""] + [f"- {h}" for h in head] + [""]
+    md = [f"# {escape.markdown(c.suite)}: leaderboard", ""] + [f"- {escape.markdown(h)}" for h in head] + [""]
     if checks:
-        md += ["## Checks", ""] + [f"- {x}" for x in checks] + [""]
+        md += ["## Checks", ""] + [f"- {escape.markdown(x)}" for x in checks] + [""]
     for ds, g in disp.groupby(lb["dataset"], sort=False):
-        notes = _flag_notes(d, ds)
-        md += [f"## {ds}", "", _md_table(g), ""] + ([*notes, ""] if notes else [])
+        notes = [escape.markdown(n) for n in _flag_notes(d, ds)]
+        md += [f"## {escape.markdown(ds)}", "", md_table(g), ""] + ([*notes, ""] if notes else [])
     return md + [LEGEND, ""]
 
 
-def write_tables(c: Collected, out: Path) -> dict[str, Path]:
-    """leaderboard.{md,csv,tex}, paired.csv and diagnostics.csv under ``out``; returns their paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    lb, pr, dg = leaderboard(c), paired(c), diagnostics_table(c)
-    disp = _shown(_lb_display(lb), lb)
-    head, checks = provenance(c, out) + setup_lines(lb), summary_lines(c, lb)
-    lb.to_csv(out / "leaderboard.csv", index=False)
-    pr.to_csv(out / "paired.csv", index=False)
-    dg.to_csv(out / "diagnostics.csv", index=False)
-    md = _markdown(c, disp, lb, head, checks)
-    md += ["## Paired differences to ste and to the control (same seeds), ratio to FP", "",
-           _md_table(_paired_display(pr)), "",
-           "Δ: mean over shared seeds of (estimator − ste), resp. (estimator − control), top-1 with its 95% "
-           "Student-t interval; ratio: mean top-1 / FP mean top-1 of the same network and dataset (BiBench style).",
-           ""]
-    if not dg.empty:
-        md += ["## Diagnostics at the end of each stage", "", _md_table(_diag_display(dg)), "",
-               "QE: BiPer eq. (15) of the value each estimator binarizes (sin(w0 w) for BiPer); b: Laplace scale "
+@dataclass
+class Tables:
+    """One report's tables, computed once for every writer (Markdown, CSV, LaTeX, HTML)."""
+
+    lb: pd.DataFrame  # leaderboard
+    pr: pd.DataFrame  # paired differences
+    dg: pd.DataFrame  # diagnostics at stage ends
+    cx: pd.DataFrame  # complexity per network and bits
+    head: list[str]  # provenance and setup lines
+    checks: list[str]  # the control checks and late gains
+
+
+DIAG_LEGEND = ("QE: BiPer eq. (15) of the value each estimator binarizes (sin(w0 w) for BiPer); b: Laplace scale "
                "of the latent weights; flip: share of binary weights whose sign changed in the stage's last epoch; "
-               "means over binary layers and seeds.", ""]
+               "means over binary layers and seeds.")
+
+
+def tables(c: Collected, out: Path) -> Tables:
+    lb = leaderboard(c)
+    return Tables(lb, paired(c), diagnostics_table(c), complexity.summary(c.runs),
+                  provenance(c, out) + setup_lines(lb), summary_lines(c, lb))
+
+
+def write_tables(c: Collected, out: Path, t: Tables | None = None) -> dict[str, Path]:
+    """leaderboard.{md,csv,tex}, paired.csv, diagnostics.csv and complexity.{md,csv} under ``out``; returns their
+    paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    t = t or tables(c, out)
+    disp = _shown(_lb_display(t.lb), t.lb)
+    t.lb.to_csv(out / "leaderboard.csv", index=False)
+    t.pr.to_csv(out / "paired.csv", index=False)
+    t.dg.to_csv(out / "diagnostics.csv", index=False)
+    t.cx.to_csv(out / "complexity.csv", index=False)
+    md = _markdown(c, disp, t.lb, t.head, t.checks)
+    md += ["## Paired differences to ste and to the control (same seeds), ratio to FP", "",
+           md_table(_paired_display(t.pr)), "", PAIRED_LEGEND, ""]
+    if not t.dg.empty:
+        md += ["## Diagnostics at the end of each stage", "", md_table(_diag_display(t.dg)), "", DIAG_LEGEND, ""]
     (out / "leaderboard.md").write_text("\n".join(md))
-    (out / "leaderboard.tex").write_text(_tex(disp, head + checks, c.suite, _flag_notes(discrimination(c))))
+    tex = latex.render(t.lb, c.suite, caption(c, t.lb), t.head + t.checks, _flag_notes(discrimination(c)))
+    (out / "leaderboard.tex").write_text(tex)
+    (out / "complexity.md").write_text(complexity.markdown(t.cx, c.suite))
     return {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "tex": out / "leaderboard.tex",
-            "paired": out / "paired.csv", "diagnostics": out / "diagnostics.csv"}
+            "paired": out / "paired.csv", "diagnostics": out / "diagnostics.csv",
+            "complexity": out / "complexity.md", "complexity_csv": out / "complexity.csv"}
+
+
+def write_html(c: Collected, t: Tables, out: Path, figures: list[Path]) -> Path:
+    """``report.html`` beside the tables: the leaderboard, paired, complexity and diagnostics tables, every
+    figure embedded, the provenance; self-contained (see :mod:`bench.report.html`)."""
+    from bench.report import html
+
+    d = discrimination(c)
+    sections = [(f"Leaderboard: {ds}", g, " ".join([*_flag_notes(d, ds), LEGEND]))
+                for ds, g in _shown(_lb_display(t.lb), t.lb).groupby(t.lb["dataset"], sort=False)]
+    sections += [("Paired differences to ste and to the control (same seeds), ratio to FP",
+                  _paired_display(t.pr), PAIRED_LEGEND),
+                 ("Model complexity", complexity.display(t.cx), complexity.LEGEND)]
+    if not t.dg.empty:
+        sections.append(("Diagnostics at the end of each stage", _diag_display(t.dg), DIAG_LEGEND))
+    path = out / "report.html"
+    path.write_text(html.render(c.suite, t.head, t.checks, sections, figures), encoding="utf-8")
+    return path
 
 
 def _ci(lo: float, hi: float) -> str:
@@ -562,13 +683,22 @@ def _paired_display(pr: pd.DataFrame) -> pd.DataFrame:
     for _, r in pr.iterrows():
         ctl = r.get("control_n_pairs", 0)
         rows.append({"Dataset": r.dataset, "Network": r.network, "W/A": r.bits, "Recipe": r.recipe,
-                     "Method": r.method, "n pairs": r.n_pairs, "Δ vs ste": _fmt(r.get("diff_vs_ste", math.nan)),
-                     "95% CI": _ci(r.ci95_low, r.ci95_high), "n pairs (control)": int(ctl) if _known(ctl) else 0,
+                     "Method": r.display, "n pairs": r.n_pairs, "Δ vs ste": _fmt(r.get("diff_vs_ste", math.nan)),
+                     "95% CI": _ci(r.ci95_low, r.ci95_high), "p (Holm)": _p(r.p_vs_ste, r.p_holm_vs_ste),
+                     "n pairs (control)": int(ctl) if _known(ctl) else 0,
                      "Δ vs control": _fmt(r.get("diff_vs_control", math.nan)),
                      "95% CI (control)": _ci(r.get("control_ci95_low", math.nan), r.get("control_ci95_high",
                                                                                         math.nan)),
+                     "p (Holm), control": _p(r.p_vs_control, r.p_holm_vs_control),
                      "Ratio to FP": _fmt(r.ratio_to_fp, 3)})
     return pd.DataFrame(rows)
+
+
+def _p(p: float, adjusted: float) -> str:
+    """A raw and a Holm-adjusted p-value: 3 significant digits, "<0.001" below."""
+    def one(v: float) -> str:
+        return "–" if not _known(v) else "<0.001" if v < 0.001 else f"{v:.3f}"
+    return "–" if not _known(p) else f"{one(p)} ({one(adjusted)})"
 
 
 def _diag_display(dg: pd.DataFrame) -> pd.DataFrame:
@@ -580,186 +710,22 @@ def _diag_display(dg: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def md_table(df: pd.DataFrame) -> str:
     cols = [c for c in df.columns if not c.startswith("_")]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(escape.markdown(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, r in df.iterrows():
-        cells = [str(r[c]) for c in cols]
+        cells = [escape.markdown(r[c]) for c in cols]
         if r.get("_best", False):
             cells = [f"**{x}**" if c in ("Method", FINAL_COL) else x for c, x in zip(cols, cells, strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _esc(s: str) -> str:
-    return (str(s).replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
-            .replace("_", "\\_").replace("#", "\\#").replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
-            .replace("–", "--").replace("−", "-").replace("†", "$^\\dagger$").replace("↑", "$\\uparrow$"))
-
-
-def _tex(disp: pd.DataFrame, head: list[str], suite: str, notes: list[str] | None = None) -> str:
-    cols = [c for c in disp.columns if not c.startswith("_") and c not in ("Other eval modes",)]
-    lines = ["% " + h for h in head]
-    lines += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_esc(suite)}: top-1 accuracy (\\%)}}",
-              "\\begin{tabular}{" + "l" * len(cols) + "}", "\\toprule", " & ".join(_esc(c) for c in cols) + " \\\\",
-              "\\midrule"]
-    prev = None
-    for _, r in disp.iterrows():
-        if prev is not None and r["Network"] != prev:
-            lines.append("\\midrule")
-        prev = r["Network"]
-        cells = [_esc(r[c]) for c in cols]
-        if r["_best"]:
-            cells = [f"\\textbf{{{x}}}" if c in ("Method", FINAL_COL) else x for c, x in zip(cols, cells, strict=True)]
-        lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    lines += [f"\\par\\smallskip\\footnotesize {_esc(n)}" for n in notes or []]
-    return "\n".join([*lines, "\\end{table}", ""])
-
-
-# -- figures -----------------------------------------------------------------------------------------------
-CONTROL_STYLE = {"color": "0.45", "ls": "--", "lw": 1.2}  # the control in every figure: grey, dashed
-
-
-def _palette(labels: list[str]) -> dict[str, Any]:
-    """Colours per method label: seaborn's for the methods, the control's grey for controls."""
-    import seaborn as sns
-
-    methods = [m for m in labels if not m.startswith("control")]
-    colours = dict(zip(methods, sns.color_palette("tab10", max(len(methods), 1)), strict=False))
-    return {m: colours.get(m, CONTROL_STYLE["color"]) for m in labels}
-
-
-def _labelled(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with a ``method`` column (FP, control (frozen), the estimator) and methods before controls."""
-    df = df.assign(method=[method_label(r) for r in df[["estimator", "role"]].to_dict("records")])
-    return df.assign(_ctl=df.role == "control").sort_values(["_ctl", "estimator"], kind="stable").drop(columns="_ctl")
-
-
-def _lines(df: pd.DataFrame, y: str, **kw: Any) -> Any:
-    """Per-epoch lines per method, a panel per model and bits; the control grey and dashed."""
-    import seaborn as sns
-
-    labels = list(dict.fromkeys(df["method"]))
-    return sns.relplot(data=df, x="epoch", y=y, hue="method", hue_order=labels, palette=_palette(labels),
-                       style="role", dashes={"method": "", "control": (4, 2), "baseline": (1, 1)}, col="model",
-                       row="bits", kind="line", height=3, aspect=1.2, **kw)
-
-
-def _fig_curves(c: Collected, cur: pd.DataFrame) -> Any:
-    acc = cur[cur["test_top1"].notna()].copy()
-    acc["epoch"] = acc["step"] + 1
-    binary = acc[acc.role != "baseline"]
-    g = _lines(binary if len(binary) else acc, "test_top1", errorbar=("pi", 100),
-               facet_kws={"sharey": False, "margin_titles": True})
-    fp = acc[acc.role == "baseline"]
-    for (_bits, model), ax in g.axes_dict.items():  # the FP baseline as a dashed reference in every panel
-        ref = fp[fp.model == model].groupby("epoch")["test_top1"].mean()
-        if len(ref):
-            ax.plot(ref.index, ref.values, color="black", ls="--", lw=1, label="FP")
-    g.set_axis_labels("epoch", "test top-1 (%)")
-    g.figure.suptitle(f"{c.suite}: test accuracy per epoch (mean, band = min-max over seeds; black dashed: FP; "
-                      "grey dashed: control)", y=1.02)
-    return g.figure
-
-
-def _fig_final(runs: pd.DataFrame) -> Any:
-    import seaborn as sns
-
-    labels = list(dict.fromkeys(runs["method"]))
-    g = sns.catplot(data=runs, x="top1", y="method", hue="method", order=labels, hue_order=labels,
-                    palette=_palette(labels), legend=False, col="model", row="bits", kind="point",
-                    errorbar=("ci", 95), linestyle="none", height=3, aspect=1.3, sharex=False)
-    ctl = runs[runs.role == "control"]
-    for (bits, model), ax in g.axes_dict.items():  # the control's mean as a grey dashed reference
-        ref = ctl[(ctl.model == model) & (ctl.bits == bits)]["top1"]
-        if len(ref):
-            ax.axvline(ref.mean(), **CONTROL_STYLE)
-    g.set_axis_labels("final test top-1 (%), mean and 95% CI (grey dashed: control)", "")
-    return g.figure
-
-
-def _fig_biper(bip: pd.DataFrame) -> Any:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from bench.diagnostics import qe_laplace
-    from bench.estimator import get_estimator_class
-
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    w0s = np.logspace(-0.5, 2.5, 300)
-    w0_default = get_estimator_class("biper").hparam_defaults()["w0"]  # runs that did not record it
-    for (model, bits), gb in bip.groupby(["model", "bits"]):
-        b = gb["diag/laplace_b"].mean()
-        line, = ax.plot(w0s, [qe_laplace(b * w) for w in w0s], label=f"analytic, b = {b:.3g} ({model} {bits})")
-        ax.scatter(gb["w0"].astype(float).fillna(w0_default), gb["diag/qe"], color=line.get_color(), zorder=3,
-                   label=f"measured ({model} {bits})")
-    ax.set_xscale("log")
-    ax.set_xlabel("w0")
-    ax.set_ylabel("QE")
-    ax.set_title("BiPer quantization error vs w0 (Laplace latents, eq. 15-18)")
-    ax.legend(fontsize=6)
-    return fig
-
-
-def _fig_flip(cur: pd.DataFrame) -> Any:
-    fl = cur[cur["diag/flip"].notna()].copy()
-    fl["epoch"] = fl["step"] + 1
-    g = _lines(fl, "diag/flip", errorbar=None, facet_kws={"sharey": False})
-    g.set_axis_labels("epoch", "flip ratio")
-    return g.figure
-
-
-def _fig_sensitivity(runs: pd.DataFrame) -> Any:
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sens = runs.copy()
-    sens["setting"] = sens["optimizer"] + " lr=" + sens["lr"].astype(str) + " " + sens["lr_schedule"]
-    fig, ax = plt.subplots(figsize=(6, 0.35 * sens["method"].nunique() + 1.5))
-    sns.boxplot(data=sens, x="top1", y="method", color="0.9", ax=ax, fliersize=0)
-    sns.stripplot(data=sens, x="top1", y="method", hue="setting", ax=ax, size=4, dodge=False)
-    ax.set_xlabel("final test top-1 (%) over the optimizer grid")
-    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
-    return fig
-
-
 def write_figures(c: Collected, out: Path) -> list[Path]:
-    """The report's figures (PNG and PDF) under ``out``; returns the PNG paths."""
-    import matplotlib
+    """The report's figures (PNG and PDF) under ``out``; returns the PNG paths (see :mod:`bench.report.figures`)."""
+    from bench.report.figures import write_figures as write
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from bench import list_estimators
-    from bench.plots import plot_estimators
-
-    sns.set_theme(style="whitegrid", context="paper")
-    made: list[Path] = []
-    runs = _labelled(c.runs[c.runs.status == "finished"])
-
-    def save(fig: Any, name: str) -> None:
-        for ext in ("png", "pdf"):
-            fig.savefig(out / f"{name}.{ext}", dpi=130, bbox_inches="tight")
-        plt.close(fig)
-        made.append(out / f"{name}.png")
-
-    cur = c.curves.merge(runs[["run_id", "estimator", "role", "method", "model", "bits", "recipe", "seed"]],
-                         on="run_id")
-    if not cur.empty and "test_top1" in cur:
-        save(_fig_curves(c, cur), "accuracy_curves")
-    save(_fig_final(runs), "final_top1")
-    bip = runs[runs.estimator == "biper"]
-    if len(bip) and "diag/laplace_b" in bip and bip["diag/laplace_b"].notna().any():
-        save(_fig_biper(bip), "biper_qe_vs_w0")
-    if not cur.empty and "diag/flip" in cur and cur["diag/flip"].notna().any():
-        save(_fig_flip(cur), "flip_ratio")
-    ests = sorted(runs.loc[runs.role == "method", "estimator"].unique())  # the control is no method to sheet
-    made.append(plot_estimators([e for e in ests if e in list_estimators()], out / "estimators.png"))
-    if runs[["optimizer", "lr", "lr_schedule"]].drop_duplicates().shape[0] > 1:
-        save(_fig_sensitivity(runs), "sensitivity")
-    return made
+    return write(c, out)
 
 
 def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str | None = None,
@@ -791,10 +757,14 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     c = collect(uri, name, search_keys)
     c.notes = list(notes or [])
     out = Path(out_dir or results)
-    tables = write_tables(c, out)
+    out.mkdir(parents=True, exist_ok=True)
+    t = tables(c, out)
+    paths = write_tables(c, out, t)
     figs = write_figures(c, out)
-    return c, tables, figs
+    paths["html"] = write_html(c, t, out, figs)
+    return c, paths, figs
 
 
-__all__ = ["collect", "discrimination", "flagged_cells", "leaderboard", "lift_table", "paired", "report",
-           "setup_lines", "summary_lines", "t_interval"]
+__all__ = ["Tables", "caption", "collect", "discrimination", "display_label", "flagged_cells", "holm", "leaderboard",
+           "lift_table", "md_table", "paired", "paired_p", "report", "setup_lines", "summary_lines", "t_interval",
+           "tables", "write_figures", "write_html", "write_tables"]

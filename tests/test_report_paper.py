@@ -1,0 +1,358 @@
+"""The report as a paper takes it: leaderboard.tex compiles in a two-column article, every value is escaped,
+the paired table's p-values are scipy's paired t-tests with Holm's adjustment, methods go by display name."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from .conftest import REPO
+
+#: a suite name that would be live LaTeX, Markdown and HTML if any writer forgot to escape it
+EVIL = "evil\n\\input{/etc/hostname} $x^2$ 100% _#&~ <script>alert(1)</script> | *b*"
+SEEDS = (0, 1, 2)
+HIST = {"edges": [-0.2, -0.1, 0.0, 0.1, 0.2], "epochs": {"1": [1, 5, 5, 1], "2": [3, 2, 2, 3]}}
+#: final top-1 per (bits, estimator) and seed; resnet20 on cifar10 has published numbers for irnet and reste
+TOP1 = {("W1A1", "frozen"): [60.0, 61.0, 59.5], ("W1A1", "ste"): [80.1, 81.3, 79.9],
+        ("W1A1", "irnet"): [82.0, 82.4, 81.1], ("W1A1", "reste"): [80.3, 81.0, 80.8],
+        ("W1A1", "clipped_ste"): [81.0, 80.2, 80.0],
+        ("W1A32", "frozen"): [85.0, 85.5, 84.9], ("W1A32", "ste"): [88.0, 88.4, 87.5],
+        ("W1A32", "irnet"): [88.9, 89.0, 88.1], ("FP32", "fp"): [91.0, 91.4, 90.8]}
+
+
+def _trial(client, exp_id: str, suite: str, bits: str, est: str, seed: int, top1: float) -> None:
+    role = {"fp": "baseline", "frozen": "control"}.get(est, "method")
+    tags = {"binbench.kind": "trial", "binbench.key": f"c-r20-{bits}-{est}-s{seed}", "binbench.status": "finished",
+            "suite": suite, "estimator": est, "recipe": "common", "model": "resnet20", "dataset": "cifar10",
+            "bits": bits, "seed": str(seed), "role": role, "git_commit": "abc123", "headline_mode": "default",
+            "stage_epochs": "main: 2", "hardware.cpu": "CPU & {co}", "hardware.gpu": "none"}
+    rid = client.create_run(exp_id, run_name=tags["binbench.key"], tags=tags).info.run_id
+    for k, v in {"epochs": "2", "batch_size": "64", "lr": "0.1", "optimizer": "sgd", "lr_schedule": "cosine"}.items():
+        client.log_param(rid, k, v)
+    for step in range(2):
+        client.log_metric(rid, "test_top1", top1 - 2 + 2 * step, step=step)
+        client.log_metric(rid, "stage", 0, step=step)
+        if role != "baseline":
+            for layer in (1, 4):
+                client.log_metric(rid, f"diag/{layer}/flip", 0.01 / (step + 1) * layer, step=step)
+                client.log_metric(rid, f"diag/{layer}/qe", 0.1 * (step + 1) + layer, step=step)
+    client.log_metric(rid, "top1", top1, step=2)
+    client.set_terminated(rid, "FINISHED")
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory) -> tuple[object, Path]:
+    from mlflow.tracking import MlflowClient
+
+    from bench.report import collect, write_tables
+
+    res = tmp_path_factory.mktemp("paper")
+    uri = f"sqlite:///{res / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(EVIL, artifact_location=(res / "artifacts").as_uri())
+    for (bits, est), values in TOP1.items():
+        for seed, top1 in zip(SEEDS, values, strict=True):
+            _trial(client, exp_id, EVIL, bits, est, seed, top1)
+    irnet = client.search_runs([exp_id], "tags.estimator = 'irnet'")[0].info.run_id
+    client.log_dict(irnet, HIST, "latent_hist.json")
+    c = collect(uri, EVIL)
+    write_tables(c, res)
+    return c, res
+
+
+def _tabular(tex: str) -> str:
+    return tex[tex.index("\\begin{tabular}"):tex.index("\\end{tabular}")]
+
+
+def test_tex_is_a_booktabs_siunitx_pivot_with_display_names(paper):
+    _c, res = paper
+    tex = (res / "leaderboard.tex").read_text()
+    assert tex.startswith("% needs \\usepackage{booktabs}\n% needs \\usepackage{siunitx}\n")
+    body = _tabular(tex)
+    assert "\\toprule" in body and "\\midrule" in body and "\\bottomrule" in tex
+    for name in ("STE", "Clipped STE (BNN)", "IR-Net", "ReSTE", "control (frozen)", "FP"):
+        assert f"\n{name} &" in body, name
+    assert "clipped\\_ste" not in body and "irnet" not in body
+    # rows: methods; columns: network then bits; S columns for mean +- std, one published column per bits
+    assert "{resnet20}" in body and "{W1A1}" in body and "{W1A32" in body
+    assert body.count("S[table-format=3.2(2.2)]") == 2 and body.count("S[table-format=3.2]") == 2
+    irnet = [x for x in body.splitlines() if x.startswith("IR-Net &")][0]
+    mean, sd = sum(TOP1[("W1A1", "irnet")]) / 3, pd.Series(TOP1[("W1A1", "irnet")]).std()
+    assert f"\\bfseries {mean:.2f} \\pm {sd:.2f}" in irnet and "86.5" in irnet  # best of W1A1; BiPer Table 3
+    assert "\\caption{" in tex and "3 seeds (0, 1, 2)" in tex and "budget resnet20: 2 epochs" in tex
+    assert "CPU \\& \\{co\\}" in tex and "\\label{tab:binbench-evil-input-etc-hostname" in tex
+    assert "made by: " in tex  # the provenance comment lines stay
+
+
+def test_no_live_markup_from_a_suite_name(paper):
+    _c, res = paper
+    tex = (res / "leaderboard.tex").read_text()
+    live = "\n".join(x for x in tex.splitlines() if not x.startswith("% "))  # comment lines stay comments
+    assert "\\input{" not in live and "\\textbackslash{}input\\{/etc/hostname\\}" in live
+    for line in tex.splitlines():  # a newline in the name must not end a comment line and start a live one
+        assert not line.startswith("\\input") and not line.startswith("evil")
+    md = (res / "leaderboard.md").read_text()
+    assert "<script>" not in md and "&lt;script>" in md
+    assert md.splitlines()[0].startswith("# evil \\\\input{/etc/hostname}") and "\\| \\*b\\*" in md.splitlines()[0]
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None,
+                    reason="pdflatex is not installed (apt-get install texlive-latex-extra texlive-science): the "
+                           "two-column compile check of leaderboard.tex did not run")
+@pytest.mark.parametrize("variant", ["as written", "one column", "three networks"])
+def test_tex_compiles_in_a_two_column_article_without_overfull_boxes(paper, tmp_path, variant):
+    """As written (two bits columns with their published columns: too wide for one column, so table*); without
+    published numbers (fits one column: table); with two more networks (table*, still within the page)."""
+    from bench.report import latex, leaderboard
+
+    c, res = paper
+    lb = leaderboard(c)
+    if variant == "one column":
+        lb = lb.assign(published=math.nan)
+    elif variant == "three networks":
+        lb = pd.concat([lb, lb.assign(network="vgg\\_small & {x}", published=math.nan), lb.assign(network="r18")])
+    if variant == "as written":
+        shutil.copy(res / "leaderboard.tex", tmp_path / "leaderboard.tex")
+    else:
+        (tmp_path / "leaderboard.tex").write_text(latex.render(lb, EVIL, "a caption", [], []))
+    text = (tmp_path / "leaderboard.tex").read_text()
+    assert ("\\begin{table*}" in text) == (variant != "one column")
+    (tmp_path / "paper.tex").write_text(
+        "\\documentclass[twocolumn]{article}\n\\usepackage{booktabs}\n\\usepackage{siunitx}\n\\begin{document}\n"
+        "Text before the table.\n\\input{leaderboard.tex}\nText after it.\n\\end{document}\n")
+    out = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape",
+                          "paper.tex"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert out.returncode == 0, log[-3000:]
+    assert "Overfull \\hbox" not in log, re.findall(r"Overfull \\hbox.*", log)
+    assert "(/etc/hostname" not in log  # pdflatex opened no file but the table
+
+
+def test_holm_adjustment():
+    from bench.report import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3 x 0.01; 2 x 0.03; max(0.06, 0.04)
+    assert holm([0.5, math.nan, 0.4]) == pytest.approx([0.8, math.nan, 0.8], nan_ok=True)  # nan: out of family
+    assert holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+def test_paired_p_values_are_scipy_paired_t_tests_holm_adjusted(paper):
+    from bench.report import holm
+
+    _c, res = paper
+    pr = pd.read_csv(res / "paired.csv")
+    cell = pr[pr.bits == "W1A1"].set_index("estimator")
+    methods = ["clipped_ste", "irnet", "reste"]  # the family vs ste: every method but ste (and not the control)
+    raw = [stats.ttest_rel(TOP1[("W1A1", e)], TOP1[("W1A1", "ste")]).pvalue for e in methods]
+    assert list(cell.loc[methods, "p_vs_ste"]) == pytest.approx(raw)
+    assert list(cell.loc[methods, "p_holm_vs_ste"]) == pytest.approx(holm(raw))
+    fam = ["clipped_ste", "irnet", "reste", "ste"]
+    raw_ctl = [stats.ttest_rel(TOP1[("W1A1", e)], TOP1[("W1A1", "frozen")]).pvalue for e in fam]
+    assert list(cell.loc[fam, "p_holm_vs_control"]) == pytest.approx(holm(raw_ctl))
+    assert math.isnan(cell.loc["frozen", "p_holm_vs_control"]) and math.isnan(cell.loc["ste", "p_vs_ste"])
+    md = (res / "leaderboard.md").read_text()
+    assert "p (Holm)" in md and "Holm-adjusted across the methods of the cell" in md
+
+
+def test_no_estimator_name_is_hard_coded_in_the_report():
+    from bench.estimator import ESTIMATORS
+
+    src = "".join(p.read_text() for p in (REPO / "bench" / "report").glob("*.py"))
+    for name in ESTIMATORS.names():
+        shown = ESTIMATORS.get(name).display_name
+        if shown != name:  # as a string literal: prose (docstrings, BiPer's own QE figure) may name a method
+            assert f'"{shown}"' not in src and f"'{shown}'" not in src, shown
+
+
+# -- figures ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def figures(paper):
+    from bench.report import write_figures
+
+    c, res = paper
+    return {p.name: p for p in write_figures(c, res / "figs")}
+
+
+def _finished(c):
+    from bench.report.figures import _labelled
+
+    return _labelled(c.runs[c.runs.status == "finished"])
+
+
+def test_final_top1_bars_are_the_tables_t_intervals_with_an_fp_line(paper):
+    from bench.report.figures import _fig_final, styles
+
+    c, _res = paper
+    runs = _finished(c)
+    fig = _fig_final(runs, styles(runs))
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    ax = panels["resnet20 W1A1"]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    for k, bars in enumerate(ax.containers):
+        (lo, _), (hi, _) = bars.lines[2][0].get_segments()[0]
+        est = {"IR-Net": "irnet", "STE": "ste", "ReSTE": "reste", "Clipped STE (BNN)": "clipped_ste",
+               "control (frozen)": "frozen"}[labels[k]]
+        v = TOP1[("W1A1", est)]
+        want = stats.t.interval(0.95, len(v) - 1, loc=sum(v) / 3, scale=stats.sem(v))  # not a bootstrap
+        assert (lo, hi) == pytest.approx(want)
+    fp = sum(TOP1[("FP32", "fp")]) / 3
+    assert any(line.get_label() == "FP mean" and line.get_xdata()[0] == pytest.approx(fp) for line in ax.get_lines())
+
+
+def test_curves_show_two_epoch_runs_as_points_on_integer_ticks(paper):
+    from bench.report.figures import _curves, _fig_lines, styles
+
+    c, _res = paper
+    runs = _finished(c)
+    cur = _curves(c, runs)
+    fig = _fig_lines(cur[cur.test_top1.notna()], "test_top1", "top-1", "t", styles(runs))
+    ax = fig.axes[0]
+    ste = [line for line in ax.get_lines() if line.get_label() == "STE"][0]
+    assert list(ste.get_xdata()) == [1, 2] and ste.get_marker() not in ("None", "", None)
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert any(line.get_label() == "FP" for line in ax.get_lines())  # the baseline as a reference in the panel
+
+
+def test_stage_boundaries_come_from_the_recorded_stages():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bench.report.figures import _fig_lines
+
+    rows = [{"display": "Two stages", "role": "method", "model": "m", "bits": "W1A1", "seed": 0, "epoch": e,
+             "test_top1": 10.0 * e, "stage": float(e > 3), "stage_epochs": "warm: 3, cold: 2"} for e in range(1, 6)]
+    rows += [{**r, "display": "One stage", "stage": 0.0, "stage_epochs": "main: 5"} for r in rows]
+    sty = {"Two stages": {"color": "C0", "marker": "o", "ls": "-"}, "One stage": {"color": "C1", "marker": "s",
+                                                                                  "ls": "--"}}
+    ax = _fig_lines(pd.DataFrame(rows), "test_top1", "top-1", "t", sty).axes[0]
+    verticals = [line.get_xdata()[0] for line in ax.get_lines() if len(set(line.get_xdata())) == 1
+                 and line.get_label().startswith("_")]
+    assert verticals == [3.5]  # between epoch 3 (warm) and 4 (cold); nothing for the one-stage method
+    assert any(t.get_text() == "Two stages: warm | cold" for t in ax.texts)
+
+
+def test_ste_and_clipped_ste_are_told_apart_without_colour():
+    from bench.report.figures import styles
+
+    runs = pd.DataFrame({"display": ["STE", "Clipped STE (BNN)", "IR-Net", "control (frozen)", "FP"],
+                         "role": ["method", "method", "method", "control", "baseline"]})
+    sty = styles(runs)
+    a, b = sty["STE"], sty["Clipped STE (BNN)"]
+    assert a["color"] != b["color"] and a["marker"] != b["marker"] and a["ls"] != b["ls"]
+    assert len({tuple(s["color"]) if not isinstance(s["color"], str) else s["color"] for s in sty.values()}) == 5
+
+
+def test_layer_heatmap_holds_the_per_layer_metrics(paper, figures):
+    from bench.report.figures import _curves, _fig_layers, _layer_frame
+
+    c, _res = paper
+    assert "layer_diagnostics_resnet20_W1A1.png" in figures and "layer_diagnostics_resnet20_W1A32.png" in figures
+    lay = _layer_frame(_curves(c, _finished(c)))
+    fig = _fig_layers(lay, "resnet20", "W1A1")
+    row = [ax for ax in fig.axes if ax.get_ylabel().startswith("IR-Net")]
+    flip, qe = (ax.images[0].get_array() for ax in row[:2])
+    # as logged: flip 0.01 / (step + 1) * layer, qe 0.1 * (step + 1) + layer, layers 1 and 4, epochs 1 and 2
+    assert flip.ravel().tolist() == pytest.approx([0.01, 0.005, 0.04, 0.02])
+    assert qe.ravel().tolist() == pytest.approx([1.1, 1.2, 4.1, 4.2])
+
+
+def test_surrogates_over_stored_histograms_or_say_there_are_none(paper, figures):
+    from bench.report.figures import _fig_surrogates, latent_histograms
+
+    c, _res = paper
+    runs = _finished(c)
+    hists = latent_histograms(c, runs)
+    assert set(hists) == {"IR-Net"} and hists["IR-Net"]["first"] == ("1", [1, 5, 5, 1])
+    assert hists["IR-Net"]["last"] == ("2", [3, 2, 2, 3])
+    assert "surrogates.png" in figures
+    fig = _fig_surrogates(runs, {})
+    assert "holds no latent-weight histograms" in fig._suptitle.get_text()
+
+
+# -- complexity --------------------------------------------------------------------------------------------------
+def test_complexity_counts_match_the_layer_formulas():
+    """convnet on CIFAR-10 (32x32x3): a full-precision 3x3 conv 3->32, binary 3x3 convs 32->64 at 16x16 and
+    64->128 at 8x8 (each after a 2x2 max-pool), a full-precision linear 128->10; batch norms after each conv."""
+    from bench.report import complexity
+
+    fp_conv, b1, b2, fc = 32 * 32 * 32 * 3 * 9, 16 * 16 * 64 * 32 * 9, 8 * 8 * 128 * 64 * 9, 128 * 10
+    for bits, bops, flops in (("W1A1", b1 + b2, fp_conv + fc), ("W1A32", 0, fp_conv + b1 + b2 + fc)):
+        net, shape = complexity.build("convnet", "cifar10", bits, {})
+        t = complexity.totals(complexity.layers(net, shape))
+        assert t["bops"] == bops and t["flops"] == flops and t["ops"] == pytest.approx(bops / 64 + flops)
+        assert t["binary_layers"] == 2 and t["fp_layers"] == 2
+        assert t["params_binary"] == (32 * 64 + 64 * 128) * 9
+        fp_params = 3 * 32 * 9 + 2 * (32 + 64 + 128) + 128 * 10 + 10  # first conv, batch-norm affine, fc
+        assert t["params_fp"] == fp_params and t["memory_bits"] == t["params_binary"] + 32 * fp_params
+    net, shape = complexity.build("convnet", "cifar10", "FP32", {})
+    assert complexity.totals(complexity.layers(net, shape))["binary_layers"] == 0
+
+
+def test_complexity_table_is_written_per_network(paper):
+    _c, res = paper
+    cx = pd.read_csv(res / "complexity.csv")
+    assert set(cx.bits) == {"W1A1", "W1A32", "W32A32"} and set(cx.network) == {"resnet20"}
+    w1a1 = cx[cx.bits == "W1A1"].iloc[0]
+    assert w1a1.bops > 0 and w1a1.ops == pytest.approx(w1a1.bops / 64 + w1a1.flops)
+    assert cx[cx.bits == "W32A32"].iloc[0].bops == 0
+    md = (res / "complexity.md").read_text()
+    assert "| resnet20 | W1A1 |" in md and "OPs = BOPs/64 + FLOPs" in md and "<script>" not in md
+
+
+# -- report.html --------------------------------------------------------------------------------------------------
+def test_html_report_is_self_contained_and_escaped(paper, figures):
+    from html.parser import HTMLParser
+
+    from bench.report import tables, write_html
+
+    c, res = paper
+    path = write_html(c, tables(c, res), res, list(figures.values()))
+    page = path.read_text(encoding="utf-8")
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.srcs = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.srcs += [v for k, v in attrs if k in ("src", "href")]
+
+    p = Tags()
+    p.feed(page)
+    assert "script" not in p.tags and "link" not in p.tags  # nothing runs, nothing loads
+    pngs = [f for f in figures.values() if f.suffix == ".png"]
+    assert len(p.srcs) == len(pngs) and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    for part in ("made by: ", "git commit(s): abc123", "seeds: 0, 1, 2", "hardware: CPU &amp; {co}", "IR-Net",
+                 "Model complexity", "OPs", "p (Holm)", "layer_diagnostics_resnet20_W1A1.png"):
+        assert part in page, part
+
+
+def test_escapes_leave_no_markup():
+    from bench.report import escape
+
+    raw = "a\\b{c}$d&e%f#g_h^i~j\nk\rl\u2028m é 中"
+    assert escape.latex(raw) == ("a\\textbackslash{}b\\{c\\}\\$d\\&e\\%f\\#g\\_h\\textasciicircum{}i"
+                                 "\\textasciitilde{}j k l m e ?")
+    assert escape.latex_comment("x\ny\rz\u2029w") == "% x y z w"
+    assert escape.markdown("a|b\nc`d*e<f](g)\\") == "a\\|b c\\`d\\*e&lt;f]\\(g)\\\\"
+    assert escape.html('<a href="x">&') == "&lt;a href=&quot;x&quot;&gt;&amp;"
+
+
+def test_complexity_of_a_network_not_installed_is_a_note_not_a_traceback():
+    from bench.report import complexity
+
+    runs = pd.DataFrame({"dataset": ["cifar10"], "model": ["no_such_net"], "bits": ["W1A1"], "model_args": ["{}"]})
+    summ = complexity.summary(runs)
+    assert "no_such_net" in summ.iloc[0]["error"]
+    md = complexity.markdown(summ, "s")
+    assert "| cifar10 | no_such_net | W1A1 | – |" in md and "unknown model" in md
