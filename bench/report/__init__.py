@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -443,11 +444,11 @@ def suite_description(c: Collected) -> str:
 
 
 def _description_in(path: Path, suite: str) -> str:
-    import yaml
+    from bench.suite import read_suite_file  # the bounded, duplicate-refusing reader every suite file goes through
 
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = read_suite_file(path) if path.is_file() else None
+    except BinbenchError:
         return ""
     return str(raw.get("description") or "") if isinstance(raw, dict) and raw.get("name") == suite else ""
 
@@ -731,16 +732,15 @@ def write_figures(c: Collected, out: Path) -> list[Path]:
 def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str | None = None,
            out_dir: str | Path | None = None, notes: list[str] | None = None
            ) -> tuple[Collected, dict[str, Path], list[Path]]:
-    from bench.suite import find_suite
+    from bench.suite import find_suite, suite_identity
     from bench.tracking import default_tracking_uri
 
-    name = suite
     try:
-        import yaml
-
-        name = (yaml.safe_load(find_suite(suite).read_text()) or {}).get("name", suite)
+        find_suite(suite)
     except BinbenchError:
-        pass
+        name = suite  # no suite file: the store alone names the suite
+    else:
+        name = suite_identity(suite)[1]  # checked as `suite run` checks it (a shipped name, a safe name)
     results = Path(results_dir or Path("results") / name)
     uri = tracking_uri or default_tracking_uri(results)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
@@ -750,7 +750,7 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     try:
         from bench.suite import load_suite
 
-        search = load_suite(suite).search
+        search = load_suite(suite, max_trials=sys.maxsize).search  # the store is there: no bound to enforce
         search_keys = tuple(sorted(search["space"])) if search else ()
     except BinbenchError:
         pass
