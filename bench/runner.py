@@ -178,8 +178,10 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
         else:
             import torch
 
-            ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                     log_to_driver=False)
+            # address='local': a new Ray of our own even when `ray start` left a cluster on this machine
+            # (ray.init without an address joins it, and then refuses num_cpus)
+            ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
+                     include_dashboard=False, log_to_driver=False)
     ctx = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "results_dir": str(results),
            "resume": resume,
            "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
