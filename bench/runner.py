@@ -165,21 +165,20 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
     if not todo:
         tracking.end_run(uri, parent)
         return SuiteOutcome(results, uri, exp_id, parent, 0, len(keys), _statuses(uri, exp_id, keys))
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # per-epoch checkpoints are small and wanted; Ray's warning about snapshot frequency is noise here
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import logging
+    from bench.suite_progress import SuiteProgress, expected_trials, quiet_ray
 
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    quiet = quiet_ray()
+    # Ray's warning about experiment snapshot frequency is noise here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray_tmp = None  # a local Ray's session folder: removed at the end, else they pile up in /tmp
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, **quiet)
         else:
             import torch
 
-            ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                     log_to_driver=False)
+            ray_tmp = tempfile.mkdtemp(prefix="binbench-ray-")
+            ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), _temp_dir=ray_tmp, **quiet)
     ctx = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "results_dir": str(results),
            "resume": resume,
            "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
@@ -205,7 +204,8 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
         run_config=tune.RunConfig(
             name=f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(results / "ray"),
             failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0,
+            callbacks=[SuiteProgress(expected_trials(len(todo), suite.search))]))
     log(f"suite {suite.name}: {len(todo)} trial(s) on Ray ({cpus_per_trial} CPU, {gpus_per_trial} GPU each); "
         f"tracking {uri}")
     grid = tuner.fit()
@@ -215,6 +215,9 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
                      {"finished": str(sum(s == "finished" for s in statuses.values())),
                       "diverged": str(sum(s == "diverged" for s in statuses.values())), "failed": str(failed)})
     del grid
+    if ray_tmp is not None:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     return SuiteOutcome(results, uri, exp_id, parent, len(todo), len(keys) - len(todo), statuses)
 
 
