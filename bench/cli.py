@@ -147,10 +147,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         values["resume"] = True
     if args.dry_run:
         return _dry_run(values, args.json)
-    result = train(values, reporter=Reporter(enabled=not args.json))
+    tracked = None
+    if not args.no_track:
+        from bench.config import resolve_config
+        from bench.record import SingleRun, default_run_store
+
+        config = resolve_config(values).to_dict()  # a config error stops here, before a run is recorded
+        if not config["download"]:  # and so does missing data
+            from bench.data import dataset_source
+
+            dataset_source(config["dataset"], config["data_root"])
+        tracked = SingleRun(args.tracking_uri or default_run_store(), config)
+    try:
+        result = train(values, reporter=Reporter(enabled=not args.json),
+                       callbacks=[tracked.on_epoch] if tracked else None,
+                       stage_hooks=[tracked.final_model] if tracked else None)
+    except BaseException as exc:
+        if tracked is not None:
+            tracked.fail(exc)
+        raise
+    out = result.to_dict()
+    if tracked is not None:
+        tracked.finish(result)
+        out["tracking"] = {"uri": tracked.uri, "run_id": tracked.run_id}
     if args.json:
-        print(json.dumps(result.to_dict(), default=_json_default, allow_nan=False, indent=None))
+        print(json.dumps(out, default=_json_default, allow_nan=False, indent=None))
+    elif tracked is not None:
+        print(f"recorded as MLflow run {tracked.run_id} in {tracked.uri}")
     return 0 if result.status == "finished" else 3
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bench.evaluate import evaluate_recorded, find_run
+
+    rec = find_run(args.run, args.tracking_uri)
+    top1 = evaluate_recorded(rec, data_root=args.data_root, device=args.device)
+    mode, value = next(iter(top1.items()))
+    logged = f"; logged top-1 {rec.logged_top1:.2f}" if rec.logged_top1 is not None else ""
+    if args.json:
+        print(json.dumps({"where": rec.where, "top1": value, "eval_modes": top1, "logged_top1": rec.logged_top1}))
+    else:
+        others = "".join(f", {m} {v:.2f}" for m, v in list(top1.items())[1:])
+        print(f"{rec.where}: test top-1 {value:.2f} ({mode}{others}){logged}")
+    return 0
 
 
 def dry_run_plan(values: dict[str, Any]) -> dict[str, Any]:
@@ -370,7 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, the stage plan and the source of every recipe value; start "
                         "nothing and load no data (with --json: one JSON object)")
+    r.add_argument("--no-track", action="store_true", help="record nothing in MLflow")
+    r.add_argument("--tracking-uri", help="MLflow store to record the run in (default: $BINBENCH_RUN_STORE, else "
+                                          "sqlite results/runs/mlflow.db under the current directory)")
     r.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("evaluate", help="rebuild a recorded run's model from its logged config and weights and "
+                                         "measure its test top-1 again")
+    ev.add_argument("run", metavar="RUN_ID_OR_PATH",
+                    help="an MLflow run id, or a folder with config.json and model/weights.pt")
+    ev.add_argument("--tracking-uri", help="the store holding the run (default: results/runs and results/*/ here)")
+    ev.add_argument("--data-root")
+    ev.add_argument("--device", help="auto (default: the recorded one), cpu or cuda")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
 
     su = sub.add_parser("suite", help="list, show or run suites (suites/*.yaml) on Ray Tune with MLflow tracking")
     su.add_argument("action", choices=["list", "show", "run"])

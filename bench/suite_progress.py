@@ -147,6 +147,4 @@ def quiet_ray() -> dict[str, Any]:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TensorBoard loggers per trial
     for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for name in ("mlflow", "alembic"):  # their INFO lines (creating the store's tables) are noise; warnings are not
-        logging.getLogger(name).setLevel(logging.WARNING)
     return {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}

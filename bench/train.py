@@ -61,6 +61,7 @@ class RunResult:
     #: a run of one epoch
     late_gain: float | None = None
     data_source: str = ""  # which files the data came from ("CIFAR-10 (JPEG copy)", ...)
+    data_digest: str = ""  # their content digest ("sha256:...", see bench.data), "" where the loader gives none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +128,7 @@ class Loaders:
     test: Any
     val: Any = None  # None without val_split
     source: str = ""
+    digest: str = ""
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +164,7 @@ def make_loaders(cfg: RunConfig, ds: DatasetSpec, device: torch.device, channels
                            channels_last=channels_last)
     test = ResidentLoader(data.test_x, data.test_y, ds, cfg.eval_batch_size, device, train=False,
                           channels_last=channels_last)
-    return Loaders(train, test, val, str(getattr(data, "source", "") or ds.name))
+    return Loaders(train, test, val, str(getattr(data, "source", "") or ds.name), str(getattr(data, "digest", "")))
 
 
 def make_optimizer(model: nn.Module, stage: dict[str, Any]) -> torch.optim.Optimizer:
@@ -402,7 +404,7 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
     if status == "running":
         status = "finished"
     result = _result(cfg, status, message, history, state["best"], eval_modes, params, env, plan)
-    result.data_source = loaders.source
+    result.data_source, result.data_digest = loaders.source, loaders.digest
     if ckpt_dir is not None:
         ckpt.save(ckpt_dir / "final.pt", {"status": status, "history": history, "best": state["best"]})
         _final_model(ckpt_dir, model)

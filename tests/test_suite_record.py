@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench.record import SYSTEM_METRICS_INTERVAL_S
 from bench.suite_progress import SuiteProgress, expected_trials, format_duration
 
 from .test_suites import cli
@@ -54,3 +56,89 @@ def test_progress_survives_pickling():
 
     cb = SuiteProgress(2, tty=False)
     assert pickle.loads(pickle.dumps(cb)).total == 2  # Tune keeps its callbacks in the experiment state
+
+
+def _client_and_runs(res: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{res / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("recordme")
+    runs = client.search_runs([exp.experiment_id])
+    kinds = {k: [r for r in runs if r.data.tags.get("binbench.kind") == k] for k in ("suite", "trial")}
+    return client, exp, kinds
+
+
+def test_mlflow_holds_the_complete_record(suite_run):
+    _, path, res = suite_run
+    client, exp, kinds = _client_and_runs(res)
+    assert exp.artifact_location == (res / "artifacts").resolve().as_uri()
+    (parent,) = kinds["suite"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == [path.name]
+    assert len(kinds["trial"]) == 2
+    for r in kinds["trial"]:
+        run_id = r.info.run_id
+        assert {a.path for a in client.list_artifacts(run_id)} == {"config.json", "model"}
+        assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/weights.pt"]
+        config = json.loads(Path(client.download_artifacts(run_id, "config.json")).read_text())
+        assert config["estimator"] == r.data.tags["estimator"] and config["model_args"]["hidden"] == [16, 16]
+        (ds,) = r.inputs.dataset_inputs
+        assert ds.dataset.name == "digits" and len(ds.dataset.digest) >= 8
+        assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "training"
+        assert not {"resume", "checkpoint_dir", "threads", "device", "data_root"} & set(r.data.params)
+        assert r.data.tags["exec.threads"] == "1" and r.data.tags["exec.device"] == "cpu"
+        # MLflow's system metrics while it trained (Ray brings psutil); sampled every 5 s, so only a longer run has one
+        if (r.info.end_time - r.info.start_time) / 1000 > 2 * SYSTEM_METRICS_INTERVAL_S:
+            assert "system/cpu_utilization_percentage" in r.data.metrics
+        # per-layer diagnostics by layer path: the MLP's second linear is its one binary layer here
+        assert {k for k in r.data.metrics if k.count("/") == 2} == {
+            f"diag/linear2/{m}" for m in ("qe", "laplace_b", "flip", "saturation")}
+
+
+def test_evaluate_reproduces_a_suite_trial(suite_run):
+    _, _, res = suite_run
+    _, _, kinds = _client_and_runs(res)
+    r = kinds["trial"][0]
+    out = cli("evaluate", r.info.run_id, "--tracking-uri", f"sqlite:///{res / 'mlflow.db'}", "--json", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["logged_top1"] == pytest.approx(r.data.metrics["top1"])
+    assert got["top1"] == pytest.approx(r.data.metrics["top1"], abs=1e-6)
+
+
+def test_binbench_run_records_and_evaluate_reproduces(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    out = cli("run", "-e", "ste", "-d", "digits", "--epochs", "1", "--set", "model.hidden=[16,16]", "--set",
+              "threads=1", "--tracking-uri", uri, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_id = re.search(r"recorded as MLflow run (\w+) in ", out.stdout).group(1)
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and "lr" in run.data.params and "resume" not in run.data.params
+    assert run.data.metrics["top1"] == pytest.approx(float(re.search(r"final top1 ([\d.]+)", out.stdout).group(1)),
+                                                     abs=0.006)
+    folder = tmp_path / "store" / "artifacts" / run_id / "artifacts"  # the artifacts beside the store
+    assert (folder / "config.json").is_file() and (folder / "model" / "weights.pt").is_file()
+    ev = cli("evaluate", str(folder), timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert f"test top-1 {run.data.metrics['top1']:.2f}" in ev.stdout
+    assert cli("run", "-e", "ste", "--no-track", "--dry-run").returncode == 0
+
+
+def test_evaluate_unknown_run_is_one_line(tmp_path):
+    out = cli("evaluate", "0123abcd", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "no run or folder '0123abcd'" in out.stderr
+
+
+def test_claimed_checkpoint_folder_survives_a_retry_only(tmp_path):
+    from bench.checkpoint import claim
+
+    folder = tmp_path / "ck"
+    claim(folder, "exp-1/trial-a", keep=False)
+    (folder / "last.pt").write_text("epoch 3")
+    claim(folder, "exp-1/trial-a", keep=False)  # Ray retrying the same trial: continues
+    assert (folder / "last.pt").exists()
+    claim(folder, "exp-2/trial-a", keep=True)  # a resumed suite: continues too
+    assert (folder / "last.pt").exists()
+    claim(folder, "exp-3/trial-a", keep=False)  # a fresh execution: starts over
+    assert not (folder / "last.pt").exists()
