@@ -13,14 +13,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-
-def format_duration(seconds: float) -> str:
-    """12.3 s, 4.5 min, 2.1 h: the unit a person reads at a glance."""
-    if seconds < 90:
-        return f"{seconds:.1f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+from bench.progress import format_duration
 
 
 def _status(result: dict[str, Any]) -> str:

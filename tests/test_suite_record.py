@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.progress import format_duration
 from bench.record import SYSTEM_METRICS_INTERVAL_S
-from bench.suite_progress import SuiteProgress, expected_trials, format_duration
+from bench.suite_progress import SuiteProgress, expected_trials
 
 from .test_suites import cli
 
