@@ -199,7 +199,10 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
             name=f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(results / "ray"),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0,
-            callbacks=[SuiteProgress(expected_trials(len(todo), suite.search))]))
+            callbacks=[SuiteProgress(expected_trials(len(todo), suite.search),
+                                     # only a scheduler stops trials early: without one every trial ends
+                                     epochs={t.key: int(t.resolved["epochs"]) for t in todo}
+                                     if "scheduler" in tune_cfg else None)]))
     log(f"suite {suite.name}: {len(todo)} trial(s) on Ray ({cpus_per_trial} CPU, {gpus_per_trial} GPU each); "
         f"tracking {uri}")
     grid = tuner.fit()

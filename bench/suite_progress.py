@@ -16,11 +16,14 @@ from ray.tune import Callback
 from bench.progress import format_duration
 
 
-def _status(result: dict[str, Any]) -> str:
+def _status(result: dict[str, Any], planned: int | None) -> str:
     if result.get("diverged"):
         return "diverged"
-    # a trial the scheduler (ASHA) stopped ends without Tune marking its last result done
-    return "finished" if result.get("done", True) else "stopped"
+    # Tune marks the last result done whether the trial ended or the scheduler (ASHA) stopped it: the epoch count
+    # (one report per epoch) tells them apart
+    if planned is not None and int(result.get("training_iteration", planned)) < planned:
+        return "stopped"
+    return "finished"
 
 
 class SuiteProgress(Callback):
@@ -30,8 +33,9 @@ class SuiteProgress(Callback):
     The stream is looked up when printing, never stored: Tune pickles its callbacks with the experiment state.
     """
 
-    def __init__(self, total: int, tty: bool | None = None):
+    def __init__(self, total: int, tty: bool | None = None, epochs: dict[str, int] | None = None):
         self.total = total
+        self.epochs = epochs or {}  # trial key -> epochs it trains when nothing stops it
         self.tty = tty
         self.numbers: dict[str, int] = {}
         self.started: dict[str, float] = {}
@@ -88,7 +92,10 @@ class SuiteProgress(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         top1 = result.get("test_top1")
-        self._end(trial, f"top-1 {top1:.2f}" if isinstance(top1, (int, float)) else "top-1 -", _status(result))
+        key = trial.config.get("trial", {}).get("key")
+        planned = trial.config.get("epochs", self.epochs.get(key))
+        top1_text = f"top-1 {top1:.2f}" if isinstance(top1, (int, float)) else "top-1 -"
+        self._end(trial, top1_text, _status(result, int(planned) if planned is not None else None))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, "top-1 -", "failed")

@@ -143,3 +143,21 @@ def test_claimed_checkpoint_folder_survives_a_retry_only(tmp_path):
     assert (folder / "last.pt").exists()
     claim(folder, "exp-3/trial-a", keep=False)  # a fresh execution: starts over
     assert not (folder / "last.pt").exists()
+
+
+def test_progress_tells_stopped_from_finished(capsys):
+    from types import SimpleNamespace
+
+    cb = SuiteProgress(3, tty=False, epochs={"k1": 4, "k2": 4, "k3": 4})
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"trial": {"label": f"l{i}", "key": f"k{i}"}},
+                              last_result=r)
+              for i, r in enumerate([{"test_top1": 80.0, "training_iteration": 4, "done": True},
+                                     {"test_top1": 50.0, "training_iteration": 2, "done": True},
+                                     {"diverged": True, "training_iteration": 1, "done": True}], start=1)]
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+    for t in trials:
+        cb.on_trial_complete(0, trials, t)
+    ends = [ln for ln in capsys.readouterr().out.splitlines() if " end " in ln]
+    assert [re.search(r"\((\w+)\) in", ln).group(1) for ln in ends] == ["finished", "stopped", "diverged"]
+    assert "top-1 80.00" in ends[0] and "top-1 -" in ends[2] and "1/3 done" in ends[0] and "left" in ends[0]
