@@ -205,16 +205,18 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
                                      if "scheduler" in tune_cfg else None)]))
     log(f"suite {suite.name}: {len(todo)} trial(s) on Ray ({cpus_per_trial} CPU, {gpus_per_trial} GPU each); "
         f"tracking {uri}")
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:  # also after Ctrl-C: the session folder of a Ray started here goes with it
+        if ray_tmp is not None:
+            ray.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     statuses = _statuses(uri, exp_id, keys)
     failed = sum(1 for s in statuses.values() if s == "failed")
     tracking.end_run(uri, parent, "FAILED" if failed else "FINISHED",
                      {"finished": str(sum(s == "finished" for s in statuses.values())),
                       "diverged": str(sum(s == "diverged" for s in statuses.values())), "failed": str(failed)})
     del grid
-    if ray_tmp is not None:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     return SuiteOutcome(results, uri, exp_id, parent, len(todo), len(keys) - len(todo), statuses)
 
 
