@@ -394,6 +394,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: Any) -> None:
+    ev = sub.add_parser("evaluate", help="rebuild a recorded run's model from its logged config and weights and "
+                                         "measure its test top-1 again")
+    ev.add_argument("run", metavar="RUN_ID_OR_PATH",
+                    help="an MLflow run id, or a folder with config.json and model/weights.pt")
+    ev.add_argument("--tracking-uri", help="the store holding the run (default: results/runs and results/*/ here)")
+    ev.add_argument("--data-root")
+    ev.add_argument("--device", help="auto (default: the recorded one), cpu or cuda")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="binbench", description="Benchmark harness for BNN binarization estimators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -435,16 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="MLflow store to record the run in (default: $BINBENCH_RUN_STORE, else "
                                           "sqlite results/runs/mlflow.db under the current directory)")
     r.set_defaults(func=cmd_run)
-
-    ev = sub.add_parser("evaluate", help="rebuild a recorded run's model from its logged config and weights and "
-                                         "measure its test top-1 again")
-    ev.add_argument("run", metavar="RUN_ID_OR_PATH",
-                    help="an MLflow run id, or a folder with config.json and model/weights.pt")
-    ev.add_argument("--tracking-uri", help="the store holding the run (default: results/runs and results/*/ here)")
-    ev.add_argument("--data-root")
-    ev.add_argument("--device", help="auto (default: the recorded one), cpu or cuda")
-    ev.add_argument("--json", action="store_true")
-    ev.set_defaults(func=cmd_evaluate)
+    _add_evaluate(sub)
 
     su = sub.add_parser("suite", help="list, show or run suites (suites/*.yaml) on Ray Tune with MLflow tracking")
     su.add_argument("action", choices=["list", "show", "run"])
