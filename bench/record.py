@@ -104,7 +104,21 @@ class FinalModel:
 
 def log_run_record(client: Any, run_id: str, config: dict[str, Any], result: Any,
                    weights: dict[str, Any] | None) -> None:
-    """config.json, the dataset input and (unless the run diverged) the final weights of a finished run."""
+    """config.json, the dataset input and (unless the run diverged) the final weights of a finished run.
+
+    A store whose artifact location cannot be written (an experiment created by an older binbench points at a
+    temporary folder that is gone) must not fail a trial that trained: the failure is a tag on the run instead.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _log_run_record(client, run_id, config, result, weights)
+    except (OSError, MlflowException) as exc:
+        client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])
+
+
+def _log_run_record(client: Any, run_id: str, config: dict[str, Any], result: Any,
+                    weights: dict[str, Any] | None) -> None:
     import torch
 
     client.log_dict(run_id, json.loads(json.dumps(config, default=str)), CONFIG)
@@ -119,7 +133,12 @@ def log_run_record(client: Any, run_id: str, config: dict[str, Any], result: Any
 
 
 def log_suite_file(client: Any, run_id: str, path: str | os.PathLike) -> None:
-    client.log_artifact(run_id, str(path))
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_artifact(run_id, str(path))
+    except (OSError, MlflowException) as exc:  # as in log_run_record: a record gap is not worth a failed suite
+        client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])
 
 
 def start_system_metrics(run_id: str, tracking_uri: str) -> Any:

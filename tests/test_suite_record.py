@@ -161,3 +161,20 @@ def test_progress_tells_stopped_from_finished(capsys):
     ends = [ln for ln in capsys.readouterr().out.splitlines() if " end " in ln]
     assert [re.search(r"\((\w+)\) in", ln).group(1) for ln in ends] == ["finished", "stopped", "diverged"]
     assert "top-1 80.00" in ends[0] and "top-1 -" in ends[2] and "1/3 done" in ends[0] and "left" in ends[0]
+
+
+def test_unwritable_artifact_location_is_a_tag_not_a_failed_trial(tmp_path):
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from bench.record import log_run_record
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # an artifact location below a file: every write fails, as with a vanished folder
+    exp = client.create_experiment("old", artifact_location=str(blocker / "artifacts"))
+    run_id = client.create_run(exp).info.run_id
+    res = SimpleNamespace(data_source="digits", data_digest="sha256:ab", status="finished")
+    log_run_record(client, run_id, {"dataset": "digits"}, res, {"w": 1})
+    assert "record_error" in client.get_run(run_id).data.tags
