@@ -59,7 +59,12 @@ class SuiteProgress(Callback):
             except ImportError:  # an install without tqdm still gets the lines
                 self.tty = False
                 return None
-            self._bar = tqdm(total=self.total, desc="suite", unit="trial", file=self._stream(), dynamic_ncols=True)
+            import shutil
+
+            # a pseudo-terminal may report a 0 x 0 size, where tqdm draws nothing: assume 80 x 24 there
+            sized = shutil.get_terminal_size((0, 0)).columns > 0
+            self._bar = tqdm(total=self.total, desc="suite", unit="trial", file=self._stream(), dynamic_ncols=sized,
+                             ncols=None if sized else 80, nrows=None if sized else 24)
         return self._bar
 
     def _line(self, text: str) -> None:

@@ -178,3 +178,18 @@ def test_unwritable_artifact_location_is_a_tag_not_a_failed_trial(tmp_path):
     res = SimpleNamespace(data_source="digits", data_digest="sha256:ab", status="finished")
     log_run_record(client, run_id, {"dataset": "digits"}, res, {"w": 1})
     assert "record_error" in client.get_run(run_id).data.tags
+
+
+def test_progress_bar_on_a_terminal(capsys):
+    pytest.importorskip("tqdm")
+    from types import SimpleNamespace
+
+    cb = SuiteProgress(2, tty=True)
+    trial = SimpleNamespace(trial_id="t1", config={"trial": {"label": "l1", "key": "k1"}},
+                            last_result={"test_top1": 80.0, "training_iteration": 1})
+    cb.on_trial_start(0, [trial], trial)
+    cb.on_trial_complete(0, [trial], trial)
+    cb.on_experiment_end([trial])
+    out = capsys.readouterr().out
+    assert "trial 1/2 end l1 (k1) top-1 80.00 (finished)" in out and "left" not in out  # the bar has the ETA
+    assert re.search(r"suite: +50%.*1/2 \[", out)
