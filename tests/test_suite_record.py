@@ -114,8 +114,11 @@ def test_binbench_run_records_and_evaluate_reproduces(tmp_path):
     run_id = re.search(r"recorded as MLflow run (\w+) in ", out.stdout).group(1)
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "lr" in run.data.params and "resume" not in run.data.params
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0]  # per-epoch metrics
+    assert run.data.metrics["best_epoch"] == 1  # counted from 1, as the console prints it
     assert run.data.metrics["top1"] == pytest.approx(float(re.search(r"final top1 ([\d.]+)", out.stdout).group(1)),
                                                      abs=0.006)
     folder = tmp_path / "store" / "artifacts" / run_id / "artifacts"  # the artifacts beside the store
