@@ -31,7 +31,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         width = max([len(n) for n in names] + [4])
         for n in names:
             cls = ESTIMATORS.get(n)
-            first = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            first = doc_summary(cls.__doc__)
             role = "control" if cls.role == "control" else "method"
             print(f"{n:<{width}}  {role:<7}  {ESTIMATORS.entry(n).source:<28}  {first}")
         for err in ESTIMATORS.plugin_errors:
@@ -40,8 +40,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         from bench.models import MODELS
 
         for n in MODELS.names(pattern):
-            doc = (MODELS.get(n).__doc__ or "").strip().splitlines()
-            print(f"{n:<10}  {MODELS.entry(n).source:<10}  {doc[0] if doc else ''}")
+            print(f"{n:<10}  {MODELS.entry(n).source:<10}  {doc_summary(MODELS.get(n).__doc__)}")
     else:
         from bench.data import DATASETS
 
@@ -50,6 +49,21 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{n:<14} {d.num_classes:>5} classes  {'x'.join(map(str, d.shape)):>9}  "
                   f"default {d.default_epochs} epochs, batch {d.default_batch_size}")
     return 0
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` (whitespace collapsed) on one line of at most ``width`` characters, cut at a word boundary with an
+    ellipsis."""
+    import textwrap
+
+    return textwrap.shorten(text, width, placeholder=" …")
+
+
+def doc_summary(doc: str | None, width: int = 110) -> str:
+    """A docstring's first paragraph on one line, cut at a word boundary with an ellipsis when longer than
+    ``width`` (its first line alone may stop mid-sentence)."""
+    first = (doc or "").strip().split("\n\n")[0]
+    return shorten(first, width) if first else ""
 
 
 def _flat_values(values: Any) -> list[tuple[str, Any]]:
@@ -147,10 +161,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         values["resume"] = True
     if args.dry_run:
         return _dry_run(values, args.json)
-    result = train(values, reporter=Reporter(enabled=not args.json))
+    tracked = None
+    if not args.no_track:
+        from bench.config import resolve_config
+        from bench.record import SingleRun, default_run_store
+
+        config = resolve_config(values).to_dict()  # a config error stops here, before a run is recorded
+        if not config["download"]:  # and so does missing data
+            from bench.data import dataset_source
+
+            dataset_source(config["dataset"], config["data_root"])
+        tracked = SingleRun(args.tracking_uri or default_run_store(), config)
+    try:
+        result = train(values, reporter=Reporter(enabled=not args.json),
+                       callbacks=[tracked.on_epoch] if tracked else None,
+                       stage_hooks=[tracked.final_model] if tracked else None)
+    except BaseException as exc:
+        if tracked is not None:
+            tracked.fail(exc)
+        raise
+    out = result.to_dict()
+    if tracked is not None:
+        tracked.finish(result)
+        out["tracking"] = {"uri": tracked.uri, "run_id": tracked.run_id}
     if args.json:
-        print(json.dumps(result.to_dict(), default=_json_default, allow_nan=False, indent=None))
+        print(json.dumps(out, default=_json_default, allow_nan=False, indent=None))
+    elif tracked is not None:
+        print(f"recorded as MLflow run {tracked.run_id} in {tracked.uri}")
     return 0 if result.status == "finished" else 3
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bench.evaluate import evaluate_recorded, find_run
+
+    rec = find_run(args.run, args.tracking_uri)
+    top1 = evaluate_recorded(rec, data_root=args.data_root, device=args.device)
+    mode, value = next(iter(top1.items()))
+    logged = f"; logged top-1 {rec.logged_top1:.2f}" if rec.logged_top1 is not None else ""
+    if args.json:
+        print(json.dumps({"where": rec.where, "top1": value, "eval_modes": top1, "logged_top1": rec.logged_top1}))
+    else:
+        others = "".join(f", {m} {v:.2f}" for m, v in list(top1.items())[1:])
+        print(f"{rec.where}: test top-1 {value:.2f} ({mode}{others}){logged}")
+    return 0
 
 
 def dry_run_plan(values: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +302,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         for name in list_suites():
             try:
                 s = load_suite(name)
-                print(f"{name:<16} {len(s.trials):>4} trials  {s.description.strip().splitlines()[0][:90]}")
+                print(f"{name:<16} {len(s.trials):>4} trials  {shorten(s.description, 90)}")
             except BinbenchError as exc:
                 print(f"{name:<16} INVALID: {str(exc).splitlines()[0]}")
         return 0
@@ -274,8 +327,10 @@ def cmd_suite(args: argparse.Namespace) -> int:
         from bench.suite import _missing_data
 
         missing = _missing_data(suite.path, set(cost["datasets"]), args.data_root)
-        print(f"cost estimate: {cost['flop'] / 1e15:.3g} PFLOP, ~{cost['cpu_hours']:.3g} h on a 2-core CPU, "
-              f"~{cost['gpu_hours']:.3g} h on one GPU (nominal rates, rough)")
+        from bench.progress import format_duration, format_flop
+
+        print(f"cost estimate: {format_flop(cost['flop'])}, ~{format_duration(cost['cpu_hours'] * 3600)} on a "
+              f"2-core CPU, ~{format_duration(cost['gpu_hours'] * 3600)} on one GPU (nominal rates, rough)")
         print("needs: " + ("a GPU" if cost["needs_gpu"] else "CPU is enough") + "; data: "
               + ("; ".join(m.split(": ", 1)[1] for m in missing) if missing else "all present"))
         if args.action == "run":
@@ -330,7 +385,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     from bench.tracking import default_tracking_uri
 
-    uri = args.tracking_uri or default_tracking_uri(_results_dir(args, args.suite or "smoke"))
+    if not (args.suite or args.tracking_uri or args.results_dir):
+        stores = sorted(p.parent.name for p in Path("results").glob("*/mlflow.db"))
+        raise BinbenchError("binbench ui needs a suite name (or --results-dir / --tracking-uri); suites with a store "
+                            "under results/: " + (", ".join(stores) if stores else "none yet"))
+    uri = args.tracking_uri or default_tracking_uri(args.results_dir or _results_dir(args, args.suite))
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         raise BinbenchError(f"no MLflow store at {uri[len('sqlite:///'):]}: run `binbench suite run` first or pass "
                             "--results-dir / --tracking-uri")
@@ -374,6 +433,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: Any) -> None:
+    ev = sub.add_parser("evaluate", help="rebuild a recorded run's model from its logged config and weights and "
+                                         "measure its test top-1 again")
+    ev.add_argument("run", metavar="RUN_ID_OR_PATH",
+                    help="an MLflow run id, or a folder with config.json and model/weights.pt")
+    ev.add_argument("--tracking-uri", help="the store holding the run (default: results/runs and results/*/ here)")
+    ev.add_argument("--data-root")
+    ev.add_argument("--device", help="auto (default: the recorded one), cpu or cuda")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="binbench", description="Benchmark harness for BNN binarization estimators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -405,11 +476,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-dir")
     r.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key; repeatable")
-    r.add_argument("--json", action="store_true", help="print the result as one JSON object (no progress lines)")
+    r.add_argument("--json", action="store_true", help="print the result as one JSON object (no progress lines); "
+                   "best_epoch and selected_epoch count from 1 within the last stage, as the console does, while "
+                   "history's epoch and global_epoch are 0-based loop indices")
     r.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, the stage plan and the source of every recipe value; start "
                         "nothing and load no data (with --json: one JSON object)")
+    r.add_argument("--no-track", action="store_true", help="record nothing in MLflow")
+    r.add_argument("--tracking-uri", help="MLflow store to record the run in (default: $BINBENCH_RUN_STORE, else "
+                                          "sqlite results/runs/mlflow.db under the current directory)")
     r.set_defaults(func=cmd_run)
+    _add_evaluate(sub)
 
     su = sub.add_parser("suite", help="list, show or run suites (suites/*.yaml) on Ray Tune with MLflow tracking")
     su.add_argument("action", choices=["list", "show", "run"])
@@ -447,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     bm.set_defaults(func=cmd_benchmark)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI for a suite's store on 127.0.0.1")
-    ui.add_argument("suite", nargs="?")
+    ui.add_argument("suite", nargs="?", help="the suite whose store to serve (results/<suite>/mlflow.db)")
     ui.add_argument("--results-dir")
     ui.add_argument("--tracking-uri")
     ui.add_argument("--port", type=int, default=5000)

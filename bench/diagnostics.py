@@ -6,6 +6,12 @@
 * ``flip``       share of binary weights whose sign changed since the previous epoch;
 * ``saturation`` share of latent weights outside the estimator's gradient support (|g(w)| <= tol);
 * estimator-specific ones (ReSTE's fitting error and gradient stability).
+
+Per-layer metrics are ``diag/<layer path>/<metric>``, the layer path being the layer's name in
+``model.named_modules()`` with a bare position in an ``nn.Sequential`` (``4``, ``features.8``) named by the
+layer's kind and its ordinal among that container's layers of the kind, counting from 1 and FP layers included
+(``linear2``, ``features.conv2``); named children keep their names (``layer1.0.conv1``). ``diag/<metric>`` is
+the mean over the binary layers.
 """
 
 from __future__ import annotations
@@ -41,6 +47,23 @@ def laplace_b(w: Tensor) -> float:
     return float((w - w.median()).abs().mean())
 
 
+def layer_paths(model: nn.Module) -> dict[str, str]:
+    """module name -> readable layer path (see the module docstring) for every conv and linear layer."""
+    counts: dict[tuple[str, str], int] = {}
+    out: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        parent, _, last = name.rpartition(".")
+        if not last.isdigit():
+            out[name] = name
+            continue
+        kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
+        counts[(parent, kind)] = counts.get((parent, kind), 0) + 1
+        out[name] = f"{parent}.{kind}{counts[(parent, kind)]}" if parent else f"{kind}{counts[(parent, kind)]}"
+    return out
+
+
 def surrogate_grad(q: Quantizer, w: Tensor) -> Tensor:
     """d q(w) / d w elementwise as the estimator's backward defines it (random state untouched)."""
     with torch.random.fork_rng(devices=[w.device] if w.is_cuda else []), torch.enable_grad():
@@ -57,6 +80,9 @@ class DiagnosticsTracker:
 
     def __init__(self, model: nn.Module):
         self.layers = binary_layers(model)
+        # metric keys by readable layer path; the sign memory stays keyed by module name (older checkpoints)
+        paths = layer_paths(model)
+        self.paths = {name: paths.get(name, name) for name, _ in self.layers}
         # the signs at initialisation, so that the first epoch's flips are measured too
         with torch.no_grad():
             self.prev: dict[str, Tensor] = {
@@ -92,7 +118,7 @@ class DiagnosticsTracker:
             vals["saturation"] = float(mask.float().mean())
             vals.update(est.layer_diagnostics(w, q))
             for k, v in vals.items():
-                out[f"diag/{name}/{k}"] = v
+                out[f"diag/{self.paths[name]}/{k}"] = v
                 sums.setdefault(k, []).append(v)
         for k, vs in sums.items():
             out[f"diag/{k}"] = sum(vs) / len(vs)

@@ -7,6 +7,24 @@ import time
 from typing import Any, TextIO
 
 
+def format_duration(seconds: float) -> str:
+    """12.3 s, 4.5 min, 2.1 h: the unit a person reads at a glance."""
+    if seconds < 90:
+        return f"{seconds:.1f} s" if seconds >= 0.1 else f"{seconds:.2g} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_flop(flop: float) -> str:
+    """101 GFLOP, 3.2 TFLOP, 1.5 PFLOP, 12 EFLOP: three significant digits in the largest unit below the value."""
+    units = (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6))
+    for name, scale in units:
+        if flop >= scale:
+            return f"{flop / scale:.3g} {name}"
+    return f"{flop:.3g} FLOP"
+
+
 class _Bar:
     def __init__(self, out: TextIO | None, label: str, total: int):
         self.out, self.label, self.total = out, label, total
@@ -71,5 +89,5 @@ class Reporter:
             return
         modes = "  ".join(f"{m} {v:.2f}" for m, v in res.eval_modes.items()) if len(res.eval_modes) > 1 else ""
         top5 = f"  top5 {res.top5:.2f}" if res.top5 is not None else ""
-        self._print(f"final top1 {res.top1:.2f}{top5}  best top1 {res.best_top1:.2f} (epoch {res.best_epoch + 1})  "
+        self._print(f"final top1 {res.top1:.2f}{top5}  best top1 {res.best_top1:.2f} (epoch {res.best_epoch})  "
                     f"{res.epoch_seconds:.2f} s/epoch" + (f"\neval modes: {modes}" if modes else ""))

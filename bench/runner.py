@@ -44,6 +44,8 @@ def _trial_fn(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
+    from bench import checkpoint as ckpt
+    from bench import record as recording
     from bench.env import describe
     from bench.tracking import STATUS_TAG, TrialRun
     from bench.train import train
@@ -57,14 +59,8 @@ def _trial_fn(config: dict[str, Any]) -> None:
     torch.set_num_threads(cpus)
     ckpt_dir = Path(ctx["results_dir"]) / "checkpoints" / (trial["key"] + ("" if len(config) == 2 else
                                                                             "-" + _short_hash(cfg)))
-    restored = tune.get_checkpoint()  # set when Ray retries this trial after a crash
-    if not ctx["resume"] and restored is None and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)  # a fresh execution trains from scratch; only --resume continues old checkpoints
-    if restored is not None and not (ckpt_dir / "last.pt").exists():
-        with restored.as_directory() as d:
-            if (Path(d) / "last.pt").exists():
-                ckpt_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy(Path(d) / "last.pt", ckpt_dir / "last.pt")
+    ctx_tune = tune.get_context()
+    ckpt.claim(ckpt_dir, f"{ctx_tune.get_experiment_name()}/{ctx_tune.get_trial_id()}", keep=bool(ctx["resume"]))
     cfg.update(threads=cpus, checkpoint_dir=str(ckpt_dir), resume=True)
     if ctx.get("gpus_per_trial", 0) == 0:
         cfg.setdefault("device", "cpu")
@@ -80,43 +76,37 @@ def _trial_fn(config: dict[str, Any]) -> None:
         step = int(record["global_epoch"])
         run.log_metrics(record, step)
         logged.add(step)
-        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and "/" not in k}
-        last = ckpt_dir / "last.pt"
-        if last.exists():
-            with tempfile.TemporaryDirectory() as tmp:
-                shutil.copy(last, Path(tmp) / "last.pt")
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        else:
-            tune.report(metrics)
+        # metrics only: the checkpoint stays in the trial's own folder (see checkpoint.claim), not copied to Ray
+        tune.report({k: v for k, v in record.items() if isinstance(v, (int, float)) and "/" not in k})
 
+    final_model = recording.FinalModel()
+    monitor = None
     try:
         from bench.config import resolve_config
 
-        run.log_params(resolve_config(cfg).to_dict())
-        res = train(cfg, callbacks=[on_epoch])
+        resolved = resolve_config(cfg).to_dict()
+        params, exec_tags = recording.split_config(resolved)
+        run.log_params(params)
+        run.set_tags(exec_tags)
+        monitor = recording.start_system_metrics(run.run_id, ctx["tracking_uri"])
+        res = train(cfg, callbacks=[on_epoch], stage_hooks=[final_model])
+        recording.stop_system_metrics(monitor)
     except SystemExit:  # Ray ends a trial its scheduler stops (ASHA) this way: not a failure, not a result
+        recording.stop_system_metrics(monitor)
         run.set_tags({STATUS_TAG: "stopped"})
         run.end("KILLED")
         raise
     except BaseException as exc:
+        recording.stop_system_metrics(monitor)
         run.set_tags({STATUS_TAG: "failed", "error": f"{type(exc).__name__}: {exc}"})
         run.end("FAILED")
         raise
     for record in res.history:  # epochs restored from a checkpoint: their metrics belong in this run too
         if int(record["global_epoch"]) not in logged:
             run.log_metrics(record, int(record["global_epoch"]))
-    final = {"top1": res.top1, "best_top1": res.best_top1, "best_epoch": res.best_epoch,
-             "late_gain": res.late_gain, "epoch_seconds": res.epoch_seconds, "epochs_run": len(res.history),
-             **{f"params_{k}": v for k, v in res.params.items()},
-             **{f"top1_{m}": v for m, v in res.eval_modes.items()}}
-    if res.top5 is not None:
-        final.update(top5=res.top5, best_top5=res.best_top5)
-    if res.selected_epoch is not None:
-        final.update(selected_top1=res.selected_top1, selected_epoch=res.selected_epoch)
-    run.log_metrics({k: v for k, v in final.items() if v is not None}, len(res.history))
-    run.set_tags({STATUS_TAG: res.status, "headline_mode": next(iter(res.eval_modes)), "message": res.message,
-                  "dataset_source": res.data_source,
-                  "stage_epochs": ", ".join(f"{st['name']}: {st['epochs']}" for st in res.stages)})
+    run.log_metrics(recording.final_metrics(res), len(res.history))
+    run.set_tags(recording.final_tags(res))
+    recording.log_run_record(run.client, run.run_id, resolved, res, final_model.state_dict(ckpt_dir / "model.pt"))
     run.end("FINISHED" if res.status == "finished" else "FAILED")
 
 
@@ -146,7 +136,10 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
     results = Path(results_dir).resolve()
     results.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or tracking.default_tracking_uri(results)
-    exp_id = tracking.prepare(uri, suite.name)
+    from bench import record as recording
+
+    recording.quiet_mlflow()
+    exp_id = tracking.prepare(uri, suite.name, recording.artifact_root(uri, results))
     keys = [t.key for t in suite.trials]
     done = tracking.finished_keys(uri, exp_id) if resume else set()
     todo = [t for t in suite.trials if t.key not in done]
@@ -162,26 +155,27 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
         "gpus_per_trial": str(gpus_per_trial), "resume": str(resume), "trials": str(len(keys)),
         "submitted": str(len(todo)), **{f"version.{k}": v for k, v in info["versions"].items()},
         **{f"hardware.{k}": v for k, v in info["hardware"].items()}})
+    recording.log_suite_file(tracking._client(uri), parent, suite.path)
     if not todo:
         tracking.end_run(uri, parent)
         return SuiteOutcome(results, uri, exp_id, parent, 0, len(keys), _statuses(uri, exp_id, keys))
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # per-epoch checkpoints are small and wanted; Ray's warning about snapshot frequency is noise here
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import logging
+    from bench.suite_progress import SuiteProgress, expected_trials, quiet_ray
 
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    quiet = quiet_ray()
+    # Ray's warning about experiment snapshot frequency is noise here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray_tmp = None  # a local Ray's session folder: removed at the end, else they pile up in /tmp
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, **quiet)
         else:
             import torch
 
             # address='local': a new Ray of our own even when `ray start` left a cluster on this machine
             # (ray.init without an address joins it, and then refuses num_cpus)
-            ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
-                     include_dashboard=False, log_to_driver=False)
+            ray_tmp = tempfile.mkdtemp(prefix="binbench-ray-")
+            ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), _temp_dir=ray_tmp,
+                     **quiet)
     ctx = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "results_dir": str(results),
            "resume": resume,
            "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
@@ -207,10 +201,19 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
         run_config=tune.RunConfig(
             name=f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(results / "ray"),
             failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0,
+            callbacks=[SuiteProgress(expected_trials(len(todo), suite.search),
+                                     # only a scheduler stops trials early: without one every trial ends
+                                     epochs={t.key: int(t.resolved["epochs"]) for t in todo}
+                                     if "scheduler" in tune_cfg else None)]))
     log(f"suite {suite.name}: {len(todo)} trial(s) on Ray ({cpus_per_trial} CPU, {gpus_per_trial} GPU each); "
         f"tracking {uri}")
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:  # also after Ctrl-C: the session folder of a Ray started here goes with it
+        if ray_tmp is not None:
+            ray.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     statuses = _statuses(uri, exp_id, keys)
     failed = sum(1 for s in statuses.values() if s == "failed")
     tracking.end_run(uri, parent, "FAILED" if failed else "FINISHED",

@@ -44,7 +44,9 @@ class RunResult:
     config: dict[str, Any]
     top1: float  # final epoch, headline eval mode
     best_top1: float  # best epoch of the last stage, headline mode
-    best_epoch: int
+    #: that epoch, counted from 1 within the last stage as the console prints it; None when none was evaluated.
+    #: (``history`` records keep Python's 0-based ``epoch`` and ``global_epoch``: they index the loop.)
+    best_epoch: int | None
     top5: float | None
     best_top5: float | None
     eval_modes: dict[str, float]  # final top-1 per evaluation mode
@@ -56,11 +58,12 @@ class RunResult:
     stages: list[dict[str, Any]] = field(default_factory=list)
     #: test top-1 (headline mode) at the last-stage epoch with the best validation top-1; nan without val_split
     selected_top1: float | None = None
-    selected_epoch: int | None = None  # that epoch, 0-based within the last stage (as best_epoch)
+    selected_epoch: int | None = None  # that epoch, counted from 1 within the last stage (as best_epoch)
     #: test top-1 gain (points) over the last quarter of the run's epochs: > 0.5 means still learning; None for
     #: a run of one epoch
     late_gain: float | None = None
     data_source: str = ""  # which files the data came from ("CIFAR-10 (JPEG copy)", ...)
+    data_digest: str = ""  # their content digest ("sha256:...", see bench.data), "" where the loader gives none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +130,7 @@ class Loaders:
     test: Any
     val: Any = None  # None without val_split
     source: str = ""
+    digest: str = ""
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +166,7 @@ def make_loaders(cfg: RunConfig, ds: DatasetSpec, device: torch.device, channels
                            channels_last=channels_last)
     test = ResidentLoader(data.test_x, data.test_y, ds, cfg.eval_batch_size, device, train=False,
                           channels_last=channels_last)
-    return Loaders(train, test, val, str(getattr(data, "source", "") or ds.name))
+    return Loaders(train, test, val, str(getattr(data, "source", "") or ds.name), str(getattr(data, "digest", "")))
 
 
 def make_optimizer(model: nn.Module, stage: dict[str, Any]) -> torch.optim.Optimizer:
@@ -402,7 +406,7 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
     if status == "running":
         status = "finished"
     result = _result(cfg, status, message, history, state["best"], eval_modes, params, env, plan)
-    result.data_source = loaders.source
+    result.data_source, result.data_digest = loaders.source, loaders.digest
     if ckpt_dir is not None:
         ckpt.save(ckpt_dir / "final.pt", {"config": repr(_fingerprint(cfg)), "status": status, "history": history,
                                           "best": state["best"]})
@@ -473,14 +477,19 @@ def _result(cfg, status, message, history, best, eval_modes, params, env, plan) 
     modes = {m: last.get(f"test_{m}_top1", last.get("test_top1", float("nan"))) for m in eval_modes}
     timed = [h["epoch_seconds"] for h in history]
     return RunResult(
-        selected_top1=best.get("selected_top1"), selected_epoch=best.get("selected_epoch"),
+        selected_top1=best.get("selected_top1"), selected_epoch=_one_based(best.get("selected_epoch")),
         late_gain=late_gain([h["test_top1"] for h in evals]),
         status=status, config=cfg.to_dict(), top1=last.get("test_top1", float("nan")),
-        best_top1=best.get("top1", float("nan")), best_epoch=int(best.get("epoch", -1)),
+        best_top1=best.get("top1", float("nan")), best_epoch=_one_based(best.get("epoch")),
         top5=last.get("test_top5"), best_top5=best.get("top5"), eval_modes=modes, history=history,
         epoch_seconds=float(np.median(timed)) if timed else float("nan"), params=params, env=env,
         message=message, stages=plan,
     )
+
+
+def _one_based(epoch: int | None) -> int | None:
+    """A 0-based loop index as the epoch number a person reads (the console's, the JSON's, MLflow's)."""
+    return None if epoch is None else int(epoch) + 1
 
 
 def late_gain(top1_per_epoch: list[float]) -> float | None:

@@ -30,3 +30,11 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # extracted archives and other cache files go to a per-session folder, never the user's
     cache = tmp_path_factory.getbasetemp() / "xdg-cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_run_store(tmp_path_factory, monkeypatch):
+    # `binbench run` records in MLflow; tests keep that store out of the repository's results/
+    store = tmp_path_factory.getbasetemp() / "run-store"
+    store.mkdir(exist_ok=True)
+    monkeypatch.setenv("BINBENCH_RUN_STORE", f"sqlite:///{store / 'mlflow.db'}")

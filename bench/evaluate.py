@@ -1,0 +1,114 @@
+"""``binbench evaluate``: rebuild a recorded run's model from its ``config.json``, load its final weights and
+measure its test top-1 again, to check that the record is complete enough to reproduce the result.
+
+A run is named by its MLflow run id (looked up in --tracking-uri, else in results/runs and results/*/ under the
+current directory) or by a folder holding ``config.json`` and ``model/weights.pt`` (a run's downloaded artifacts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BinbenchError
+
+
+@dataclass
+class Recorded:
+    config: dict[str, Any]
+    weights: Path
+    where: str  # "run ID in URI" or the folder
+    logged_top1: float | None = None
+    tmp: Any = field(default=None, repr=False)  # keeps downloaded artifacts alive
+
+
+def _stores(tracking_uri: str | None) -> list[str]:
+    if tracking_uri:
+        return [tracking_uri]
+    from bench.record import default_run_store
+
+    dbs = sorted(Path("results").glob("*/mlflow.db"))
+    return list(dict.fromkeys([default_run_store(), *(f"sqlite:///{p.resolve()}" for p in dbs)]))
+
+
+def _from_folder(folder: Path) -> Recorded:
+    from bench.record import CONFIG, WEIGHTS
+
+    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+        raise BinbenchError(f"{folder} holds no {CONFIG} and {WEIGHTS}: give a run id or a run's artifact folder")
+    return Recorded(json.loads((folder / CONFIG).read_text()), folder / WEIGHTS, str(folder))
+
+
+def find_run(ref: str, tracking_uri: str | None = None) -> Recorded:
+    """The recorded run ``ref`` (a run id or a folder), its artifacts downloaded to a temporary folder."""
+    if Path(ref).is_dir():
+        return _from_folder(Path(ref))
+    from mlflow.exceptions import MlflowException
+
+    from bench.tracking import _client
+
+    searched = []
+    for uri in _stores(tracking_uri):
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            continue
+        searched.append(uri)
+        client = _client(uri)
+        try:
+            run = client.get_run(ref)
+        except MlflowException:
+            continue
+        tmp = tempfile.TemporaryDirectory(prefix="binbench-eval-")
+        try:
+            client.download_artifacts(ref, "", tmp.name)
+            rec = _from_folder(Path(tmp.name))
+        except (MlflowException, OSError) as exc:
+            tmp.cleanup()
+            raise BinbenchError(f"run {ref} in {uri} has no model to evaluate ({exc}); it diverged, failed, or was "
+                                "recorded by a binbench older than `binbench evaluate`") from None
+        except BinbenchError:
+            tmp.cleanup()
+            raise BinbenchError(f"run {ref} in {uri} has no config.json and model/weights.pt: it diverged, "
+                                "failed, or was recorded by a binbench older than `binbench evaluate`") from None
+        rec.where, rec.tmp, rec.logged_top1 = f"run {ref} in {uri}", tmp, run.data.metrics.get("top1")
+        return rec
+    raise BinbenchError(f"no run or folder {ref!r}; searched " + (", ".join(searched) or "no MLflow store")
+                        + " (pass --tracking-uri where it was recorded)")
+
+
+def evaluate_recorded(rec: Recorded, data_root: str | None = None, device: str | None = None) -> dict[str, float]:
+    """Test top-1 per evaluation mode (the headline mode first) of the recorded model."""
+    import torch
+
+    from bench.config import resolve_config
+    from bench.data import get_dataset
+    from bench.estimator import Progress, Stage
+    from bench.train import build_model, evaluate, make_loaders, pick_device, plan_stages, seed_everything
+
+    values = {**rec.config, "resume": False, "checkpoint_dir": None, "download": False}
+    if data_root:
+        values["data_root"] = data_root
+    if device:
+        values["device"] = device
+    cfg = resolve_config(values)
+    dev = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    ds = get_dataset(cfg.dataset)
+    loaders = make_loaders(cfg, ds, dev, channels_last=False)
+    model, est, act = build_model(cfg, ds)
+    model.load_state_dict(torch.load(rec.weights, map_location="cpu", weights_only=True))
+    model.to(dev)
+    last = plan_stages(cfg, est)[-1]
+    for e in [e for e in dict.fromkeys([est, act]) if e is not None]:  # the estimators as they ended training
+        e.begin_stage(last["index"], Stage(last["name"], 1.0, last["estimator"] if e is est else {}))
+        e.set_progress(Progress(last["index"], last["name"], last["epochs"] - 1, last["epochs"]))
+    use_amp = cfg.amp and dev.type == "cuda"
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+
+    modes = list(cfg.eval_modes or (est.eval_modes if est is not None else ("default",)))
+    return {m: evaluate(model, est, loaders.test, m, ds.num_classes >= 10, autocast)["top1"] for m in modes}

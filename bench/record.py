@@ -1,0 +1,243 @@
+"""What a run leaves in MLflow besides its metrics: the complete record of one experiment.
+
+* params hold the experiment (what was trained and how), never the execution: where the data or checkpoints lay,
+  threads, device, resumption and the CUDA-only switches on a CPU are ``exec.*`` tags instead, so that two
+  executions of one experiment compare equal param by param;
+* ``config.json``: the resolved run config, every key (what ``binbench evaluate`` rebuilds the model from);
+* the dataset as an MLflow dataset input (name, digest, where it came from, the subset used), context training;
+* ``model/weights.pt``: the final weights (a ``state_dict`` saved by ``torch.save``);
+* system metrics (``system/*``) while the run trains, when psutil is installed;
+* for a suite, its parent run keeps the suite file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+#: config keys that describe one execution, not the experiment: recorded as ``exec.<key>`` tags
+EXECUTION_KEYS = ("resume", "checkpoint_dir", "data_root", "threads", "device", "download", "eval_batch_size")
+#: switches that only act on CUDA: on a CPU they change nothing, so they are execution facts there
+CUDA_ONLY_KEYS = ("amp", "channels_last", "compile")
+WEIGHTS = "model/weights.pt"
+CONFIG = "config.json"
+SYSTEM_METRICS_INTERVAL_S = 5.0
+
+
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines (creating a store's tables) are noise on a console; its warnings are kept."""
+    import logging
+
+    import mlflow  # noqa: F401 - importing it configures its loggers: set the level after that
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def on_cuda(config: dict[str, Any]) -> bool:
+    device = str(config.get("device") or "auto")
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(params, exec tags) of a resolved config dict."""
+    execution = EXECUTION_KEYS + (() if on_cuda(config) else CUDA_ONLY_KEYS)
+    params = {k: v for k, v in config.items() if k not in execution}
+    tags = {f"exec.{k}": str(config.get(k)) for k in execution if k in config}
+    return params, tags
+
+
+def artifact_root(tracking_uri: str, results_dir: str | os.PathLike | None = None) -> str | None:
+    """``<results>/artifacts`` as a file URI: beside a SQLite store unless a results folder is given; None (the
+    server's default) for a remote tracking server."""
+    if results_dir is not None:
+        return (Path(results_dir).resolve() / "artifacts").as_uri()
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+    return None
+
+
+def dataset_input(name: str, source: str, digest: str, config: dict[str, Any]) -> Any:
+    """The run's training data as an MLflow ``DatasetInput`` (a MetaDataset: no rows copied into the store)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    subset = {k: config.get(k) for k in ("train_subset", "val_split") if config.get(k)}
+    where = {"source": source or name, "digest": digest, **{k: str(v) for k, v in subset.items()}}
+    # the store keeps 36 characters of a digest: the content hash's head, its full value stays in the source
+    short = digest.rpartition(":")[2][:36] if digest else hashlib.sha1(source.encode()).hexdigest()[:36]
+    label = name + "".join(f" {k}={v}" for k, v in subset.items())
+    ds = MetaDataset(CodeDatasetSource(where), name=label, digest=short)
+    return DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
+
+
+class FinalModel:
+    """A stage hook for ``train``: holds the model after the last stage ends, for the weights artifact."""
+
+    def __init__(self) -> None:
+        self.model: nn.Module | None = None
+
+    def __call__(self, when: str, stage: int, model: nn.Module) -> None:
+        if when == "end":
+            self.model = model
+
+    def state_dict(self, fallback: Path | None = None) -> dict[str, Any] | None:
+        if self.model is not None:
+            return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if fallback is not None and fallback.exists():  # a run resumed after it had finished: no stage ran now
+            from bench import checkpoint
+
+            return checkpoint.load(fallback)["model"]
+        return None
+
+
+def log_run_record(client: Any, run_id: str, config: dict[str, Any], result: Any,
+                   weights: dict[str, Any] | None) -> None:
+    """config.json, the dataset input and (unless the run diverged) the final weights of a finished run.
+
+    A store whose artifact location cannot be written (an experiment created by an older binbench points at a
+    temporary folder that is gone) must not fail a trial that trained: the failure is a tag on the run instead.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _log_run_record(client, run_id, config, result, weights)
+    except (OSError, MlflowException) as exc:
+        client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])
+
+
+def _log_run_record(client: Any, run_id: str, config: dict[str, Any], result: Any,
+                    weights: dict[str, Any] | None) -> None:
+    import torch
+
+    client.log_dict(run_id, json.loads(json.dumps(config, default=str)), CONFIG)
+    client.log_inputs(run_id, datasets=[dataset_input(config["dataset"], result.data_source,
+                                                      getattr(result, "data_digest", ""), config)])
+    if weights is None or result.status != "finished":
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(WEIGHTS).name
+        torch.save(weights, path)
+        client.log_artifact(run_id, str(path), str(Path(WEIGHTS).parent))
+
+
+def log_suite_file(client: Any, run_id: str, path: str | os.PathLike) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_artifact(run_id, str(path))
+    except (OSError, MlflowException) as exc:  # as in log_run_record: a record gap is not worth a failed suite
+        client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])
+
+
+def start_system_metrics(run_id: str, tracking_uri: str) -> Any:
+    """MLflow's system metrics monitor for the run, sampling every few seconds; None without psutil."""
+    try:
+        import psutil  # noqa: F401 - MLflow's monitor needs it
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:
+        return None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, samples_before_logging=1,
+                                   tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor: Any) -> None:
+    if monitor is not None:
+        monitor.finish()
+
+
+def final_metrics(res: Any) -> dict[str, float]:
+    """A finished (or diverged) run's closing metrics, logged at the step after its last epoch."""
+    final = {"top1": res.top1, "best_top1": res.best_top1, "best_epoch": res.best_epoch,
+             "late_gain": res.late_gain, "epoch_seconds": res.epoch_seconds, "epochs_run": len(res.history),
+             **{f"params_{k}": v for k, v in res.params.items()},
+             **{f"top1_{m}": v for m, v in res.eval_modes.items()}}
+    if res.top5 is not None:
+        final.update(top5=res.top5, best_top5=res.best_top5)
+    if res.selected_top1 is not None:
+        final.update(selected_top1=res.selected_top1, selected_epoch=res.selected_epoch)
+    return {k: v for k, v in final.items() if v is not None}
+
+
+def final_tags(res: Any) -> dict[str, str]:
+    from bench.tracking import STATUS_TAG
+
+    return {STATUS_TAG: res.status, "headline_mode": next(iter(res.eval_modes)), "message": res.message,
+            "dataset_source": res.data_source,
+            "stage_epochs": ", ".join(f"{st['name']}: {st['epochs']}" for st in res.stages)}
+
+
+RUN_EXPERIMENT = "binbench-run"
+
+
+def default_run_store() -> str:
+    """Where ``binbench run`` records: $BINBENCH_RUN_STORE (a tracking URI), else results/runs/mlflow.db under
+    the current directory."""
+    env = os.environ.get("BINBENCH_RUN_STORE")
+    if env:
+        return env
+    return f"sqlite:///{(Path('results') / 'runs' / 'mlflow.db').resolve()}"
+
+
+class SingleRun:
+    """The MLflow run of one ``binbench run``: params, per-epoch metrics, final metrics, the record above."""
+
+    def __init__(self, uri: str, config: dict[str, Any]):
+        from bench import tracking
+        from bench.env import describe
+
+        quiet_mlflow()
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self.uri, self.config = uri, config
+        exp_id = tracking.prepare(uri, RUN_EXPERIMENT, artifact_root(uri))
+        bits = {(1, 1): "W1A1", (1, 32): "W1A32"}.get((config["w_bits"], config["a_bits"]), "FP32")
+        est = config["estimator"] if config["w_bits"] == 1 else "fp"
+        label = f"{est}-{config['model']}-{config['dataset']}-{bits}-{config['recipe']}-s{config['seed']}"
+        key = hashlib.sha1(json.dumps(split_config(config)[0], sort_keys=True, default=str).encode()).hexdigest()
+        trial = {"key": key[:16], "suite": "", "estimator": est, "recipe": config["recipe"], "model": config["model"],
+                 "dataset": config["dataset"], "bits": bits, "seed": config["seed"], "cell": "", "label": label}
+        info = describe()
+        tags = {tracking.KIND_TAG: "run", "git_commit": info["git_commit"],
+                **{f"version.{k}": v for k, v in info["versions"].items()}}
+        self.run = tracking.TrialRun(uri, exp_id, None, trial, tags)
+        params, exec_tags = split_config(config)
+        self.run.log_params(params)
+        self.run.set_tags(exec_tags)
+        self.final_model = FinalModel()
+        self.monitor = start_system_metrics(self.run.run_id, uri)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    def on_epoch(self, record: dict[str, Any]) -> None:
+        self.run.log_metrics(record, int(record["global_epoch"]))
+
+    def finish(self, res: Any) -> None:
+        stop_system_metrics(self.monitor)
+        self.run.log_metrics(final_metrics(res), len(res.history))
+        self.run.set_tags(final_tags(res))
+        ckpt = Path(self.config["checkpoint_dir"]) / "model.pt" if self.config.get("checkpoint_dir") else None
+        log_run_record(self.run.client, self.run.run_id, self.config, res, self.final_model.state_dict(ckpt))
+        self.run.end("FINISHED" if res.status == "finished" else "FAILED")
+
+    def fail(self, exc: BaseException) -> None:
+        from bench.tracking import STATUS_TAG
+
+        stop_system_metrics(self.monitor)
+        self.run.set_tags({STATUS_TAG: "failed", "error": f"{type(exc).__name__}: {exc}"})
+        self.run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

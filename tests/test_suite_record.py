@@ -1,0 +1,198 @@
+"""A tiny suite run once through the CLI: its live progress lines and what it leaves in MLflow."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.progress import format_duration
+from bench.record import SYSTEM_METRICS_INTERVAL_S
+from bench.suite_progress import SuiteProgress, expected_trials
+
+from .test_suites import cli
+
+BODY = {"name": "recordme", "grid": {"estimators": ["ste", "clipped_ste"], "models": ["mlp"], "datasets": ["digits"],
+                                    "seeds": [0]},
+        "defaults": {"epochs": 1, "model_args": {"hidden": [16, 16]}}}
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory) -> tuple[object, Path, Path]:
+    tmp = tmp_path_factory.mktemp("suite")
+    path = tmp / "suite.yaml"
+    path.write_text(yaml.safe_dump(BODY))
+    out = cli("suite", "run", str(path), "--results-dir", str(tmp / "res"), timeout=400)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out, path, tmp / "res"
+
+
+def test_progress_lines_per_trial(suite_run):
+    out, path, _ = suite_run
+    from bench.suite import load_suite
+
+    labels = {t.label: t.key for t in load_suite(str(path)).trials}
+    starts = re.findall(r"^trial (\d)/2 start (\S+) \((\w+)\)$", out.stdout, re.M)
+    ends = re.findall(r"^trial (\d)/2 end (\S+) \((\w+)\) top-1 (\d+\.\d\d) \(finished\) in [\d.]+ s", out.stdout,
+                      re.M)
+    assert sorted(s[0] for s in starts) == ["1", "2"] and sorted(e[0] for e in ends) == ["1", "2"]
+    assert {(s[1], s[2]) for s in starts} == set(labels.items()) == {(e[1], e[2]) for e in ends}
+    assert {s[0]: s[1] for s in starts} == {e[0]: e[1] for e in ends}  # an end line carries its start's number
+    # Ray's banners and tables stay off the console
+    assert "Configuration for experiment" not in out.stdout and "View detailed results" not in out.stdout
+    assert "Token authentication" not in out.stderr
+
+
+def test_expected_trials_and_durations():
+    search = {"num_samples": 2, "space": {"lr": {"loguniform": [0.01, 0.1]}, "optimizer": {"grid": ["sgd", "adam"]}}}
+    assert expected_trials(3, None) == 3 and expected_trials(3, search) == 12
+    assert [format_duration(s) for s in (12.34, 600, 7200)] == ["12.3 s", "10.0 min", "2.0 h"]
+
+
+def test_progress_survives_pickling():
+    import pickle
+
+    cb = SuiteProgress(2, tty=False)
+    assert pickle.loads(pickle.dumps(cb)).total == 2  # Tune keeps its callbacks in the experiment state
+
+
+def _client_and_runs(res: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{res / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("recordme")
+    runs = client.search_runs([exp.experiment_id])
+    kinds = {k: [r for r in runs if r.data.tags.get("binbench.kind") == k] for k in ("suite", "trial")}
+    return client, exp, kinds
+
+
+def test_mlflow_holds_the_complete_record(suite_run):
+    _, path, res = suite_run
+    client, exp, kinds = _client_and_runs(res)
+    assert exp.artifact_location == (res / "artifacts").resolve().as_uri()
+    (parent,) = kinds["suite"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == [path.name]
+    assert len(kinds["trial"]) == 2
+    for r in kinds["trial"]:
+        run_id = r.info.run_id
+        assert {a.path for a in client.list_artifacts(run_id)} == {"config.json", "model"}
+        assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/weights.pt"]
+        config = json.loads(Path(client.download_artifacts(run_id, "config.json")).read_text())
+        assert config["estimator"] == r.data.tags["estimator"] and config["model_args"]["hidden"] == [16, 16]
+        (ds,) = r.inputs.dataset_inputs
+        assert ds.dataset.name == "digits" and len(ds.dataset.digest) >= 8
+        assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "training"
+        assert not {"resume", "checkpoint_dir", "threads", "device", "data_root"} & set(r.data.params)
+        assert r.data.tags["exec.threads"] == "1" and r.data.tags["exec.device"] == "cpu"
+        # MLflow's system metrics while it trained (Ray brings psutil); sampled every 5 s, so only a longer run has one
+        if (r.info.end_time - r.info.start_time) / 1000 > 2 * SYSTEM_METRICS_INTERVAL_S:
+            assert "system/cpu_utilization_percentage" in r.data.metrics
+        # per-layer diagnostics by layer path: the MLP's second linear is its one binary layer here
+        assert {k for k in r.data.metrics if k.count("/") == 2} == {
+            f"diag/linear2/{m}" for m in ("qe", "laplace_b", "flip", "saturation")}
+
+
+def test_evaluate_reproduces_a_suite_trial(suite_run):
+    _, _, res = suite_run
+    _, _, kinds = _client_and_runs(res)
+    r = kinds["trial"][0]
+    out = cli("evaluate", r.info.run_id, "--tracking-uri", f"sqlite:///{res / 'mlflow.db'}", "--json", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["logged_top1"] == pytest.approx(r.data.metrics["top1"])
+    assert got["top1"] == pytest.approx(r.data.metrics["top1"], abs=1e-6)
+
+
+def test_binbench_run_records_and_evaluate_reproduces(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    out = cli("run", "-e", "ste", "-d", "digits", "--epochs", "1", "--set", "model.hidden=[16,16]", "--set",
+              "threads=1", "--tracking-uri", uri, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_id = re.search(r"recorded as MLflow run (\w+) in ", out.stdout).group(1)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "lr" in run.data.params and "resume" not in run.data.params
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0]  # per-epoch metrics
+    assert run.data.metrics["best_epoch"] == 1  # counted from 1, as the console prints it
+    assert run.data.metrics["top1"] == pytest.approx(float(re.search(r"final top1 ([\d.]+)", out.stdout).group(1)),
+                                                     abs=0.006)
+    folder = tmp_path / "store" / "artifacts" / run_id / "artifacts"  # the artifacts beside the store
+    assert (folder / "config.json").is_file() and (folder / "model" / "weights.pt").is_file()
+    ev = cli("evaluate", str(folder), timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert f"test top-1 {run.data.metrics['top1']:.2f}" in ev.stdout
+    assert cli("run", "-e", "ste", "--no-track", "--dry-run").returncode == 0
+
+
+def test_evaluate_unknown_run_is_one_line(tmp_path):
+    out = cli("evaluate", "0123abcd", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "no run or folder '0123abcd'" in out.stderr
+
+
+def test_claimed_checkpoint_folder_survives_a_retry_only(tmp_path):
+    from bench.checkpoint import claim
+
+    folder = tmp_path / "ck"
+    claim(folder, "exp-1/trial-a", keep=False)
+    (folder / "last.pt").write_text("epoch 3")
+    claim(folder, "exp-1/trial-a", keep=False)  # Ray retrying the same trial: continues
+    assert (folder / "last.pt").exists()
+    claim(folder, "exp-2/trial-a", keep=True)  # a resumed suite: continues too
+    assert (folder / "last.pt").exists()
+    claim(folder, "exp-3/trial-a", keep=False)  # a fresh execution: starts over
+    assert not (folder / "last.pt").exists()
+
+
+def test_progress_tells_stopped_from_finished(capsys):
+    from types import SimpleNamespace
+
+    cb = SuiteProgress(3, tty=False, epochs={"k1": 4, "k2": 4, "k3": 4})
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"trial": {"label": f"l{i}", "key": f"k{i}"}},
+                              last_result=r)
+              for i, r in enumerate([{"test_top1": 80.0, "training_iteration": 4, "done": True},
+                                     {"test_top1": 50.0, "training_iteration": 2, "done": True},
+                                     {"diverged": True, "training_iteration": 1, "done": True}], start=1)]
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+    for t in trials:
+        cb.on_trial_complete(0, trials, t)
+    ends = [ln for ln in capsys.readouterr().out.splitlines() if " end " in ln]
+    assert [re.search(r"\((\w+)\) in", ln).group(1) for ln in ends] == ["finished", "stopped", "diverged"]
+    assert "top-1 80.00" in ends[0] and "top-1 -" in ends[2] and "1/3 done" in ends[0] and "left" in ends[0]
+
+
+def test_unwritable_artifact_location_is_a_tag_not_a_failed_trial(tmp_path):
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from bench.record import log_run_record
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # an artifact location below a file: every write fails, as with a vanished folder
+    exp = client.create_experiment("old", artifact_location=str(blocker / "artifacts"))
+    run_id = client.create_run(exp).info.run_id
+    res = SimpleNamespace(data_source="digits", data_digest="sha256:ab", status="finished")
+    log_run_record(client, run_id, {"dataset": "digits"}, res, {"w": 1})
+    assert "record_error" in client.get_run(run_id).data.tags
+
+
+def test_progress_bar_on_a_terminal(capsys):
+    pytest.importorskip("tqdm")
+    from types import SimpleNamespace
+
+    cb = SuiteProgress(2, tty=True)
+    trial = SimpleNamespace(trial_id="t1", config={"trial": {"label": "l1", "key": "k1"}},
+                            last_result={"test_top1": 80.0, "training_iteration": 1})
+    cb.on_trial_start(0, [trial], trial)
+    cb.on_trial_complete(0, [trial], trial)
+    cb.on_experiment_end([trial])
+    out = capsys.readouterr().out
+    assert "trial 1/2 end l1 (k1) top-1 80.00 (finished)" in out and "left" not in out  # the bar has the ETA
+    assert re.search(r"suite: +50%.*1/2 \[", out)
