@@ -37,7 +37,7 @@ def quantization_error(estimator: Estimator, latent_weights: Tensor, q: Quantize
 
 
 def qe_laplace(c: float) -> float:
-    """Closed form of the expected QE of sin(w0 W), W ~ Laplace(0, b), c = b*w0 (sheet section 9)."""
+    """Closed form of the expected QE of sin(w0 W), W ~ Laplace(0, b), c = b*w0 (derived in binbench)."""
     gamma = c / math.tanh(math.pi / (2 * c)) / (1 + c * c)
     return 2 * c * c / (1 + 4 * c * c) - gamma * gamma
 

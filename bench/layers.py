@@ -1,7 +1,7 @@
 """Binary layers: conv and linear layers whose weights and inputs are binarized by estimators.
 
 The layer owns what is common to every estimator (which tensor is binarized, the weight scaling scheme);
-the estimator's quantizer owns the forward/backward of the sign. Scaling schemes (DEVELOPERS sheet 1.3):
+the estimator's quantizer owns the forward/backward of the sign. Scaling schemes, as the official repositories use them:
 
 * ``none``     w_b = sign(w_hat)
 * ``mean``     w_b = mean_c |w_hat| * sign(w_hat), per output channel, detached (XNOR/ReActNet)

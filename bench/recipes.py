@@ -107,9 +107,9 @@ class Provenance(NamedTuple):
     extrapolated: bool
 
 
-_COMMON_SOURCE = "binbench common recipe (../shared/docs/estimators.md section 10: a synthesis for a fair comparison)"
+_COMMON_SOURCE = "binbench common recipe (a synthesis for a fair comparison: only the weight estimator varies)"
 
-#: The common recipe (sheet section 10): everything fixed but the weight estimator.
+#: The common recipe: everything fixed but the weight estimator.
 COMMON: list[Rule] = [
     Rule({}, {
         "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine",

@@ -30,7 +30,8 @@ class BiPer(Estimator):
         stage1_fraction (float, default 2/3): share of the epochs in stage 1 (600 + 300 officially).
     The official recipe hands the *best* stage-1 checkpoint to stage 2 (stage_handoff = best in the
     published recipe; the common recipe hands over the last weights, to select nothing on the test set).
-    QE of w_hat = sin(w0 w): for Laplace(0, b) latents it peaks at 0.1028 for b*w0 = 0.955 (sheet section 9).
+    QE of w_hat = sin(w0 w): for Laplace(0, b) latents it peaks at 0.1028 for b*w0 = 0.955
+    (bench.diagnostics.qe_laplace).
     """
 
     display_name = "BiPer"
@@ -40,7 +41,7 @@ class BiPer(Estimator):
     native_activation = "approx_sign"
     native_activation_hparams = {"std_normalize": True}
     # the official scripts are for ResNet-18 (CIFAR-10 and ImageNet, W1A1); the ResNet-20 and VGG-small configs
-    # are Google-Drive links (sheet section 6), so those settings, W1A32 and other datasets are extrapolated
+    # are Google-Drive links in the official README, so those settings, W1A32 and other datasets are extrapolated
     published = [
         Rule({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5,
                   "stage_handoff": "best", "estimator_hparams": {"w0": 20.0}},

@@ -28,7 +28,7 @@ class ClippedSteSign(Estimator):
     display_name = "Clipped STE (BNN)"
 
     native_activation = None  # itself
-    published = None  # BNN's own recipe is not in the sheet or an official repository here
+    published = None  # BNN's own recipe is not in an official repository binbench could read
 
     def __init__(self, t: float = 1.0):
         super().__init__()

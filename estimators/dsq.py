@@ -84,7 +84,7 @@ class DsqSign(Estimator):
     display_name = "DSQ"
 
     native_activation = None  # DSQ quantizes weights and activations
-    published = None  # no official code and no CIFAR recipe (sheet section 4): --recipe published runs the common one
+    published = None  # no official code and no CIFAR recipe (DSQ, ICCV 2019): --recipe published runs the common one
 
     def __init__(self, alpha: float = 0.2, learnable_alpha: bool = True, range_init: str = "minmax", u: float = 1.0,
                  learnable_bounds: bool = True, grad_scale: str = "sqrt"):

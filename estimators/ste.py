@@ -17,13 +17,13 @@ class SteSign(Estimator):
         clip (float | None, default None): if set, latent weights are clipped to [-clip, clip] after every
             optimizer step (BinaryConnect clips to [-1, 1]: set clip=1 for it; no sourced recipe does it here).
 
-    Paired with ApproxSign for activations at W1A1 (sheet section 2).
+    Paired with ApproxSign for activations at W1A1 (the common recipe).
     """
 
     display_name = "STE"
 
     native_activation = "approx_sign"
-    published = None  # no sourced recipe: BinaryConnect's clip and optimiser are from memory (sheet section 2)
+    published = None  # no sourced recipe: BinaryConnect's clip and optimiser are not in a source binbench could check
 
     def __init__(self, clip: float | None = None):
         super().__init__()

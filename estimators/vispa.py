@@ -114,7 +114,8 @@ class Vispa(Estimator):
              "-b 256)",
              published_for=({"dataset": "tiny-imagenet", "model": "resnet18", "a_bits": 32},)),
         Rule({"model": "vgg_small"}, {"model_args": {"act": "prelu"}},
-             "snownus/bnn_vi models/sdp_vgg_small.py (PReLU after each BN; sheet section 1.4)",
+             "binbench's reading of VISPA's VGG-small (PReLU after each BN); note: snownus/bnn_vi "
+             "models/sdp_vgg_small.py:23 (@2dcb8e5) uses nn.Hardtanh: --set model.act=hardtanh for the code's choice",
              published_for=({"dataset": "cifar10", "a_bits": 1},)),
         # ImageNet: -b is per process (4 under torchrun) and main_sdp_imagenet.py scales lr by the global batch/256
         Rule({"dataset": "imagenet"},

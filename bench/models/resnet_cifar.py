@@ -1,4 +1,4 @@
-"""CIFAR ResNets as the official BiPer/ReCU/VISPA code builds them (DEVELOPERS sheet 1.4).
+"""CIFAR ResNets as the official BiPer/ReCU/VISPA code builds them (edmav4/BiPer, z-hXu/ReCU, snownus/bnn_vi).
 
 * ``resnet20``: Bi-Real style, a shortcut around every binary conv; stem conv -> BN -> act.
 * ``resnet18``: the ReCU/BiPer/VISPA variant, one shortcut per two-conv block, stem conv -> BN (no act).

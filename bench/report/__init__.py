@@ -564,7 +564,7 @@ LEGEND = (f"{FINAL_COL}: test accuracy at the last epoch, mean ± sample std ove
           "not beat the control with a 95% interval above 0). Late gain: test top-1 points gained over the last "
           f"quarter of the epochs, mean over seeds; ↑: more than {LATE_GAIN}, still learning. Bold: best binary "
           "method of its network, bits and recipe (the control is never ranked). Published: "
-          "../shared/reference/published.csv (bench/reference/published.csv); Δ = ours − published, only where the "
+          "bench/reference/published.csv (each row names its paper and table); Δ = ours − published, only where the "
           "dataset and network match (clipped_ste is compared with BNN).")
 
 
