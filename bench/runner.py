@@ -66,6 +66,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
             if (Path(d) / "last.pt").exists():
                 ckpt_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copy(Path(d) / "last.pt", ckpt_dir / "last.pt")
+    continued = (ckpt_dir / "last.pt").exists()
     cfg.update(threads=cpus, checkpoint_dir=str(ckpt_dir), resume=True)
     if ctx.get("gpus_per_trial", 0) == 0:
         cfg.setdefault("device", "cpu")
@@ -75,8 +76,12 @@ def _trial_fn(config: dict[str, Any]) -> None:
     from bench.tracking import ATTEMPT_TAG, RESULTS_TAG
 
     info = describe()
+    import ray
+
     tags = {RESULTS_TAG: ctx["results_dir"], ATTEMPT_TAG: ckpt_dir.name,
-            "worker": f"pid {os.getpid()} on host {socket.gethostname()}", "git_commit": info["git_commit"],
+            "worker": f"pid {os.getpid()} on host {socket.gethostname()}",
+            "ray_node": ray.get_runtime_context().get_node_id(), "continued_from_checkpoint": str(continued).lower(),
+            "git_commit": info["git_commit"],
             **{f"version.{k}": v for k, v in info["versions"].items()},
             **{f"hardware.{k}": v for k, v in info["hardware"].items()}, "w_bits": str(cfg.get("w_bits")),
             "a_bits": str(cfg.get("a_bits")), "role": _role(trial["estimator"])}
@@ -243,9 +248,13 @@ def _start_ray(address: str | None, cpus_per_trial: int, gpus_per_trial: float) 
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError, TimeoutError
             msg = " ".join(str(exc).split())[:300]
-            hint = ("; every node and this driver need the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token, "
-                    "Ray 2.60 turns token authentication on by default)" if "uth" in type(exc).__name__ + msg
-                    else "")
+            chain, e = [], exc
+            while e is not None and len(chain) < 5:
+                chain.append(type(e).__name__ + str(e))
+                e = e.__cause__ or e.__context__
+            hint = ("; the cluster uses token authentication (on by default in Ray 2.60): give this driver the "
+                    "cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+                    if any("Authentication" in c for c in chain) else "")
             raise BinbenchError(f"cannot join the Ray cluster at {address}: {type(exc).__name__}: {msg}"
                                 f"{hint}") from None
         fits = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= cpus_per_trial
