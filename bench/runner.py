@@ -241,6 +241,9 @@ def _start_ray(address: str | None, cpus_per_trial: int, gpus_per_trial: float) 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    ctl = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _OneLineTrialErrors) for f in ctl.filters):
+        ctl.addFilter(_OneLineTrialErrors())
     if ray.is_initialized():
         return
     if address:
@@ -271,6 +274,20 @@ def _start_ray(address: str | None, cpus_per_trial: int, gpus_per_trial: float) 
 
         ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), include_dashboard=False,
                  log_to_driver=False)
+
+
+class _OneLineTrialErrors:
+    """Ray logs a failed trial with its whole traceback; one line here, the traceback stays in the trial's
+    error file under ``<results>/ray`` (and the trial's MLflow run has the error as a tag)."""
+
+    def filter(self, record) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            last = lines[-1] if lines else type(exc).__name__
+            record.msg = f"{record.getMessage()}: {last[:300]} (full traceback in the trial's error.txt)"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
 
 
 def _fit(suite: Suite, todo: list, results: Path, uri: str, exp_id: str, parent: str, resume: bool,
