@@ -276,6 +276,57 @@ def _start_ray(address: str | None, cpus_per_trial: int, gpus_per_trial: float) 
                  log_to_driver=False)
 
 
+class _StoreWatch:
+    """When a trial fails and the tracking server no longer answers, stop the suite: every further attempt would
+    fail the same way. Finished work is kept; ``--resume`` continues once the server is back."""
+
+    def __init__(self, uri: str, log):
+        self.uri, self.log, self.lost = uri, log, False
+
+    def _check(self) -> None:
+        import socket
+        from urllib.parse import urlparse
+
+        u = urlparse(self.uri)
+        if self.lost or u.scheme not in ("http", "https"):
+            return
+        try:
+            with socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=3):
+                return
+        except OSError:
+            self.lost = True
+            self.log(f"tracking server {self.uri} no longer answers: stopping the suite (finished trials and "
+                     "checkpoints are kept; run again with --resume once it is back)")
+
+    def stopper(self):
+        from ray import tune
+
+        watch = self
+
+        class _Stop(tune.Stopper):
+            def __call__(self, trial_id, result) -> bool:
+                return False
+
+            def stop_all(self) -> bool:
+                return watch.lost
+
+        return _Stop()
+
+    def callback(self):
+        from ray import tune
+
+        watch = self
+
+        class _Cb(tune.Callback):
+            def on_trial_error(self, iteration, trials, trial, **info):
+                watch._check()
+
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                watch._check()
+
+        return _Cb()
+
+
 class _OneLineTrialErrors:
     """Ray logs a failed trial with its whole traceback; one line here, the traceback stays in the trial's
     error file under ``<results>/ray`` (and the trial's MLflow run has the error as a tag)."""
@@ -316,11 +367,12 @@ def _fit(suite: Suite, todo: list, results: Path, uri: str, exp_id: str, parent:
             tune_cfg["scheduler"] = CellASHA(metric=suite.search.get("metric", "test_top1"),
                                              mode=suite.search.get("mode", "max"), max_t=max_t, **asha)
     trainable = tune.with_resources(_trial_fn, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    watch = _StoreWatch(uri, log)
     tuner = tune.Tuner(
         trainable, param_space=space, tune_config=tune.TuneConfig(**tune_cfg),
         run_config=tune.RunConfig(
             name=f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(results / "ray"),
-            failure_config=tune.FailureConfig(max_failures=2),
+            failure_config=tune.FailureConfig(max_failures=2), stop=watch.stopper(), callbacks=[watch.callback()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
     log(f"suite {suite.name}: {len(todo)} trial(s) on Ray ({cpus_per_trial} CPU, {gpus_per_trial} GPU each); "
         f"tracking {uri}")

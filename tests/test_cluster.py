@@ -167,7 +167,7 @@ def test_suite_tracked_on_mlflow_server_and_reported(tmp_path, mlflow_server):
     assert list((tmp_path / "rep").glob("*.md"))
 
 
-@pytest.mark.slow  # ~4 minutes on 2 cores
+@pytest.mark.slow  # ~3 minutes on 2 cores
 def test_server_lost_mid_suite_no_hang_no_lost_work(tmp_path, mlflow_server):
     path = write_suite(tmp_path, SUITE)
     res = tmp_path / "res"
@@ -186,7 +186,8 @@ def test_server_lost_mid_suite_no_hang_no_lost_work(tmp_path, mlflow_server):
         took = time.time() - t0
     finally:
         stop_group(proc)
-    assert proc.returncode == 2 and took < 240, (took, err[-2000:])
+    assert proc.returncode == 2 and took < 90, (took, err[-2000:])  # the suite stops, no attempt burnt
+    assert "no longer answers: stopping the suite" in out
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err and last.startswith("binbench: error: MLflow tracking store") and "--resume" in last
     # what the trials trained is kept: the interrupted trial's checkpoint is on disk
