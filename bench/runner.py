@@ -175,6 +175,8 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
     from bench.env import describe
 
     uri = tracking_uri or tracking.default_tracking_uri(results)
+    if uri.startswith("sqlite:///") and not uri[len("sqlite:///"):].startswith("/"):
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # trials run in another working folder
     exp_id = tracking.check_store(uri, suite.name)
     os.environ.update(tracking.suite_http_env())  # the driver's own calls give up in seconds, too
     stale = _tracked(uri, lambda: tracking.end_stale(uri, exp_id, str(results),
@@ -207,9 +209,16 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
             tracking.end_children(uri, exp_id, parent)
             tracking.end_run(uri, parent, "KILLED", {tracking.STATUS_TAG: "interrupted"})
         raise
-    statuses = _tracked(uri, lambda: (tracking.end_children(uri, exp_id, parent), _statuses(uri, exp_id, keys))[1])
+    # a run still RUNNING now lost its process without ending it: a trial the scheduler stopped at its last report
+    # (Ray drops the function without raising in it), or an attempt whose retries ran out
+    why = "stopped" if suite.search and suite.search.get("asha") is not None else "interrupted"
+    statuses = _tracked(uri, lambda: (tracking.end_children(uri, exp_id, parent, why),
+                                      _statuses(uri, exp_id, keys))[1])
     failed = sum(1 for s in statuses.values() if s == "failed")
     unfinished = sum(1 for s in statuses.values() if s in ("unfinished", "missing"))
+    if unfinished:
+        log(f"{unfinished} trial(s) did not finish (interrupted or stopped): the same command with --resume "
+            "continues them from their checkpoints")
     _tracked(uri, lambda: tracking.end_run(
         uri, parent, "FAILED" if failed else ("KILLED" if unfinished else "FINISHED"),
         {"finished": str(sum(s == "finished" for s in statuses.values())),
