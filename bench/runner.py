@@ -201,7 +201,8 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
         **{f"hardware.{k}": v for k, v in info["hardware"].items()}}))
     if not todo:
         _tracked(uri, lambda: tracking.end_run(uri, parent))
-        return SuiteOutcome(results, uri, exp_id, parent, 0, len(keys), _statuses(uri, exp_id, keys))
+        return SuiteOutcome(results, uri, exp_id, parent, 0, len(keys), _tracked(uri, lambda: _statuses(uri, exp_id,
+                                                                                                       keys)))
     try:
         _fit(suite, todo, results, uri, exp_id, parent, resume, cpus_per_trial, gpus_per_trial, max_concurrent, log)
     except BaseException:  # Ctrl-C, a lost server, a Ray failure: no run of this execution stays RUNNING
