@@ -59,14 +59,20 @@ def _trial_fn(config: dict[str, Any]) -> None:
     ckpt_dir = Path(ctx["results_dir"]) / "checkpoints" / (trial["key"] + ("" if len(config) == 2 else
                                                                             "-" + _short_hash(cfg)))
     restored = tune.get_checkpoint()  # set when Ray retries this trial after a crash
-    if not ctx["resume"] and restored is None and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)  # a fresh execution trains from scratch; only --resume continues old checkpoints
+    # which execution wrote the checkpoints: a retry within this one (a lost node or worker, possibly before Tune
+    # registered its checkpoint) continues from them, a fresh execution trains from scratch
+    marker = ckpt_dir / "execution"
+    same_execution = marker.exists() and marker.read_text() == str(ctx["parent_run_id"])
+    if not ctx["resume"] and restored is None and not same_execution and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # only --resume (or a retry) continues old checkpoints
     if restored is not None and not (ckpt_dir / "last.pt").exists():
         with restored.as_directory() as d:
             if (Path(d) / "last.pt").exists():
                 ckpt_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copy(Path(d) / "last.pt", ckpt_dir / "last.pt")
     continued = (ckpt_dir / "last.pt").exists()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(ctx["parent_run_id"]))
     cfg.update(threads=cpus, checkpoint_dir=str(ckpt_dir), resume=True)
     if ctx.get("gpus_per_trial", 0) == 0:
         cfg.setdefault("device", "cpu")

@@ -43,25 +43,78 @@ def one_line(out: subprocess.CompletedProcess, needle: str) -> None:
 
 
 # -- 5a: a two-node Ray cluster loses its worker node mid-suite ---------------------------------------------
-@pytest.fixture
-def ray_cluster(monkeypatch):
-    """A head and a second node (separate raylets, 1 CPU each) with Ray 2.60's token authentication on."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))  # every node and the driver: the same token
-    from ray.cluster_utils import Cluster
+CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+try:
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    print(cluster.address, worker.node_id, flush=True)
+    for line in sys.stdin:
+        if line.strip() == "remove":
+            cluster.remove_node(worker)
+            print("removed", flush=True)
+        elif line.strip() == "quit":
+            break
+finally:
+    cluster.shutdown()
+"""
+
+
+class RayCluster:
+    """A head and a second node (separate raylets, 1 CPU each) with Ray 2.60's token authentication on, run by a
+    helper process (its own Ray state, whatever this process imported before); every node shares its session."""
+
+    def __init__(self):
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # every node, the driver
+        self.proc = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, start_new_session=True, env={**os.environ, **self.env})
+        self.address, self.worker_node_id = self._line(180).split()
+
+    def _line(self, timeout: float) -> str:
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            pytest.fail(f"the Ray cluster helper said nothing within {timeout} s")
+        return line.strip()
+
+    def remove_worker(self) -> None:
+        self.proc.stdin.write("remove\n")
+        self.proc.stdin.flush()
+        assert self._line(120) == "removed"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=90)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of the nodes is left
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+@pytest.fixture
+def ray_cluster():
+    cluster = RayCluster()
     try:
-        worker = cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        yield cluster, worker
+        yield cluster
     finally:
-        cluster.shutdown()
+        cluster.close()
 
 
 @pytest.mark.slow  # ~3 minutes on 2 cores
 def test_two_node_cluster_loses_a_node_and_every_trial_finishes_once(tmp_path, ray_cluster):
-    cluster, worker = ray_cluster
+    cluster = ray_cluster
     path = write_suite(tmp_path, SUITE)
     res = tmp_path / "res"
     uri = f"sqlite:///{res / 'mlflow.db'}"
@@ -69,17 +122,18 @@ def test_two_node_cluster_loses_a_node_and_every_trial_finishes_once(tmp_path, r
     # a driver without the cluster's token, and a trial no node can hold: one line each, nothing run
     t0 = time.time()
     one_line(cli("suite", "run", str(path), "--results-dir", str(tmp_path / "r1"), "--address", cluster.address,
-                 env={"RAY_AUTH_TOKEN": "not-the-token"}, timeout=180), "token authentication")
+                 env={**cluster.env, "RAY_AUTH_TOKEN": "not-the-token"}, timeout=180), "token authentication")
     one_line(cli("suite", "run", str(path), "--results-dir", str(tmp_path / "r2"), "--address", cluster.address,
-                 "--cpus-per-trial", "2", timeout=180), "no node of the Ray cluster")
+                 "--cpus-per-trial", "2", env=cluster.env, timeout=180), "no node of the Ray cluster")
     assert time.time() - t0 < 150
     proc = start_cli("suite", "run", str(path), "--results-dir", str(res), "--address", cluster.address,
-                     "--max-concurrent", "2")
+                     "--max-concurrent", "2", env=cluster.env)
     try:
         lost = wait_for(lambda: [r for r in trials(uri) if r.info.status == "RUNNING" and r.data.metrics
-                                 and r.data.tags.get("ray_node") == worker.node_id], 300,
-                        "a trial on the second node logged an epoch", proc)[0]
-        cluster.remove_node(worker)  # the node dies with its trial
+                                 and r.data.tags.get("ray_node") == cluster.worker_node_id
+                                 and (res / "checkpoints" / r.data.tags["binbench.attempt"] / "last.pt").exists()],
+                        300, "a trial on the second node wrote a checkpoint", proc, poll=0.1)[0]
+        cluster.remove_worker()  # the node dies with its trial
         out, err = proc.communicate(timeout=600)
     finally:
         stop_group(proc)
@@ -89,7 +143,7 @@ def test_two_node_cluster_loses_a_node_and_every_trial_finishes_once(tmp_path, r
     runs_of_lost = [r for r in trials(uri) if r.data.tags["binbench.key"] == key]
     assert {r.info.status for r in runs_of_lost} == {"KILLED", "FINISHED"}
     done = next(r for r in runs_of_lost if r.info.status == "FINISHED")
-    assert done.data.tags["ray_node"] != worker.node_id
+    assert done.data.tags["ray_node"] != cluster.worker_node_id
     assert done.data.tags["continued_from_checkpoint"] == "true"  # Tune's retry continued, not restarted
     assert done.data.metrics["epochs_run"] == 40
 
