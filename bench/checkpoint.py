@@ -94,21 +94,3 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", fix:
         raise CheckpointError(f"checkpoint {path} is damaged: its contents no longer match the checksum written "
                               f"with it: {fix}")
     return state
-
-
-def claim(folder: str | os.PathLike, owner: str, keep: bool) -> Path:
-    """Open a trial's checkpoint folder for ``owner`` (one execution of one trial).
-
-    A new owner starts from an empty folder unless ``keep`` (a resumed suite continues old checkpoints); the same
-    owner again (Ray retrying the trial after a crash) keeps it, so the retry continues from its last epoch. This
-    replaces handing every epoch's checkpoint to Ray as well: the trial's own folder is the one copy.
-    """
-    import shutil
-
-    folder = Path(folder)
-    marker = folder / "owner"
-    if not keep and folder.exists() and not (marker.exists() and marker.read_text() == owner):
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    marker.write_text(owner)
-    return folder

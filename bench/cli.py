@@ -149,8 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         v = getattr(args, key)
         if v is not None:
             values[key] = v
-    if args.bits:
-        bits = args.bits.upper()
+    if args.bits is not None:  # --bits "" is a mistake, not the default
+        bits = args.bits.strip().upper()
         table = {"W1A1": (1, 1), "W1A32": (1, 32), "W32A32": (32, 32), "FP": (32, 32), "FP32": (32, 32)}
         if bits not in table:
             raise BinbenchError(f"--bits must be W1A1, W1A32 or FP32, got {args.bits!r}")

@@ -7,6 +7,7 @@ recipe (``common`` or ``published``), then what the user set. The resolved confi
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,6 +201,7 @@ def resolve_config(config: RunConfig | dict[str, Any]) -> RunConfig:
     from bench.estimator import coerce_hparams
 
     # record every hyperparameter, defaults included: a run's config is complete on its own
+    check_hparam_types(est_cls, cfg.estimator_hparams)
     cfg.estimator_hparams = {**est_cls.hparam_defaults(), **coerce_hparams(est_cls, cfg.estimator_hparams)}
     if cfg.a_bits == 32:
         cfg.activation_estimator = None
@@ -210,6 +212,7 @@ def resolve_config(config: RunConfig | dict[str, Any]) -> RunConfig:
             raise ConfigError(f"estimator {cfg.activation_estimator!r} cannot binarize activations")
         # the same estimator on both sides shares the weight side's hyperparameters unless told otherwise
         base = cfg.estimator_hparams if cfg.activation_estimator == cfg.estimator else act_cls.hparam_defaults()
+        check_hparam_types(act_cls, cfg.activation_hparams, "activation")
         cfg.activation_hparams = {**base, **coerce_hparams(act_cls, cfg.activation_hparams)}
     if cfg.eval_modes is not None:
         bad = [m for m in cfg.eval_modes if m not in est_cls.eval_modes]
@@ -220,6 +223,129 @@ def resolve_config(config: RunConfig | dict[str, Any]) -> RunConfig:
         raise ConfigError("train_subset and val_split are not supported for streaming datasets (ImageNet)")
     if cfg.val_split is not None and not 0.0 < cfg.val_split < 1.0:
         raise ConfigError(f"val_split must be a fraction in (0, 1), got {cfg.val_split} (e.g. --set val_split=0.1)")
-    if cfg.train_subset is not None and cfg.train_subset < 1:
-        raise ConfigError(f"train_subset must be >= 1, got {cfg.train_subset}")
+    check_values(cfg.to_dict())
+    for i, stage in enumerate(cfg.stages or []):
+        if not isinstance(stage, dict):
+            raise ConfigError(f"stages[{i}] must be a mapping of config keys, got {stage!r}")
+        check_values({k: v for k, v in stage.items() if k in RANGES}, where=f"stages[{i}].")
+    check_model_args(cfg.model, cfg.model_args)
     return cfg
+
+
+#: value ranges of numeric keys: (lowest, highest, the lowest is allowed, how to say it)
+RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "seed": (0, 2**32 - 1, True, "an integer in 0..2**32-1"),
+    "threads": (1, float("inf"), True, ">= 1"),
+    "eval_batch_size": (1, float("inf"), True, ">= 1"),
+    "batch_size": (1, float("inf"), True, ">= 1"),
+    "epochs": (1, float("inf"), True, ">= 1"),
+    "train_subset": (1, float("inf"), True, ">= 1 (the first N training images)"),
+    "limit_train_batches": (1, float("inf"), True, ">= 1 (batches per epoch)"),
+    "lr": (0, float("inf"), False, "> 0"),
+    "momentum": (0, 1, True, "in [0, 1)"),
+    "weight_decay": (0, float("inf"), True, ">= 0"),
+    "warmup_epochs": (0, float("inf"), True, ">= 0"),
+}
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_values(values: dict[str, Any], where: str = "") -> None:
+    """Ranges and forms of single values (see :data:`RANGES`); None means "the recipe's" and passes."""
+    import math
+
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in RANGES:
+            lo, hi, closed, says = RANGES[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}{key} must be a number {says}, got {value!r}")
+            ok = (lo <= value if closed else lo < value) and (value < hi if key == "momentum" else value <= hi)
+            if not ok or (isinstance(value, float) and math.isnan(value)):
+                raise ConfigError(f"{where}{key} must be {says}, got {value!r} (e.g. --set {key}=...)")
+        elif key == "device" and not (isinstance(value, str) and DEVICE_RE.match(value)):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r} (e.g. --set device=cpu)")
+
+
+def check_model_args(model: str, args: dict[str, Any]) -> None:
+    """Model arguments against the model's signature: known names, sizes positive integers, known activations."""
+    from bench.models import model_args
+
+    valid = model_args(model)
+    for key, value in args.items():
+        if key not in valid:
+            raise ConfigError(f"unknown argument {key!r} for model {model!r}{did_you_mean(key, valid)}; valid: "
+                              f"{', '.join(valid)} (set with --set model.NAME=VALUE)")
+        default = valid[key]
+        if key == "act":
+            if value not in (None, "hardtanh", "relu", "prelu", "identity"):
+                raise ConfigError(f"model.act must be hardtanh, relu, prelu or identity, got {value!r}")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"model.{key} must be true or false, got {value!r}")
+        elif isinstance(default, (list, tuple)):
+            if (not isinstance(value, (list, tuple)) or not value
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+                raise ConfigError(f"model.{key} must be a non-empty list of positive integers (layer sizes), got "
+                                  f"{value!r} (e.g. --set model.{key}=[64,64])")
+        elif isinstance(default, int) or (default is None and key.endswith(("stride", "width", "hidden"))):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"model.{key} must be a positive integer, got {value!r}")
+
+
+def check_hparam_types(est_cls, values: dict[str, Any], side: str = "estimator") -> None:
+    """Hyperparameter values against the types of the estimator's declared defaults (no silent bool(5))."""
+    defaults = est_cls.hparam_defaults()
+    for key, value in values.items():
+        if key not in defaults or value is None or defaults[key] is None:
+            continue  # unknown names: coerce_hparams says so, with the valid ones
+        d = defaults[key]
+        if isinstance(d, bool):
+            ok = isinstance(value, bool) or (isinstance(value, str) and value.lower() in
+                                             {"true", "false", "1", "0", "yes", "no"})
+        elif isinstance(d, (int, float)):
+            ok = not isinstance(value, (bool, list, dict, tuple))
+        elif isinstance(d, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(f"hyperparameter {key!r} of estimator {est_cls.name!r} must be a "
+                              f"{type(d).__name__} (its default is {d!r}), got {value!r} (--set {side}.{key}=...)")
+
+
+SPACE_ARITY = {"loguniform": 2, "uniform": 2, "randint": 2}
+
+
+def check_space(key: str, spec: Any) -> list[str]:
+    """One search-space entry ``{kind: args}``: its arguments, and every value it can give checked as the key's."""
+    if not (isinstance(spec, dict) and len(spec) == 1):
+        return []  # the suite reports the form
+    (kind, args), = spec.items()
+    out: list[str] = []
+    if kind in SPACE_ARITY:
+        if (not isinstance(args, list) or len(args) != 2
+                or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
+            return [f"search.space.{key}.{kind} needs [low, high] (two numbers), got {args!r}"]
+        lo, hi = args
+        if not lo < hi:
+            out.append(f"search.space.{key}.{kind}: low must be below high, got {args!r}")
+        if kind == "loguniform" and lo <= 0:
+            out.append(f"search.space.{key}.loguniform: bounds must be > 0, got {args!r}")
+        if kind == "randint" and not all(isinstance(a, int) for a in args):
+            out.append(f"search.space.{key}.randint needs two integers, got {args!r}")
+        values = [lo, hi] if kind != "randint" else [lo, hi - 1]
+    elif kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            return [f"search.space.{key}.{kind} needs a non-empty list of values, got {args!r}"]
+        values = args
+    else:
+        return []
+    if key in FIELDS:
+        for v in values:
+            try:
+                check_values(check_keys({key: v}))
+            except ConfigError as exc:
+                out.append(f"search.space.{key}.{kind}: {exc}")
+                break
+    return out

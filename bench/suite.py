@@ -54,7 +54,7 @@ from typing import Any
 
 import yaml
 
-from bench.config import FIELDS, RunConfig, check_keys, resolve_config
+from bench.config import FIELDS, RunConfig, check_keys, check_space, resolve_config
 from bench.errors import BinbenchError, did_you_mean
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
@@ -498,6 +498,7 @@ def _check_search(where: str, search: Any) -> list[str]:
             out.append(f"{where}: search.space: unknown run-config key {k!r}{did_you_mean(str(k), FIELDS)}")
         if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SPACE_KINDS):
             out.append(f"{where}: search.space.{k} must be one of {{{', '.join(sorted(SPACE_KINDS))}: [...]}}")
+        out += [f"{where}: {p}" for p in check_space(k, spec)]
     if search.get("mode", "max") not in ("max", "min"):
         out.append(f"{where}: search.mode must be max or min")
     ns = search.get("num_samples", 1)

@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 KIND_TAG, KEY_TAG, STATUS_TAG = "binbench.kind", "binbench.key", "binbench.status"
+#: the results folder a run belongs to, and one trial attempt's identity (its checkpoint folder's name)
+RESULTS_TAG, ATTEMPT_TAG = "binbench.results_dir", "binbench.attempt"
+#: MLflow's HTTP retries for a suite: its defaults (7 retries, backoff factor 2, 120 s timeout) wait minutes
+#: on a dead server; these give up in about 10 s, and a failed trial is continued by ``--resume``
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+#: for the first contact: one try, a short timeout
+PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
 def default_tracking_uri(results_dir: str | os.PathLike) -> str:
@@ -83,16 +91,51 @@ def trial_runs(uri: str, exp_id: str, status: str | None = None) -> list:
             return out
 
 
-def kill_stale(uri: str, exp_id: str, keys: set[str]) -> int:
-    """Mark runs left RUNNING by a killed driver as KILLED (their trials are about to run again)."""
+def _search_all(client, exp_id: str, flt: str) -> list:
+    out, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string=flt, max_results=1000, page_token=token)
+        out += list(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _kill(client, runs: list, why: str) -> int:
+    for r in runs:
+        client.set_tag(r.info.run_id, STATUS_TAG, why)
+        client.set_terminated(r.info.run_id, "KILLED")
+    return len(runs)
+
+
+def end_stale(uri: str, exp_id: str, results_dir: str, exclusive_store: bool) -> int:
+    """Mark KILLED the runs (parent and trials) that a killed driver or trial worker left RUNNING.
+
+    Called with the results folder's lock held, so no live suite writes runs of this folder: every RUNNING run
+    of it is stale. ``exclusive_store``: the store belongs to this folder alone (the default SQLite file), so its
+    runs from before the folder tag existed count too.
+    """
     client = _client(uri)
-    n = 0
-    for r in trial_runs(uri, exp_id, status="RUNNING"):
-        if r.data.tags.get(KEY_TAG) in keys:
-            client.set_tag(r.info.run_id, STATUS_TAG, "interrupted")
-            client.set_terminated(r.info.run_id, "KILLED")
-            n += 1
-    return n
+    flt = "attributes.status = 'RUNNING'"
+    if not exclusive_store:
+        flt += f" and tags.`{RESULTS_TAG}` = '{results_dir}'"
+    return _kill(client, _search_all(client, exp_id, flt), "interrupted")
+
+
+def end_children(uri: str, exp_id: str, parent_id: str, why: str = "interrupted") -> int:
+    """Mark KILLED the trial runs of one suite execution still RUNNING (their process is gone or stopped)."""
+    client = _client(uri)
+    runs = _search_all(client, exp_id, f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{parent_id}'")
+    return _kill(client, runs, why)
+
+
+def end_earlier_attempts(client, exp_id: str, parent_id: str | None, attempt: str, keep: str) -> int:
+    """In a trial: earlier attempts of it (a worker killed, Ray retried) left RUNNING are marked KILLED."""
+    if not parent_id:
+        return 0
+    runs = _search_all(client, exp_id, f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = "
+                                       f"'{parent_id}' and tags.`{ATTEMPT_TAG}` = '{attempt}'")
+    return _kill(client, [r for r in runs if r.info.run_id != keep], "worker lost; retried")
 
 
 class TrialRun:
@@ -110,6 +153,8 @@ class TrialRun:
             base["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(exp_id, run_name=trial["label"], tags=base)
         self.run_id = run.info.run_id
+        if ATTEMPT_TAG in base:
+            end_earlier_attempts(self.client, exp_id, parent_id, base[ATTEMPT_TAG], self.run_id)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -134,3 +179,62 @@ class TrialRun:
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+def _set_env(values: dict[str, str]) -> dict[str, str | None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    return old
+
+
+def _restore_env(old: dict[str, str | None]) -> None:
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def check_store(uri: str, suite: str, artifact_root: str | None = None) -> str:
+    """Reach the tracking store within seconds, create the suite's experiment there; return its id.
+
+    An http(s) server is first probed with a socket and then asked once with a 5 s timeout and no retries (MLflow
+    would otherwise retry for minutes); a SQLite file's folder must exist. Any failure is one BinbenchError line.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from bench.errors import BinbenchError
+
+    u = urlparse(uri)
+    if u.scheme in ("http", "https"):
+        port = u.port or (443 if u.scheme == "https" else 80)
+        try:
+            with socket.create_connection((u.hostname or "127.0.0.1", port), timeout=3):
+                pass
+        except OSError as exc:
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            raise BinbenchError(f"tracking server {uri} does not answer ({why}): start it (e.g. `mlflow server "
+                                f"--host {u.hostname} --port {port}`) or pass another --tracking-uri") from None
+    elif u.scheme == "sqlite":
+        db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        if db is not None and str(db) not in ("", ":memory:") and not db.parent.is_dir():
+            raise BinbenchError(f"--tracking-uri {uri}: folder {db.parent} does not exist; create it or pass "
+                                "another URI")
+        if db is not None and db.exists() and not db.is_file():
+            raise BinbenchError(f"--tracking-uri {uri}: {db} is not a file; pass the path of an MLflow SQLite file")
+    old = _set_env(PROBE_ENV) if u.scheme in ("http", "https") else {}
+    try:
+        return prepare(uri, suite, artifact_root)
+    except Exception as exc:  # MlflowException, requests' errors, sqlalchemy's: all say the store is unusable
+        msg = " ".join(str(exc).split())[:300]
+        raise BinbenchError(f"MLflow tracking store {uri} is not usable: {type(exc).__name__}: {msg}; check "
+                            "--tracking-uri (or --results-dir) and that the server is an MLflow tracking "
+                            "server") from None
+    finally:
+        _restore_env(old)
+
+
+def suite_http_env() -> dict[str, str]:
+    """MLflow HTTP settings for the driver and the trials: the user's own, else :data:`HTTP_ENV`."""
+    return {k: os.environ.get(k, v) for k, v in HTTP_ENV.items()}

@@ -134,20 +134,6 @@ def test_evaluate_unknown_run_is_one_line(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr and "no run or folder '0123abcd'" in out.stderr
 
 
-def test_claimed_checkpoint_folder_survives_a_retry_only(tmp_path):
-    from bench.checkpoint import claim
-
-    folder = tmp_path / "ck"
-    claim(folder, "exp-1/trial-a", keep=False)
-    (folder / "last.pt").write_text("epoch 3")
-    claim(folder, "exp-1/trial-a", keep=False)  # Ray retrying the same trial: continues
-    assert (folder / "last.pt").exists()
-    claim(folder, "exp-2/trial-a", keep=True)  # a resumed suite: continues too
-    assert (folder / "last.pt").exists()
-    claim(folder, "exp-3/trial-a", keep=False)  # a fresh execution: starts over
-    assert not (folder / "last.pt").exists()
-
-
 def test_progress_tells_stopped_from_finished(capsys):
     from types import SimpleNamespace
 
