@@ -117,10 +117,33 @@ def log_run_record(client: Any, run_id: str, config: dict[str, Any], result: Any
         client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])
 
 
+def foreign_artifact_root(client: Any, run_id: str) -> str | None:
+    """Why the run's artifacts must not be written, or None.
+
+    A store copied from another machine (the committed ``results/*/mlflow.db``) keeps the absolute artifact
+    location it was made with; writing there would create folders outside the user's results folder. Artifacts
+    are written only where the folder holding the experiment's artifact location already exists.
+    """
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(client.get_run(run_id).info.artifact_uri)
+    if u.scheme not in ("", "file"):
+        return None  # a tracking server's artifact store
+    root = Path(unquote(u.path)).parents[1]  # <experiment artifact location>/<run id>/artifacts
+    if root.parent.is_dir():
+        return None
+    return (f"artifact location {root} is in a folder that does not exist here (the store was made elsewhere): "
+            "no artifacts written; use a results folder of your own for new runs")
+
+
 def _log_run_record(client: Any, run_id: str, config: dict[str, Any], result: Any,
                     weights: dict[str, Any] | None) -> None:
     import torch
 
+    why = foreign_artifact_root(client, run_id)
+    if why:
+        client.set_tag(run_id, "record_error", why)
+        return
     client.log_dict(run_id, json.loads(json.dumps(config, default=str)), CONFIG)
     client.log_inputs(run_id, datasets=[dataset_input(config["dataset"], result.data_source,
                                                       getattr(result, "data_digest", ""), config)])
@@ -136,6 +159,10 @@ def log_suite_file(client: Any, run_id: str, path: str | os.PathLike) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
+        why = foreign_artifact_root(client, run_id)
+        if why:
+            client.set_tag(run_id, "record_error", why)
+            return
         client.log_artifact(run_id, str(path))
     except (OSError, MlflowException) as exc:  # as in log_run_record: a record gap is not worth a failed suite
         client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])

@@ -182,3 +182,20 @@ def test_progress_bar_on_a_terminal(capsys):
     out = capsys.readouterr().out
     assert "trial 1/2 end l1 (k1) top-1 80.00 (finished)" in out and "left" not in out  # the bar has the ETA
     assert re.search(r"suite: +50%.*1/2 \[", out)
+
+
+def test_copied_store_writes_no_artifacts_outside_its_folder(tmp_path):
+    """A store made on another machine keeps its absolute artifact location: nothing is created there."""
+    from mlflow.tracking import MlflowClient
+
+    from bench.record import log_suite_file
+
+    elsewhere = tmp_path / "gone" / "results" / "artifacts"  # its parent folder does not exist here
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("copied", artifact_location=elsewhere.as_uri())
+    run = client.create_run(exp)
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text("name: copied\n")
+    log_suite_file(client, run.info.run_id, suite_file)
+    assert not (tmp_path / "gone").exists()
+    assert "does not exist here" in client.get_run(run.info.run_id).data.tags["record_error"]
