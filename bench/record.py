@@ -268,3 +268,35 @@ class SingleRun:
         stop_system_metrics(self.monitor)
         self.run.set_tags({STATUS_TAG: "failed", "error": f"{type(exc).__name__}: {exc}"})
         self.run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+
+
+def log_report(uri: str, suite: str, files: list[Path]) -> str | None:
+    """Attach a report's tables and figures to the suite's latest parent run (under ``report/``); return its id.
+
+    Nothing is written for a store whose artifact location is foreign here (see :func:`foreign_artifact_root`),
+    and a failure to write is a tag on the run, never a failed report.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from bench.tracking import KIND_TAG, _client
+
+    client = _client(uri)
+    exp = client.get_experiment_by_name(suite)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'suite'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    try:
+        why = foreign_artifact_root(client, run_id)
+        if why:
+            client.set_tag(run_id, "record_error", why)
+            return None
+        for f in files:
+            client.log_artifact(run_id, str(f), "report")
+    except (OSError, MlflowException) as exc:
+        client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])
+        return None
+    return run_id

@@ -74,7 +74,8 @@ def test_mlflow_holds_the_complete_record(suite_run):
     client, exp, kinds = _client_and_runs(res)
     assert exp.artifact_location == (res / "artifacts").resolve().as_uri()
     (parent,) = kinds["suite"]
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == [path.name]
+    # the suite file (and, once `binbench report` ran, its report/ folder)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} - {"report"} == {path.name}
     assert len(kinds["trial"]) == 2
     for r in kinds["trial"]:
         run_id = r.info.run_id
@@ -93,6 +94,19 @@ def test_mlflow_holds_the_complete_record(suite_run):
         # per-layer diagnostics by layer path: the MLP's second linear is its one binary layer here
         assert {k for k in r.data.metrics if k.count("/") == 2} == {
             f"diag/linear2/{m}" for m in ("qe", "laplace_b", "flip", "saturation")}
+
+
+def test_report_is_kept_by_the_suite_run(suite_run):
+    """`binbench report` attaches its tables and figures to the suite's parent run."""
+    _, path, res = suite_run
+    out = cli("report", str(path), "--results-dir", str(res), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    client, _, kinds = _client_and_runs(res)
+    (parent,) = kinds["suite"]
+    kept = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/leaderboard.md", "report/leaderboard.tex", "report/report.html", "report/final_top1.png"} <= kept
+    md = Path(client.download_artifacts(parent.info.run_id, "report/leaderboard.md")).read_text()
+    assert md == (res / "leaderboard.md").read_text()
 
 
 def test_evaluate_reproduces_a_suite_trial(suite_run):

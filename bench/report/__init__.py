@@ -762,6 +762,9 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     paths = write_tables(c, out, t)
     figs = write_figures(c, out)
     paths["html"] = write_html(c, t, out, figs)
+    from bench.record import log_report
+
+    log_report(uri, name, [*paths.values(), *figs])  # the suite's latest parent run keeps what its report showed
     return c, paths, figs
 
 
