@@ -78,17 +78,10 @@ def finished_keys(uri: str, exp_id: str) -> set[str]:
 
 
 def trial_runs(uri: str, exp_id: str, status: str | None = None) -> list:
-    client = _client(uri)
     flt = f"tags.`{KIND_TAG}` = 'trial'"
     if status:
         flt += f" and attributes.status = '{status}'"
-    out, token = [], None
-    while True:
-        page = client.search_runs([exp_id], filter_string=flt, max_results=1000, page_token=token)
-        out += list(page)
-        token = page.token
-        if not token:
-            return out
+    return _search_all(_client(uri), exp_id, flt)
 
 
 def _search_all(client, exp_id: str, flt: str) -> list:
