@@ -383,13 +383,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from bench.tracking import default_tracking_uri
+    from bench.tracking import default_tracking_uri, probe_server
 
     if not (args.suite or args.tracking_uri or args.results_dir):
         stores = sorted(p.parent.name for p in Path("results").glob("*/mlflow.db"))
         raise BinbenchError("binbench ui needs a suite name (or --results-dir / --tracking-uri); suites with a store "
                             "under results/: " + (", ".join(stores) if stores else "none yet"))
     uri = args.tracking_uri or default_tracking_uri(args.results_dir or _results_dir(args, args.suite))
+    probe_server(uri)
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         raise BinbenchError(f"no MLflow store at {uri[len('sqlite:///'):]}: run `binbench suite run` first or pass "
                             "--results-dir / --tracking-uri")

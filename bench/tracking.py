@@ -188,28 +188,40 @@ def _restore_env(old: dict[str, str | None]) -> None:
             os.environ[k] = v
 
 
-def check_store(uri: str, suite: str, artifact_root: str | None = None) -> str:
-    """Reach the tracking store within seconds, create the suite's experiment there; return its id.
-
-    An http(s) server is first probed with a socket and then asked once with a 5 s timeout and no retries (MLflow
-    would otherwise retry for minutes); a SQLite file's folder must exist. Any failure is one BinbenchError line.
-    """
+def probe_server(uri: str) -> None:
+    """An http(s) tracking URI whose server does not take a connection within 3 s is one BinbenchError line
+    (MLflow itself would retry for minutes); other URIs pass."""
     import socket
     from urllib.parse import urlparse
 
     from bench.errors import BinbenchError
 
     u = urlparse(uri)
-    if u.scheme in ("http", "https"):
-        port = u.port or (443 if u.scheme == "https" else 80)
-        try:
-            with socket.create_connection((u.hostname or "127.0.0.1", port), timeout=3):
-                pass
-        except OSError as exc:
-            why = getattr(exc, "strerror", None) or type(exc).__name__
-            raise BinbenchError(f"tracking server {uri} does not answer ({why}): start it (e.g. `mlflow server "
-                                f"--host {u.hostname} --port {port}`) or pass another --tracking-uri") from None
-    elif u.scheme == "sqlite":
+    if u.scheme not in ("http", "https"):
+        return
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", port), timeout=3):
+            pass
+    except OSError as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise BinbenchError(f"tracking server {uri} does not answer ({why}): start it (e.g. `mlflow server "
+                            f"--host {u.hostname} --port {port}`) or pass another --tracking-uri") from None
+
+
+def check_store(uri: str, suite: str, artifact_root: str | None = None) -> str:
+    """Reach the tracking store within seconds, create the suite's experiment there; return its id.
+
+    An http(s) server is first probed with a socket and then asked once with a 5 s timeout and no retries (MLflow
+    would otherwise retry for minutes); a SQLite file's folder must exist. Any failure is one BinbenchError line.
+    """
+    from urllib.parse import urlparse
+
+    from bench.errors import BinbenchError
+
+    u = urlparse(uri)
+    probe_server(uri)
+    if u.scheme == "sqlite":
         db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
         if db is not None and str(db) not in ("", ":memory:") and not db.parent.is_dir():
             raise BinbenchError(f"--tracking-uri {uri}: folder {db.parent} does not exist; create it or pass "

@@ -290,3 +290,18 @@ def test_lock_held_by_another_process_is_refused_and_freed_at_its_death(tmp_path
         holder.wait()
     with results_lock(res, "faults") as lock:  # the kernel freed it with the process
         assert f"pid {os.getpid()}" in lock.read_text()
+
+
+@pytest.mark.parametrize("command", [["report", "smoke"], ["ui", "smoke"]])
+def test_dead_tracking_server_is_one_line_in_seconds_for_report_and_ui(command):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on once this block closes it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    out = cli(*command, "--tracking-uri", f"http://127.0.0.1:{port}", timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"tracking server http://127.0.0.1:{port} does not answer" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and time.monotonic() - start < 30

@@ -733,7 +733,7 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
            out_dir: str | Path | None = None, notes: list[str] | None = None
            ) -> tuple[Collected, dict[str, Path], list[Path]]:
     from bench.suite import find_suite, suite_identity
-    from bench.tracking import default_tracking_uri
+    from bench.tracking import default_tracking_uri, probe_server
 
     try:
         find_suite(suite)
@@ -743,6 +743,7 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
         name = suite_identity(suite)[1]  # checked as `suite run` checks it (a shipped name, a safe name)
     results = Path(results_dir or Path("results") / name)
     uri = tracking_uri or default_tracking_uri(results)
+    probe_server(uri)  # a dead tracking server: one line in seconds, not minutes of MLflow's retries
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise BinbenchError(f"no MLflow store at {uri[len('sqlite:///'):]}: run `binbench suite run {suite}` first, "
                             "or pass --results-dir / --tracking-uri")
