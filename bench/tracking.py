@@ -56,10 +56,25 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def source_tags(git_commit: str | None) -> dict[str, str]:
+    """MLflow's own ``mlflow.source.*`` and ``mlflow.user`` tags, so MLflow's UI and API show where a run came
+    from as they do for their own runs."""
+    import getpass
+
+    tags = {"mlflow.source.name": "binbench", "mlflow.source.type": "LOCAL"}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no user name in this environment (some containers)
+        pass
+    if git_commit and git_commit != "unknown":
+        tags["mlflow.source.git.commit"] = git_commit
+    return tags
+
+
 def start_parent(uri: str, exp_id: str, suite: str, tags: dict[str, str]) -> str:
     client = _client(uri)
     run = client.create_run(exp_id, run_name=f"{suite} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                            tags={KIND_TAG: "suite", **tags})
+                            tags={KIND_TAG: "suite", **source_tags(tags.get("git_commit")), **tags})
     return run.info.run_id
 
 
@@ -142,6 +157,7 @@ class TrialRun:
         base = {KIND_TAG: "trial", KEY_TAG: trial["key"], "suite": trial["suite"], "estimator": trial["estimator"],
                 "recipe": trial["recipe"], "model": trial["model"], "dataset": trial["dataset"], "bits": trial["bits"],
                 "seed": str(trial["seed"]), "cell": trial["cell"], STATUS_TAG: "running", **tags}
+        base.update(source_tags(tags.get("git_commit")))
         if parent_id:
             base["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(exp_id, run_name=trial["label"], tags=base)

@@ -74,6 +74,7 @@ def test_mlflow_holds_the_complete_record(suite_run):
     client, exp, kinds = _client_and_runs(res)
     assert exp.artifact_location == (res / "artifacts").resolve().as_uri()
     (parent,) = kinds["suite"]
+    assert parent.data.tags["mlflow.source.name"] == "binbench"
     # the suite file (and, once `binbench report` ran, its report/ folder)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} - {"report"} == {path.name}
     assert len(kinds["trial"]) == 2
@@ -88,6 +89,7 @@ def test_mlflow_holds_the_complete_record(suite_run):
         assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "training"
         assert not {"resume", "checkpoint_dir", "threads", "device", "data_root"} & set(r.data.params)
         assert r.data.tags["exec.threads"] == "1" and r.data.tags["exec.device"] == "cpu"
+        assert r.data.tags["mlflow.source.name"] == "binbench" and r.data.tags["mlflow.source.type"] == "LOCAL"
         # MLflow's system metrics while it trained (Ray brings psutil); sampled every 5 s, so only a longer run has one
         if (r.info.end_time - r.info.start_time) / 1000 > 2 * SYSTEM_METRICS_INTERVAL_S:
             assert "system/cpu_utilization_percentage" in r.data.metrics
