@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 #: config keys that describe one execution, not the experiment: recorded as ``exec.<key>`` tags
@@ -83,14 +84,31 @@ def dataset_input(name: str, source: str, digest: str, config: dict[str, Any]) -
 
 
 class FinalModel:
-    """A stage hook for ``train``: holds the model after the last stage ends, for the weights artifact."""
+    """A stage hook for ``train``: holds the model after the last stage ends, for the weights artifact, and the
+    binary layers' latent weights as training starts, for the latent-weight histogram."""
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None
+        self.first: torch.Tensor | None = None
 
     def __call__(self, when: str, stage: int, model: nn.Module) -> None:
+        if when == "start" and self.first is None:
+            self.first = _pooled_latents(model)
         if when == "end":
             self.model = model
+
+    def latent_histogram(self, epochs: int, bins: int = 80) -> dict[str, Any] | None:
+        """``{"edges", "epochs": {"0": counts, "<epochs>": counts}}``: the pooled latent weights of the binary
+        layers before the first epoch and after the last, on common edges (what the report's surrogate figure
+        draws its curves over). None when the run had no binary layer or never started here."""
+        if self.model is None or self.first is None or self.first.numel() == 0:
+            return None
+        last = _pooled_latents(self.model)
+        m = float(torch.cat([self.first.abs(), last.abs()]).max()) or 1.0
+        edges = torch.linspace(-m, m, bins + 1)
+        counts = {str(e): torch.histogram(w, bins=edges).hist.long().tolist() for e, w in ((0, self.first),
+                                                                                             (epochs, last))}
+        return {"edges": [round(float(x), 6) for x in edges], "epochs": counts}
 
     def state_dict(self, fallback: Path | None = None) -> dict[str, Any] | None:
         if self.model is not None:
@@ -102,8 +120,15 @@ class FinalModel:
         return None
 
 
+def _pooled_latents(model: nn.Module) -> torch.Tensor:
+    from bench.layers import binary_layers
+
+    ws = [m.weight.detach().float().flatten().cpu() for _, m in binary_layers(model)]
+    return torch.cat(ws) if ws else torch.empty(0)
+
+
 def log_run_record(client: Any, run_id: str, config: dict[str, Any], result: Any,
-                   weights: dict[str, Any] | None) -> None:
+                   weights: dict[str, Any] | None, latent_hist: dict[str, Any] | None = None) -> None:
     """config.json, the dataset input and (unless the run diverged) the final weights of a finished run.
 
     A store whose artifact location cannot be written (an experiment created by an older binbench points at a
@@ -113,6 +138,8 @@ def log_run_record(client: Any, run_id: str, config: dict[str, Any], result: Any
 
     try:
         _log_run_record(client, run_id, config, result, weights)
+        if latent_hist is not None and not foreign_artifact_root(client, run_id):
+            client.log_dict(run_id, latent_hist, "latent_hist.json")
     except (OSError, MlflowException) as exc:
         client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])
 
@@ -259,7 +286,8 @@ class SingleRun:
         self.run.log_metrics(final_metrics(res), len(res.history))
         self.run.set_tags(final_tags(res))
         ckpt = Path(self.config["checkpoint_dir"]) / "model.pt" if self.config.get("checkpoint_dir") else None
-        log_run_record(self.run.client, self.run.run_id, self.config, res, self.final_model.state_dict(ckpt))
+        log_run_record(self.run.client, self.run.run_id, self.config, res, self.final_model.state_dict(ckpt),
+                       self.final_model.latent_histogram(len(res.history)))
         self.run.end("FINISHED" if res.status == "finished" else "FAILED")
 
     def fail(self, exc: BaseException) -> None:

@@ -131,7 +131,8 @@ def _trial_fn(config: dict[str, Any]) -> None:
             run.log_metrics(record, int(record["global_epoch"]))
     run.log_metrics(recording.final_metrics(res), len(res.history))
     run.set_tags(recording.final_tags(res))
-    recording.log_run_record(run.client, run.run_id, resolved, res, final_model.state_dict(ckpt_dir / "model.pt"))
+    recording.log_run_record(run.client, run.run_id, resolved, res, final_model.state_dict(ckpt_dir / "model.pt"),
+                             final_model.latent_histogram(len(res.history)))
     run.end("FINISHED" if res.status == "finished" else "FAILED")
 
 

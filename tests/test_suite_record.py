@@ -80,7 +80,10 @@ def test_mlflow_holds_the_complete_record(suite_run):
     assert len(kinds["trial"]) == 2
     for r in kinds["trial"]:
         run_id = r.info.run_id
-        assert {a.path for a in client.list_artifacts(run_id)} == {"config.json", "model"}
+        assert {a.path for a in client.list_artifacts(run_id)} == {"config.json", "model", "latent_hist.json"}
+        hist = json.loads(Path(client.download_artifacts(run_id, "latent_hist.json")).read_text())
+        assert set(hist["epochs"]) == {"0", "1"} and len(hist["edges"]) == len(hist["epochs"]["1"]) + 1
+        assert sum(hist["epochs"]["0"]) == sum(hist["epochs"]["1"]) == 16 * 16  # the one binary layer's weights
         assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/weights.pt"]
         config = json.loads(Path(client.download_artifacts(run_id, "config.json")).read_text())
         assert config["estimator"] == r.data.tags["estimator"] and config["model_args"]["hidden"] == [16, 16]
