@@ -98,9 +98,10 @@ class FinalModel:
             self.model = model
 
     def latent_histogram(self, epochs: int, bins: int = 80) -> dict[str, Any] | None:
-        """``{"edges", "epochs": {"0": counts, "<epochs>": counts}}``: the pooled latent weights of the binary
-        layers before the first epoch and after the last, on common edges (what the report's surrogate figure
-        draws its curves over). None when the run had no binary layer or never started here."""
+        """``{"edges", "epochs": {"0": counts, "<epochs>": counts}}``: the pooled latent values of the binary
+        layers (what their quantizers binarize) before the first epoch and after the last, on common edges (what
+        the report's surrogate figure draws its curves over). None when the run had no binary layer or never
+        started here."""
         if self.model is None or self.first is None or self.first.numel() == 0:
             return None
         last = _pooled_latents(self.model)
@@ -123,7 +124,11 @@ class FinalModel:
 def _pooled_latents(model: nn.Module) -> torch.Tensor:
     from bench.layers import binary_layers
 
-    ws = [m.weight.detach().float().flatten().cpu() for _, m in binary_layers(model)]
+    ws = []
+    with torch.no_grad():  # what each quantizer binarizes (ReCU/IR-Net: the standardized weight; BiPer: sin(w0 w))
+        for _, m in binary_layers(model):
+            q = m.weight_quantizer
+            ws.append(q.estimator.latent(m.weight, q).detach().float().flatten().cpu())
     return torch.cat(ws) if ws else torch.empty(0)
 
 
