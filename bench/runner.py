@@ -311,6 +311,14 @@ class _StoreWatch:
     def __init__(self, uri: str, log):
         self.uri, self.log, self.lost = uri, log, False
 
+    # Tune pickles its callbacks and stoppers with the experiment state; the log function need not survive that
+    # (print may be wrapped by then, and a wrapped print does not pickle)
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "log"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, log=print)
+
     def _check(self) -> None:
         import socket
         from urllib.parse import urlparse
