@@ -154,7 +154,15 @@ class Estimator:
         return Quantizer(self, kind, shape, internal_scale)
 
     def init_state(self, q: Quantizer, shape: tuple[int, ...] | None) -> None:
-        """Create per-layer parameters/buffers on ``q`` (``q.register_parameter``...)."""
+        """Create per-layer parameters/buffers on ``q`` (``q.register_parameter``...).
+
+        ``shape`` is what the layer knows at construction: for a weight quantizer the weight's shape
+        (out, in, kh, kw) or (out, in); for an activation quantizer ``(channels,)``, the layer's input channel
+        count (conv ``in_channels``, linear ``in_features``), so per-channel activation state (a learnable
+        threshold per channel) is made here with its final size; ``None`` for a quantizer built outside a layer.
+        Create parameters here, not lazily in ``quantize``: the optimizer is built from the model's parameters
+        before the first batch (a lazy ``nn.UninitializedParameter`` is materialised by one forward pass first).
+        """
 
     def quantize(self, x: Tensor, q: Quantizer) -> Tensor:
         raise NotImplementedError

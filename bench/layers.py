@@ -44,9 +44,15 @@ class _Binary:
         if self.weight_quantizer is not None:
             with torch.no_grad():
                 weight_est.init_latent_(self.weight, self.weight_quantizer)
-        self.input_quantizer = act_est.quantizer("activation") if act_est is not None else None
+        # the input's channel count (conv in_channels, linear in_features): per-channel activation state such as
+        # ReActNet's learnable thresholds is created at construction, not lazily on the first batch
+        self.input_quantizer = (act_est.quantizer("activation", (self._in_channels(),))
+                                if act_est is not None else None)
         if self.scaling == "alpha":
             self.alpha = nn.Parameter(torch.rand(self.weight.shape[0]))
+
+    def _in_channels(self) -> int:
+        return int(self.in_channels if isinstance(self, nn.Conv2d) else self.in_features)
 
     def binary_weight(self) -> Tensor:
         w = self.weight
