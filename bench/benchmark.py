@@ -4,14 +4,15 @@ Every comparison is measured side by side in one process run, repeated, with med
 
 1. overhead   a binbench epoch against the floor: a minimal hand-written loop over the same ready tensors
               (forward, backward, step, nothing else);
-2. reference  against the pipeline of the official BiPer/ReCU/ReSTE code: torchvision dataset objects with
+2. reference  against the pipeline of the methods' official code: torchvision dataset objects with
               per-image transforms and a DataLoader (the better of 0 and 2 workers);
-3. estimator  each estimator's training step against ``ste``'s on the same model;
+3. estimator  each estimator's training step against the reference estimator's on the same model;
 4. suite      trials of the ``mnist`` suite through Ray Tune in parallel against the same trials one after
               another in one process with all cores;
 5. memory     peak RSS of a resnet20 trial and of the suite driver.
 """
 
+# the reference pipeline is the one of edmav4/BiPer, z-hXu/ReCU and DravenALG/ReSTE (their train scripts)
 from __future__ import annotations
 
 import contextlib
@@ -85,23 +86,26 @@ class Workload:
         self.model_args = model_args or {}
 
     def config(self, **kw: Any) -> dict[str, Any]:
-        return {"estimator": "ste", "model": self.model, "dataset": self.dataset, "data_root": self.data_root,
-                "epochs": 1, "batch_size": self.batch, "threads": self.threads, "diagnostics": False,
-                "train_subset": self.subset, "model_args": self.model_args, "seed": 0,
+        from bench.estimator import reference_estimator
+
+        return {"estimator": reference_estimator(), "model": self.model, "dataset": self.dataset,
+                "data_root": self.data_root, "epochs": 1, "batch_size": self.batch, "threads": self.threads,
+                "diagnostics": False, "train_subset": self.subset, "model_args": self.model_args, "seed": 0,
                 "device": self.device.type, **kw}
 
     def binbench_epoch(self) -> float:
         """Seconds of the training part of one binbench epoch (the loop's own clock, evaluation excluded)."""
+        from bench.spec import resolve
         from bench.train import train
 
-        return train(self.config()).history[0]["epoch_seconds"]
+        return train(resolve(self.config())).history[0]["epoch_seconds"]
 
     def _model(self):
-        from bench.config import resolve_config
         from bench.data import get_dataset
+        from bench.spec import resolve
         from bench.train import build_model
 
-        cfg = resolve_config(self.config())
+        cfg = resolve(self.config()).config
         torch.manual_seed(0)
         model, est, _ = build_model(cfg, get_dataset(self.dataset))
         model.to(self.device)
@@ -212,9 +216,9 @@ def measure_overhead_and_reference(w: Workload, repeats: int, rows: list[dict], 
 
 def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], log) -> None:
     from bench import list_estimators
-    from bench.config import resolve_config
     from bench.data import get_dataset
-    from bench.estimator import estimator_quantizers, get_estimator_class
+    from bench.estimator import estimator_quantizers, get_estimator_class, reference_estimator
+    from bench.spec import resolve
     from bench.train import build_model, quantized_weights, training_step
 
     spec = get_dataset(w.dataset)
@@ -223,7 +227,7 @@ def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], 
     names = [n for n in list_estimators() if "weight" in get_estimator_class(n).kinds and not n.startswith("test_")]
     runners = {}
     for name in names:
-        cfg = resolve_config(w.config(estimator=name))
+        cfg = resolve(w.config(estimator=name)).config
         torch.manual_seed(0)
         model, est, act = build_model(cfg, spec)
         model.to(w.device).train()
@@ -244,13 +248,15 @@ def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], 
     for _ in range(repeats):
         for n in names:
             times[n] += _timed(runners[n][0], 1)
-    base = statistics.median(times["ste"])
+    ref = reference_estimator()
+    base = statistics.median(times[ref])
     for n in names:
         med = statistics.median(times[n])
-        extra = f" (K = {runners[n][1].estimator_hparams.get('rank')}, {runners[n][2]:,} extra latent values)" \
-            if n == "vispa" else ""
-        target = None if n == "vispa" else 1.15
-        rows.append({"measure": "estimator step", "workload": w.name, "variant": f"{n} / ste{extra}",
+        cls = get_estimator_class(n)
+        label = cls.setting_label(runners[n][1].estimator_hparams)
+        extra = f" ({label}; {runners[n][2]:,} extra values)" if runners[n][2] else f" ({label})" if label else ""
+        target = cls.step_cost_target
+        rows.append({"measure": "estimator step", "workload": w.name, "variant": f"{n} / {ref}{extra}",
                      "ratio": med / base, "median": med / steps, "min": min(times[n]) / steps,
                      "max": max(times[n]) / steps, "unit": "s/step", "target": target,
                      "met": None if target is None else med / base <= target})
@@ -284,12 +290,13 @@ def _peak_rss_of(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
 def measure_suite(data_root: str, n_trials: int, epochs: int, subset: int, rows: list[dict], log, tmp: Path) -> None:
     import yaml
 
-    from bench.suite import load_suite
+    from bench.estimator import reference_estimator
+    from bench.suite import FP, load_suite
     from bench.train import train
 
     mnist = load_suite("mnist", data_root=data_root)
     picked = [t for t in mnist.trials if t.model == "mlp" and t.bits == "W1A1"][:n_trials]
-    est = sorted({t.estimator for t in picked} - {"fp"}) or ["ste"]
+    est = sorted({t.estimator for t in picked} - {FP}) or [reference_estimator()]
     body = {"name": "bench-suite", "grid": {"estimators": est, "models": ["mlp"], "datasets": ["mnist"],
                                             "bits": ["W1A1"], "seeds": sorted({t.seed for t in picked})},
             "defaults": {"epochs": epochs, "train_subset": subset, "data_root": data_root}}
@@ -308,7 +315,7 @@ def measure_suite(data_root: str, n_trials: int, epochs: int, subset: int, rows:
                                          "--data-root", data_root], env)
     t0 = time.perf_counter()
     for t in trials:
-        train({**t.config, "threads": cores})
+        train(t.spec.with_execution(threads=cores))
     wall_seq = time.perf_counter() - t0
     log(f"  suite: {len(trials)} trials, Ray parallel {wall_ray:.1f}s, sequential {wall_seq:.1f}s")
     rows.append({"measure": "suite", "workload": "mnist trials",
@@ -323,7 +330,7 @@ def measure_suite(data_root: str, n_trials: int, epochs: int, subset: int, rows:
 def measure_trial_memory(data_root: str, rows: list[dict], log) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
                                                         os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "bench.cli", "run", "-e", "ste", "-m", "resnet20", "-d", "cifar10", "--data-root",
+    cmd = [sys.executable, "-m", "bench.cli", "run", "-m", "resnet20", "-d", "cifar10", "--data-root",
            data_root, "--epochs", "1", "--json", "--set", "threads=2", "--set", "diagnostics=false"]
     _, rss = _peak_rss_of(cmd, env)
     log(f"  resnet20 trial peak RSS {rss / 2**20:.0f} MiB")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BinbenchError
+from bench.recipes import RECIPES
 
 
 def _json_default(o: Any) -> Any:
@@ -150,30 +151,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         if v is not None:
             values[key] = v
     if args.bits is not None:  # --bits "" is a mistake, not the default
+        from bench.config import BITS
+
         bits = args.bits.strip().upper()
-        table = {"W1A1": (1, 1), "W1A32": (1, 32), "W32A32": (32, 32), "FP": (32, 32), "FP32": (32, 32)}
-        if bits not in table:
-            raise BinbenchError(f"--bits must be W1A1, W1A32 or FP32, got {args.bits!r}")
-        values["w_bits"], values["a_bits"] = table[bits]
+        bits = {"W32A32": "FP32", "FP": "FP32"}.get(bits, bits)  # the other spellings people use
+        if bits not in BITS:
+            raise BinbenchError(f"--bits must be {', '.join(BITS)}, got {args.bits!r}")
+        values["w_bits"], values["a_bits"] = BITS[bits]
     if args.download:
         values["download"] = True
     if args.resume:
         values["resume"] = True
     if args.dry_run:
         return _dry_run(values, args.json)
+    from bench.spec import resolve
+
+    spec = resolve(values)  # a config error stops here, before a run is recorded
     tracked = None
     if not args.no_track:
-        from bench.config import resolve_config
         from bench.record import SingleRun, default_run_store
 
-        config = resolve_config(values).to_dict()  # a config error stops here, before a run is recorded
-        if not config["download"]:  # and so does missing data
+        if not spec.config.download:  # and so does missing data
             from bench.data import dataset_source
 
-            dataset_source(config["dataset"], config["data_root"])
-        tracked = SingleRun(args.tracking_uri or default_run_store(), config)
+            dataset_source(spec.config.dataset, spec.config.data_root)
+        tracked = SingleRun(args.tracking_uri or default_run_store(), spec)
     try:
-        result = train(values, reporter=Reporter(enabled=not args.json),
+        result = train(spec, reporter=Reporter(enabled=not args.json),
                        callbacks=[tracked.on_epoch] if tracked else None,
                        stage_hooks=[tracked.final_model] if tracked else None)
     except BaseException as exc:
@@ -209,15 +213,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def dry_run_plan(values: dict[str, Any]) -> dict[str, Any]:
     """What ``binbench run`` would do, without starting it or loading data: the resolved config, the stage plan,
     and the source of every value the recipe sets (``overridden_by_user`` where the command line set it)."""
-    from bench.config import resolve_config
     from bench.data import get_dataset
-    from bench.estimator import create_estimator
     from bench.recipes import NO_PUBLISHED, has_published_recipe, recipe_provenance
-    from bench.train import plan_stages
+    from bench.spec import resolve
 
-    cfg = resolve_config(values)
-    est = create_estimator(cfg.estimator, **cfg.estimator_hparams) if cfg.w_bits == 1 else None
-    plan = plan_stages(cfg, est)
+    spec = resolve(values)
+    cfg = spec.config
     ctx = {"model": cfg.model, "dataset": cfg.dataset, "w_bits": cfg.w_bits, "a_bits": cfg.a_bits}
 
     def by_user(key: str) -> bool:
@@ -234,7 +235,7 @@ def dry_run_plan(values: dict[str, Any]) -> dict[str, Any]:
             prov.append({"key": key, "value": default, "source": f"dataset {cfg.dataset!r} default",
                          "extrapolated": False, "overridden_by_user": by_user(key)})
     published = has_published_recipe(cfg.estimator)
-    return {"dry_run": True, "config": cfg.to_dict(), "stages": plan,
+    return {"dry_run": True, "config": cfg.to_dict(), "stages": [s.to_dict() for s in spec.stages], "key": spec.key,
             "recipe": {"name": cfg.recipe, "estimator_has_published_recipe": published,
                        "note": NO_PUBLISHED if cfg.recipe == "published" and not published else "",
                        "provenance": prov}}
@@ -246,7 +247,9 @@ def _dry_run(values: dict[str, Any], as_json: bool) -> int:
         print(json.dumps(out, default=_json_default, allow_nan=False, indent=None))
         return 0
     cfg, rec = out["config"], out["recipe"]
-    bits = {(1, 1): "W1A1", (1, 32): "W1A32", (32, 32): "FP32"}.get((cfg["w_bits"], cfg["a_bits"]), "?")
+    from bench.config import bits_name
+
+    bits = bits_name(cfg["w_bits"], cfg["a_bits"])
     print(f"binbench run --dry-run: {cfg['estimator']} / {cfg['model']} / {cfg['dataset']} / {bits} / recipe "
           f"{rec['name']}: nothing started, no data loaded")
     print("\nresolved config:")
@@ -296,7 +299,7 @@ def _report_suite_name(suite: str) -> str:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from bench.suite import estimate_cost, list_suites, load_suite
+    from bench.suite import list_suites, load_suite
 
     if args.action == "list":
         for name in list_suites():
@@ -314,28 +317,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     if args.action == "run":
         results_dir = _results_dir(args, suite.name)  # checked before anything starts
     if args.action == "show" or args.dry_run:
-        cost = estimate_cost(suite)
-        print(f"suite {suite.name} ({suite.path}): {len(suite.trials)} trials")
-        if suite.description:
-            print(suite.description.strip())
-        for t in suite.trials:
-            print(f"  {t.key}  {t.label:<48} epochs {t.resolved['epochs']:>4}  batch {t.resolved['batch_size']:>4}  "
-                  f"lr {t.resolved['lr']:g}")
-        if suite.search:
-            print(f"search: {suite.search.get('num_samples', 1)} sample(s) per trial over "
-                  f"{', '.join(suite.search['space'])} with ASHA per grid cell")
-        from bench.suite import _missing_data
-
-        missing = _missing_data(suite.path, set(cost["datasets"]), args.data_root)
-        from bench.progress import format_duration, format_flop
-
-        print(f"cost estimate: {format_flop(cost['flop'])}, ~{format_duration(cost['cpu_hours'] * 3600)} on a "
-              f"2-core CPU, ~{format_duration(cost['gpu_hours'] * 3600)} on one GPU (nominal rates, rough)")
-        print("needs: " + ("a GPU" if cost["needs_gpu"] else "CPU is enough") + "; data: "
-              + ("; ".join(m.split(": ", 1)[1] for m in missing) if missing else "all present"))
-        if args.action == "run":
-            print("dry run: nothing started")
-        return 0
+        return _show_suite(suite, args)
     from bench.runner import check_address, run_suite
 
     check_address(args.address)
@@ -358,13 +340,39 @@ def cmd_suite(args: argparse.Namespace) -> int:
     return 0 if all(st in ("finished", "diverged") for st in out.statuses.values()) else 1
 
 
+def _show_suite(suite, args: argparse.Namespace) -> int:
+    """``suite show`` and ``suite run --dry-run``: the trials, their budget, the cost estimate, missing data."""
+    from bench.progress import format_duration, format_flop
+    from bench.suite import _missing_data, estimate_cost
+
+    cost = estimate_cost(suite)
+    print(f"suite {suite.name} ({suite.path}): {len(suite.trials)} trials")
+    if suite.description:
+        print(suite.description.strip())
+    for t in suite.trials:
+        c = t.spec.config
+        print(f"  {t.key}  {t.label:<48} epochs {c.epochs:>4}  batch {c.batch_size:>4}  lr {c.lr:g}")
+    if suite.search:
+        print(f"search: {suite.search.get('num_samples', 1)} sample(s) per trial over "
+              f"{', '.join(suite.search['space'])} with ASHA per grid cell")
+    missing = _missing_data(suite.path, set(cost["datasets"]), args.data_root)
+    print(f"cost estimate: {format_flop(cost['flop'])}, ~{format_duration(cost['cpu_hours'] * 3600)} on a "
+          f"2-core CPU, ~{format_duration(cost['gpu_hours'] * 3600)} on one GPU (nominal rates, rough)")
+    print("needs: " + ("a GPU" if cost["needs_gpu"] else "CPU is enough") + "; data: "
+          + ("; ".join(m.split(": ", 1)[1] for m in missing) if missing else "all present"))
+    if args.action == "run":
+        print("dry run: nothing started")
+    return 0
+
+
 def _print_summary(uri: str, suite) -> None:
     """Final top-1 per cell, mean +- std over seeds, from the tracking store (what the report will say), then the
     report's checks: which cells cannot discriminate estimators, which runs were still learning."""
     from bench.report import collect, leaderboard, summary_lines
 
     try:
-        c = collect(uri, suite.name, tuple(sorted(suite.search["space"])) if suite.search else ())
+        c = collect(uri, suite.name, tuple(sorted(suite.search["space"])) if suite.search else (),
+                    {t.key for t in suite.trials})
         lb = leaderboard(c)
     except BinbenchError as exc:
         print(f"no summary: {exc}")
@@ -470,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset", "-d")
     r.add_argument("--epochs", type=int)
     r.add_argument("--seed", type=int)
-    r.add_argument("--recipe", choices=["common", "published"])
+    r.add_argument("--recipe", choices=list(RECIPES))
     r.add_argument("--bits", help="W1A1 (default), W1A32 or FP32")
     r.add_argument("--data-root")
     r.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")

@@ -1,7 +1,8 @@
-"""The run configuration: every knob of one training run, resolved to concrete values before it starts.
+"""The run configuration: every knob of one training run, and the checks of single values.
 
-Order of precedence, lowest first: the defaults below, the dataset's defaults (epochs, batch size), the
-recipe (``common`` or ``published``), then what the user set. The resolved config is what a run records.
+``bench.spec.resolve`` turns a configuration into concrete values (order of precedence, lowest first: the
+defaults below, the dataset's defaults, the recipe, then what the user set); the resolved config is what a run
+records. The one table of bit widths, scalings and recipe names lives here.
 """
 
 from __future__ import annotations
@@ -14,14 +15,25 @@ from typing import Any
 import yaml
 
 from bench.errors import ConfigError, did_you_mean
+from bench.recipes import RECIPES
 
-BITS = {(1, 1): "W1A1", (1, 32): "W1A32", (32, 32): "W32A32", (32, 1): "W32A1"}
+#: the bit widths a run can have: name -> (weight bits, activation bits)
+BITS = {"W1A1": (1, 1), "W1A32": (1, 32), "FP32": (32, 32)}
+#: weight scalings a layer applies (``internal``: the estimator scales inside its quantizer)
+SCALINGS = ("none", "mean", "alpha", "internal")
+#: what a user may ask for: a layer scaling, or the estimator's own (``native``)
+SCALING_CHOICES = (*SCALINGS[:-1], "native")
 
 
-@dataclass
+def bits_name(w_bits: int, a_bits: int) -> str:
+    """W1A1, W1A32, FP32 (or W{w}A{a} for a width outside the table)."""
+    return next((name for name, wa in BITS.items() if wa == (w_bits, a_bits)), f"W{w_bits}A{a_bits}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     # what is trained
-    estimator: str = "ste"
+    estimator: str | None = None  # None: the reference estimator
     estimator_hparams: dict[str, Any] = field(default_factory=dict)
     activation_estimator: str | None = None  # None: the recipe's
     activation_hparams: dict[str, Any] = field(default_factory=dict)
@@ -65,7 +77,7 @@ class RunConfig:
 
     @property
     def bits(self) -> str:
-        return BITS.get((self.w_bits, self.a_bits), f"W{self.w_bits}A{self.a_bits}")
+        return bits_name(self.w_bits, self.a_bits)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,13 +86,13 @@ class RunConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 DICT_PREFIXES = {"estimator": "estimator_hparams", "activation": "activation_hparams", "model": "model_args"}
 CHOICES = {
-    "recipe": ("common", "published"),
-    "scaling": ("none", "mean", "alpha", "native"),
+    "recipe": RECIPES,
+    "scaling": SCALING_CHOICES,
     "optimizer": ("sgd", "adam"),
     "lr_schedule": ("cosine", "step", "constant"),
     "stage_handoff": ("last", "best"),
-    "w_bits": (1, 32),
-    "a_bits": (1, 32),
+    "w_bits": tuple(sorted({w for w, _ in BITS.values()})),
+    "a_bits": tuple(sorted({a for _, a in BITS.values()})),
 }
 
 
@@ -113,7 +125,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _check_type(key: str, value: Any) -> Any:
+def check_type(key: str, value: Any) -> Any:
     if value is None:
         return None
     f = FIELDS[key]
@@ -154,82 +166,8 @@ def check_keys(values: dict[str, Any]) -> dict[str, Any]:
         if key not in FIELDS:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, FIELDS)}; "
                               "`binbench run --help` lists the keys")
-        out[key] = _check_type(key, value)
+        out[key] = check_type(key, value)
     return out
-
-
-def resolve_config(config: RunConfig | dict[str, Any]) -> RunConfig:
-    """Fill every unset value from the recipe and the dataset; validate names and combinations."""
-    from bench.data import get_dataset
-    from bench.estimator import get_estimator_class
-    from bench.models import MODELS
-    from bench.recipes import resolve_recipe
-
-    user = config.to_dict() if isinstance(config, RunConfig) else dict(config)
-    user = check_keys(user)
-    cfg = RunConfig(**{k: v for k, v in user.items() if v is not None or FIELDS[k].default is None})
-    est_cls = get_estimator_class(cfg.estimator)
-    MODELS.get(cfg.model)
-    ds = get_dataset(cfg.dataset)
-    ctx = {"model": cfg.model, "dataset": cfg.dataset, "w_bits": cfg.w_bits, "a_bits": cfg.a_bits}
-    recipe = resolve_recipe(cfg.estimator, cfg.recipe, ctx)
-    recipe.setdefault("epochs", ds.default_epochs)
-    recipe.setdefault("batch_size", ds.default_batch_size)
-    for key, value in recipe.items():
-        if key not in FIELDS:
-            raise ConfigError(f"recipe {cfg.recipe!r} of {cfg.estimator!r} sets unknown key {key!r}")
-        if key in ("estimator_hparams", "activation_hparams", "model_args"):
-            setattr(cfg, key, {**value, **getattr(cfg, key)})  # the user's entries win
-        elif user.get(key) is None:
-            setattr(cfg, key, value)
-    if cfg.momentum is None:
-        cfg.momentum = 0.9
-    if cfg.scaling == "native":
-        cfg.scaling = est_cls.native_scaling
-    if cfg.w_bits == 32 and cfg.a_bits == 1:
-        raise ConfigError("W32A1 is not supported: use w_bits=1 (W1A1, W1A32) or w_bits=32 a_bits=32 (FP baseline)")
-    if "weight" not in est_cls.kinds and cfg.w_bits == 1:
-        raise ConfigError(f"estimator {cfg.estimator!r} binarizes activations only; pick a weight estimator")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    for key in ("recipe", "optimizer", "lr_schedule", "stage_handoff"):
-        _check_type(key, getattr(cfg, key))
-    if cfg.scaling not in ("none", "mean", "alpha", "internal"):
-        raise ConfigError(f"scaling must be none, mean, alpha or native, got {cfg.scaling!r}")
-    from bench.estimator import coerce_hparams
-
-    # record every hyperparameter, defaults included: a run's config is complete on its own
-    check_hparam_types(est_cls, cfg.estimator_hparams)
-    cfg.estimator_hparams = {**est_cls.hparam_defaults(), **coerce_hparams(est_cls, cfg.estimator_hparams)}
-    if cfg.a_bits == 32:
-        cfg.activation_estimator = None
-        cfg.activation_hparams = {}
-    elif cfg.activation_estimator is not None:
-        act_cls = get_estimator_class(cfg.activation_estimator)
-        if "activation" not in act_cls.kinds:
-            raise ConfigError(f"estimator {cfg.activation_estimator!r} cannot binarize activations")
-        # the same estimator on both sides shares the weight side's hyperparameters unless told otherwise
-        base = cfg.estimator_hparams if cfg.activation_estimator == cfg.estimator else act_cls.hparam_defaults()
-        check_hparam_types(act_cls, cfg.activation_hparams, "activation")
-        cfg.activation_hparams = {**base, **coerce_hparams(act_cls, cfg.activation_hparams)}
-    if cfg.eval_modes is not None:
-        bad = [m for m in cfg.eval_modes if m not in est_cls.eval_modes]
-        if bad:
-            raise ConfigError(f"eval mode(s) {bad} unknown for {cfg.estimator!r}; "
-                              f"valid: {', '.join(est_cls.eval_modes)}")
-    if ds.streaming and (cfg.train_subset or cfg.val_split):
-        raise ConfigError("train_subset and val_split are not supported for streaming datasets (ImageNet)")
-    if cfg.val_split is not None and not 0.0 < cfg.val_split < 1.0:
-        raise ConfigError(f"val_split must be a fraction in (0, 1), got {cfg.val_split} (e.g. --set val_split=0.1)")
-    check_values(cfg.to_dict())
-    for i, stage in enumerate(cfg.stages or []):
-        if not isinstance(stage, dict):
-            raise ConfigError(f"stages[{i}] must be a mapping of config keys, got {stage!r}")
-        check_values({k: v for k, v in stage.items() if k in RANGES}, where=f"stages[{i}].")
-    check_model_args(cfg.model, cfg.model_args)
-    return cfg
 
 
 #: value ranges of numeric keys: (lowest, highest, the lowest is allowed, how to say it)

@@ -1,11 +1,11 @@
 """Per-layer diagnostics of the latent weights, computed once per epoch (never per step).
 
-* ``qe``         quantization error, BiPer eq. (15): mean((w_hat - gamma*sign(w_hat))^2), gamma = mean|w_hat|,
+* ``qe``         quantization error: mean((w_hat - gamma*sign(w_hat))^2), gamma = mean|w_hat|,
                  with w_hat the real value the estimator binarizes;
 * ``laplace_b``  maximum-likelihood Laplace scale of the latent weights: mean|w - median(w)|;
 * ``flip``       share of binary weights whose sign changed since the previous epoch;
 * ``saturation`` share of latent weights outside the estimator's gradient support (|g(w)| <= tol);
-* estimator-specific ones (ReSTE's fitting error and gradient stability).
+* estimator-specific ones (``Estimator.layer_diagnostics``: a fitting error, a gradient stability).
 
 Per-layer metrics are ``diag/<layer path>/<metric>``, the layer path being the layer's name in
 ``model.named_modules()`` with a bare position in an ``nn.Sequential`` (``4``, ``features.8``) named by the
@@ -14,6 +14,7 @@ layer's kind and its ordinal among that container's layers of the kind, counting
 the mean over the binary layers.
 """
 
+# qe is the quantization error of the BiPer paper (eq. 15); the fitting error and gradient stability are ReSTE's
 from __future__ import annotations
 
 import math
@@ -29,7 +30,8 @@ SATURATION_TOL = 1e-3
 
 
 def quantization_error(estimator: Estimator, latent_weights: Tensor, q: Quantizer | None = None) -> float:
-    """BiPer eq. (15) for the estimator's w_hat of ``latent_weights``."""
+    """The quantization error of the estimator's w_hat of ``latent_weights``."""
+    # the QE of the BiPer paper, eq. (15)
     with torch.no_grad():
         w_hat = estimator.latent(latent_weights.detach().float(), q)
         gamma = w_hat.abs().mean()

@@ -3,21 +3,25 @@
 An *estimator* is a binarization method: how a real tensor x becomes a binary one in the forward pass and
 which surrogate gradient flows back. One estimator object is created per run from its hyperparameters; every
 binary layer asks it for a :class:`Quantizer`, a small ``nn.Module`` that holds the per-layer state the
-estimator needs (learnable parameters such as DSQ's alpha or VISPA's low-rank factor, buffers) so that this
+estimator needs (learnable parameters such as a learnable range or a low-rank factor, buffers) so that this
 state lives in the model: the optimizer sees it, checkpoints save it, ``.to(device)`` moves it.
 
 What an estimator can do, each by overriding one method (all optional but :meth:`Estimator.quantize`):
 
 * ``quantize(x, q)``       forward values and surrogate gradient (the one required method);
 * ``init_state(q, shape)`` create per-layer state on the quantizer ``q``;
-* ``latent(w, q)``         the real value that gets binarized (sin(w0 w) for BiPer; w for most);
+* ``latent(w, q)``         the real value that gets binarized (sin(w0 w) for a periodic binarizer; w for most);
 * ``set_progress(p)``      training progress (stage, epoch fraction) for schedules;
 * ``extra_loss(qs)``       a loss term added to the task loss;
-* ``stages()``             training stages (BiPer: real sine weights, then the square wave);
+* ``stages()``             training stages (e.g. real sine weights, then the square wave);
 * ``init_latent_(w, q)``   re-initialise (or read) the layer's latent weight once, at construction;
 * ``constrain_(w, q)``     an in-place projection of the latent weights after each optimizer step;
-* ``eval_modes``/``predict`` how evaluation runs (VISPA: an ensemble of sampled networks);
-* ``layer_diagnostics``    extra per-layer diagnostics (ReSTE's indicators).
+* ``eval_modes``/``predict`` how evaluation runs (e.g. an ensemble of sampled networks);
+* ``layer_diagnostics``    extra per-layer diagnostics (e.g. a fitting error).
+
+What the core reads from an estimator to plan, label and report its runs is declared on the class too
+(``role``, ``reference``, ``common_activation``, ``published``, ``published_name``, ``step_cost_target``,
+``eval_cost``, ``setting_label``, ``report_figures``): the core never names an estimator.
 
 Hyperparameters are the keyword arguments of ``__init__`` with their defaults; ``estimator_info`` reads them
 from the signature, so there is one place to declare them.
@@ -35,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import ConfigError, did_you_mean
+from bench.recipes import COMMON_ACTIVATION
 from bench.registry import Registry
 
 KINDS = ("weight", "activation")
@@ -66,7 +71,7 @@ class Stage:
     """One training stage as the estimator declares it; the recipe gives its optimizer settings.
 
     ``fraction`` is its share of the run's epochs; ``overrides`` are hyperparameters of the estimator that
-    change in this stage (BiPer's tau).
+    change in this stage (a loss weight, say).
     """
 
     name: str = "main"
@@ -102,8 +107,9 @@ class Estimator:
     kinds: ClassVar[tuple[str, ...]] = KINDS
     #: weight scaling its paper/code uses: "none", "mean", "alpha" (applied by the layer) or "internal"
     native_scaling: ClassVar[str] = "none"
-    #: activation estimator of its own recipe at W1A1 (None: the estimator itself)
-    native_activation: ClassVar[str | None] = "approx_sign"
+    #: activation estimator of its own recipe at W1A1: a registered name, None for the estimator itself, or
+    #: ``COMMON_ACTIVATION`` for the common recipe's (the estimator declaring ``common_activation``)
+    native_activation: ClassVar[str | None] = COMMON_ACTIVATION
     #: hyperparameters for the activation estimator in its own recipe
     native_activation_hparams: ClassVar[dict[str, Any]] = {}
     #: evaluation modes; the first is the headline one
@@ -122,10 +128,43 @@ class Estimator:
     #: its source (file and line, or paper section and table) and whether its values are extrapolated;
     #: None = no published recipe (``--recipe published`` then runs the common recipe, and says so)
     published: ClassVar[list[Any] | None] = None
+    #: its name in the published-results table (``bench/reference/published.csv``) where that differs from the
+    #: registered name; None: the registered name
+    published_name: ClassVar[str | None] = None
+    #: the one estimator every other is measured against: the reports' paired differences and discrimination
+    #: probe (it must beat the control for a cell to tell trained binary weights from untrained ones),
+    #: ``binbench benchmark``'s step-time ratios, ``binbench run`` without ``-e`` and a suite's full-precision
+    #: cells. Exactly one registered estimator declares it.
+    reference: ClassVar[bool] = False
+    #: the activation estimator of the common recipe (and of methods whose ``native_activation`` is
+    #: ``COMMON_ACTIVATION``). Exactly one registered estimator declares it.
+    common_activation: ClassVar[bool] = False
+    #: the step-time ratio to the reference estimator that ``binbench benchmark`` holds this estimator to
+    step_cost_target: ClassVar[float] = 1.15
 
     def __init__(self) -> None:
         self.progress = Progress()
         self.eval_mode = self.eval_modes[0]
+
+    # -- what reports and planning read --------------------------------------------------------------
+    @classmethod
+    def eval_cost(cls, hparams: Mapping[str, Any]) -> int:
+        """Forward passes per test image in one epoch's evaluation, every evaluation mode together (an
+        ensemble of L sampled networks costs L): what a suite's cost estimate multiplies the test set by."""
+        return len(cls.eval_modes)
+
+    @classmethod
+    def setting_label(cls, hparams: Mapping[str, Any]) -> str:
+        """How a table names the setting its rows ran with, where a reader needs it to compare them with the
+        paper (an ensemble size); "" for none."""
+        return ""
+
+    @classmethod
+    def report_figures(cls, runs: Any) -> dict[str, Any]:
+        """Figures of the method's own for a suite report: ``{file stem: matplotlib figure}`` drawn from
+        ``runs`` (a pandas DataFrame, one row per counted trial of this estimator, with its final metrics, the
+        ``diag/*`` diagnostics and an ``hparams`` column of its hyperparameters as a dict). Default: none."""
+        return {}
 
     # -- hyperparameters --------------------------------------------------------------------------
     @classmethod
@@ -168,7 +207,7 @@ class Estimator:
         raise NotImplementedError
 
     def latent(self, w: Tensor, q: Quantizer | None = None) -> Tensor:
-        """The real value the estimator binarizes (w_hat in BiPer's eq. 15)."""
+        """The real value the estimator binarizes (w_hat: the quantization error is measured on it)."""
         return w
 
     def set_progress(self, progress: Progress) -> None:
@@ -186,7 +225,7 @@ class Estimator:
 
     def init_latent_(self, w: Tensor, q: Quantizer) -> None:
         """Called once per binary layer, under no_grad, after ``init_state``: may re-initialise the latent weight
-        ``w`` in place (VISPA's xavier M) or read its statistics into ``q`` (DSQ's clipping range)."""
+        ``w`` in place (a xavier init of its own) or read its statistics into ``q`` (a clipping range)."""
 
     def constrain_(self, w: Tensor, q: Quantizer) -> None:
         """Project latent weights in place (under no_grad) after an optimizer step."""
@@ -213,7 +252,7 @@ ESTIMATORS: Registry[type[Estimator]] = Registry("estimator", ("estimators",), "
 
 
 def register_estimator(name: str):
-    """Class decorator: ``@register_estimator("biper")``."""
+    """Class decorator: ``@register_estimator("my_sign")``."""
 
     def decorator(cls: type[Estimator]) -> type[Estimator]:
         if not (isinstance(cls, type) and issubclass(cls, Estimator)):
@@ -287,6 +326,31 @@ def create_estimator(name: str, **hparams: Any) -> Estimator:
     return cls(**coerce_hparams(cls, hparams))
 
 
+def _declaring(flag: str, what: str) -> str:
+    names = [n for n in ESTIMATORS.names() if getattr(ESTIMATORS.get(n), flag, False) is True]
+    if len(names) != 1:
+        found = ", ".join(names) or "none"
+        raise ConfigError(f"exactly one registered estimator must declare {flag} = True ({what}); found: {found}: "
+                          "remove the declaration from the plugin that added it")
+    return names[0]
+
+
+def reference_estimator() -> str:
+    """The registered name of the reference estimator (see ``Estimator.reference``)."""
+    return _declaring("reference", "the estimator others are measured against")
+
+
+def common_activation_estimator() -> str:
+    """The registered name of the common recipe's activation estimator (see ``Estimator.common_activation``)."""
+    return _declaring("common_activation", "the common recipe's activation estimator")
+
+
+def native_activation_of(name: str) -> str:
+    """The activation estimator of ``name``'s own recipe, as a registered name."""
+    act = get_estimator_class(name).native_activation
+    return name if act is None else common_activation_estimator() if act == COMMON_ACTIVATION else act
+
+
 def estimator_info(name: str) -> dict[str, Any]:
     """Docstring, hyperparameters with defaults, capabilities, recipes and source of an estimator."""
     from bench.recipes import recipe_table  # late: recipes import the registry
@@ -304,7 +368,7 @@ def estimator_info(name: str) -> dict[str, Any]:
         "hparams": cls.hparam_defaults(),
         "kinds": cls.kinds,
         "native_scaling": cls.native_scaling,
-        "native_activation": cls.native_activation or name,
+        "native_activation": native_activation_of(name),
         "eval_modes": cls.eval_modes,
         "role": cls.role,
         "stages": [s.name for s in cls().stages()],

@@ -83,17 +83,18 @@ def evaluate_recorded(rec: Recorded, data_root: str | None = None, device: str |
     """Test top-1 per evaluation mode (the headline mode first) of the recorded model."""
     import torch
 
-    from bench.config import resolve_config
     from bench.data import get_dataset
     from bench.estimator import Progress, Stage
-    from bench.train import build_model, evaluate, make_loaders, pick_device, plan_stages, seed_everything
+    from bench.spec import resolve
+    from bench.train import build_model, evaluate, make_loaders, pick_device, seed_everything
 
     values = {**rec.config, "resume": False, "checkpoint_dir": None, "download": False}
     if data_root:
         values["data_root"] = data_root
     if device:
         values["device"] = device
-    cfg = resolve_config(values)
+    spec = resolve(values)
+    cfg = spec.config
     dev = pick_device(cfg.device)
     seed_everything(cfg.seed)
     ds = get_dataset(cfg.dataset)
@@ -101,14 +102,13 @@ def evaluate_recorded(rec: Recorded, data_root: str | None = None, device: str |
     model, est, act = build_model(cfg, ds)
     model.load_state_dict(torch.load(rec.weights, map_location="cpu", weights_only=True))
     model.to(dev)
-    last = plan_stages(cfg, est)[-1]
+    last = spec.stages[-1]
     for e in [e for e in dict.fromkeys([est, act]) if e is not None]:  # the estimators as they ended training
-        e.begin_stage(last["index"], Stage(last["name"], 1.0, last["estimator"] if e is est else {}))
-        e.set_progress(Progress(last["index"], last["name"], last["epochs"] - 1, last["epochs"]))
+        e.begin_stage(last.index, Stage(last.name, 1.0, last.estimator if e is est else {}))
+        e.set_progress(Progress(last.index, last.name, last.epochs - 1, last.epochs))
     use_amp = cfg.amp and dev.type == "cuda"
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
 
-    modes = list(cfg.eval_modes or (est.eval_modes if est is not None else ("default",)))
-    return {m: evaluate(model, est, loaders.test, m, ds.num_classes >= 10, autocast)["top1"] for m in modes}
+    return {m: evaluate(model, est, loaders.test, m, ds.num_classes >= 10, autocast)["top1"] for m in spec.eval_modes}

@@ -41,7 +41,7 @@ def surrogate_sign(x: Tensor, grad_fn: GradFn) -> Tensor:
 
 
 def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
-    """Value of ``hard``, gradient of ``soft`` (for surrogates with learnable parameters, e.g. DSQ)."""
+    """Value of ``hard``, gradient of ``soft`` (for surrogates with learnable parameters)."""
     return soft + (hard - soft).detach()
 
 

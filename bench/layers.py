@@ -5,9 +5,10 @@ the estimator's quantizer owns the forward/backward of the sign. Scaling schemes
 
 * ``none``     w_b = sign(w_hat)
 * ``mean``     w_b = mean_c |w_hat| * sign(w_hat), per output channel, detached (XNOR/ReActNet)
-* ``alpha``    y = alpha_c * conv(x_b, w_b), learnable per channel, alpha ~ U(0, 1) (ReCU/BiPer/VISPA)
-* ``internal`` the estimator scales inside its quantizer (ReSTE's layer mean|W|, IR-Net's power of two)
+* ``alpha``    y = alpha_c * conv(x_b, w_b), learnable per channel, alpha ~ U(0, 1)
+* ``internal`` the estimator scales inside its quantizer (a layer's mean|W|, a power of two)
 """
+# alpha: as the ReCU, BiPer and VISPA code; internal: ReSTE's layer mean|W|, IR-Net's power of two
 
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.config import SCALINGS
 from bench.errors import ConfigError
 from bench.estimator import Estimator
 from bench.functional import channel_dims, channel_view
-
-SCALINGS = ("none", "mean", "alpha", "internal")
 
 
 class _Binary:

@@ -18,8 +18,8 @@ def probe(name: str, x: Iterable[float] | Tensor, kind: str = "weight", progress
     ``forward`` are the binarized values (internal scaling off: +-1 for a pure sign), ``grad`` is
     d forward / d x as the estimator's backward pass defines it (the vector-Jacobian product with ones, which
     is the elementwise surrogate derivative for elementwise estimators). ``progress`` in [0, 1] is e/E for
-    scheduled estimators; ``stage`` names a training stage (BiPer's "real"). The quantizer runs in training
-    mode with the random state seeded by ``seed`` and restored afterwards.
+    scheduled estimators; ``stage`` names a training stage (one of ``Estimator.stages()``). The quantizer runs in
+    training mode with the random state seeded by ``seed`` and restored afterwards.
     """
     est = create_estimator(name, **hparams)
     stages = est.stages()

@@ -68,8 +68,9 @@ class Reporter:
         self._print(f"binbench run: {est} / {cfg.model} / {cfg.dataset} / {cfg.bits} / recipe {cfg.recipe} / "
                     f"seed {cfg.seed} / {cfg.epochs} epochs / device {device} / {params['total']:,} params")
 
-    def epoch_bar(self, stage: int, plan: dict[str, Any], epoch: int, total: int) -> _Bar:
-        return _Bar(self.stream if self.tty else None, f"{plan['name']} {epoch + 1}/{plan['epochs']}", total)
+    def epoch_bar(self, stage, epoch: int, total: int) -> _Bar:
+        """A progress bar over one epoch's steps of ``stage`` (a ``bench.spec.StagePlan``)."""
+        return _Bar(self.stream if self.tty else None, f"{stage.name} {epoch + 1}/{stage.epochs}", total)
 
     def epoch(self, r: dict[str, Any]) -> None:
         modes = [k[5:-5] for k in r if k.startswith("test_") and k.endswith("_top1") and k != "test_top1"]

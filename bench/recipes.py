@@ -23,6 +23,9 @@ from typing import Any, NamedTuple
 from bench.errors import ConfigError
 
 RECIPES = ("common", "published")
+#: an estimator's ``native_activation`` (and the common recipe's ``activation_estimator``) meaning "the
+#: registered estimator that declares ``common_activation``"; resolved to its name when a run is resolved
+COMMON_ACTIVATION = ":common"
 #: the run properties a rule can match on
 MATCH_KEYS = ("model", "dataset", "w_bits", "a_bits")
 #: config keys whose dict values merge key by key across rules
@@ -113,7 +116,7 @@ _COMMON_SOURCE = "binbench common recipe (a synthesis for a fair comparison: onl
 COMMON: list[Rule] = [
     Rule({}, {
         "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine",
-        "warmup_epochs": 0, "scaling": "alpha", "activation_estimator": "approx_sign", "activation_hparams": {},
+        "warmup_epochs": 0, "scaling": "alpha", "activation_estimator": COMMON_ACTIVATION, "activation_hparams": {},
         "stage_handoff": "last",
     }, _COMMON_SOURCE),
     Rule({"dataset": "digits"}, {"weight_decay": 1e-4}, _COMMON_SOURCE),
@@ -159,10 +162,13 @@ def has_published_recipe(estimator: str) -> bool:
 
 def _native_rule(cls: type, estimator: str) -> Rule:
     """What every published recipe starts from: the method's own scaling and activation estimator."""
-    return Rule({}, {"scaling": "native", "activation_estimator": cls.native_activation or estimator,
+    from bench.estimator import native_activation_of
+
+    act = native_activation_of(estimator)
+    return Rule({}, {"scaling": "native", "activation_estimator": act,
                      "activation_hparams": dict(cls.native_activation_hparams)},
                 f"{cls.__module__}.{cls.__qualname__}: native_scaling={cls.native_scaling!r}, native_activation="
-                f"{cls.native_activation or estimator!r} (the method's own code, as its docstring cites)")
+                f"{act!r} (the method's own code, as its docstring cites)")
 
 
 def recipe_rules(estimator: str, recipe: str) -> list[Rule]:

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-#: config keys that describe one execution, not the experiment: recorded as ``exec.<key>`` tags
-EXECUTION_KEYS = ("resume", "checkpoint_dir", "data_root", "threads", "device", "download", "eval_batch_size")
+from bench.spec import EXECUTION_KEYS
+
+# config keys that describe one execution, not the experiment (bench.spec.EXECUTION_KEYS): ``exec.<key>`` tags
 #: switches that only act on CUDA: on a CPU they change nothing, so they are execution facts there
 CUDA_ONLY_KEYS = ("amp", "channels_last", "compile")
 WEIGHTS = "model/weights.pt"
@@ -52,7 +53,7 @@ def on_cuda(config: dict[str, Any]) -> bool:
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """(params, exec tags) of a resolved config dict."""
-    execution = EXECUTION_KEYS + (() if on_cuda(config) else CUDA_ONLY_KEYS)
+    execution = sorted(EXECUTION_KEYS) + ([] if on_cuda(config) else list(CUDA_ONLY_KEYS))
     params = {k: v for k, v in config.items() if k not in execution}
     tags = {f"exec.{k}": str(config.get(k)) for k in execution if k in config}
     return params, tags
@@ -232,11 +233,11 @@ def final_metrics(res: Any) -> dict[str, float]:
 
 
 def final_tags(res: Any) -> dict[str, str]:
-    from bench.tracking import STATUS_TAG
+    from bench.tracking import DATA_SOURCE_TAG, HEADLINE_TAG, MESSAGE_TAG, STAGE_EPOCHS_TAG, STATUS_TAG
 
-    return {STATUS_TAG: res.status, "headline_mode": next(iter(res.eval_modes)), "message": res.message,
-            "dataset_source": res.data_source,
-            "stage_epochs": ", ".join(f"{st['name']}: {st['epochs']}" for st in res.stages)}
+    return {STATUS_TAG: res.status, HEADLINE_TAG: next(iter(res.eval_modes)), MESSAGE_TAG: res.message,
+            DATA_SOURCE_TAG: res.data_source,
+            STAGE_EPOCHS_TAG: ", ".join(f"{st['name']}: {st['epochs']}" for st in res.stages)}
 
 
 RUN_EXPERIMENT = "binbench-run"
@@ -254,23 +255,23 @@ def default_run_store() -> str:
 class SingleRun:
     """The MLflow run of one ``binbench run``: params, per-epoch metrics, final metrics, the record above."""
 
-    def __init__(self, uri: str, config: dict[str, Any]):
+    def __init__(self, uri: str, spec: Any):
         from bench import tracking
         from bench.env import describe
 
         quiet_mlflow()
         if uri.startswith("sqlite:///"):
             Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        config = spec.config.to_dict()
         self.uri, self.config = uri, config
         exp_id = tracking.prepare(uri, RUN_EXPERIMENT, artifact_root(uri))
-        bits = {(1, 1): "W1A1", (1, 32): "W1A32"}.get((config["w_bits"], config["a_bits"]), "FP32")
+        bits = spec.config.bits
         est = config["estimator"] if config["w_bits"] == 1 else "fp"
         label = f"{est}-{config['model']}-{config['dataset']}-{bits}-{config['recipe']}-s{config['seed']}"
-        key = hashlib.sha1(json.dumps(split_config(config)[0], sort_keys=True, default=str).encode()).hexdigest()
-        trial = {"key": key[:16], "suite": "", "estimator": est, "recipe": config["recipe"], "model": config["model"],
+        trial = {"key": spec.key, "suite": "", "estimator": est, "recipe": config["recipe"], "model": config["model"],
                  "dataset": config["dataset"], "bits": bits, "seed": config["seed"], "cell": "", "label": label}
         info = describe()
-        tags = {tracking.KIND_TAG: "run", "git_commit": info["git_commit"],
+        tags = {tracking.KIND_TAG: "run", tracking.COMMIT_TAG: info["git_commit"],
                 **{f"version.{k}": v for k, v in info["versions"].items()}}
         self.run = tracking.TrialRun(uri, exp_id, None, trial, tags)
         params, exec_tags = split_config(config)
@@ -296,10 +297,10 @@ class SingleRun:
         self.run.end("FINISHED" if res.status == "finished" else "FAILED")
 
     def fail(self, exc: BaseException) -> None:
-        from bench.tracking import STATUS_TAG
+        from bench.tracking import ERROR_TAG, STATUS_TAG
 
         stop_system_metrics(self.monitor)
-        self.run.set_tags({STATUS_TAG: "failed", "error": f"{type(exc).__name__}: {exc}"})
+        self.run.set_tags({STATUS_TAG: "failed", ERROR_TAG: f"{type(exc).__name__}: {exc}"})
         self.run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
 
 

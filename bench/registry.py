@@ -99,7 +99,7 @@ class Registry(Generic[T]):
 
     # -- queries ----------------------------------------------------------------------------------
     def names(self, pattern: str = "*") -> list[str]:
-        """Sorted names matching a shell-style wildcard pattern ('re*', '*ste')."""
+        """Sorted names matching a shell-style wildcard pattern ('re*', '*_sign')."""
         self._ensure_loaded()
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 

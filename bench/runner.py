@@ -51,14 +51,13 @@ def _trial_fn(config: dict[str, Any]) -> None:
     from bench.train import train
 
     trial, ctx = dict(config["trial"]), config["ctx"]
-    cfg = dict(trial["config"])
-    for k, v in config.items():  # sampled search-space values
-        if k not in ("trial", "ctx"):
-            cfg[k] = v
+    spec = trial["spec"]
+    sampled = {k: v for k, v in config.items() if k not in ("trial", "ctx")}  # a search point's values
+    if sampled:
+        spec = spec.with_values(**sampled)
     cpus = int(ctx["cpus_per_trial"])
     torch.set_num_threads(cpus)
-    ckpt_dir = Path(ctx["results_dir"]) / "checkpoints" / (trial["key"] + ("" if len(config) == 2 else
-                                                                            "-" + _short_hash(cfg)))
+    ckpt_dir = Path(ctx["results_dir"]) / "checkpoints" / spec.key
     restored = tune.get_checkpoint()  # set when Ray retries this trial after a crash
     # which execution wrote the checkpoints: a retry within this one (a lost node or worker, possibly before Tune
     # registered its checkpoint) continues from them, a fresh execution trains from scratch
@@ -74,25 +73,27 @@ def _trial_fn(config: dict[str, Any]) -> None:
     continued = (ckpt_dir / "last.pt").exists()
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(ctx["parent_run_id"]))
-    cfg.update(threads=cpus, checkpoint_dir=str(ckpt_dir), resume=True)
-    if ctx.get("gpus_per_trial", 0) == 0:
-        cfg.setdefault("device", "cpu")
+    execution: dict[str, Any] = {"threads": cpus, "checkpoint_dir": str(ckpt_dir), "resume": True}
+    if ctx.get("gpus_per_trial", 0) == 0 and spec.config.device == "auto":
+        execution["device"] = "cpu"
+    spec = spec.with_execution(**execution)
+    cfg = spec.config.to_dict()
     os.environ.update(ctx.get("mlflow_env", {}))  # a lost tracking server fails the trial in seconds, not minutes
     import socket
 
-    from bench.tracking import ATTEMPT_TAG, RESULTS_TAG
+    from bench.tracking import ATTEMPT_TAG, RESULTS_TAG, TRIAL_TAG
 
     info = describe()
     import ray
 
-    tags = {RESULTS_TAG: ctx["results_dir"], ATTEMPT_TAG: ckpt_dir.name,
+    tags = {RESULTS_TAG: ctx["results_dir"], ATTEMPT_TAG: ckpt_dir.name, TRIAL_TAG: trial["key"],
             "worker": f"pid {os.getpid()} on host {socket.gethostname()}",
             "ray_node": ray.get_runtime_context().get_node_id(), "continued_from_checkpoint": str(continued).lower(),
             "git_commit": info["git_commit"],
             **{f"version.{k}": v for k, v in info["versions"].items()},
             **{f"hardware.{k}": v for k, v in info["hardware"].items()}, "w_bits": str(cfg.get("w_bits")),
             "a_bits": str(cfg.get("a_bits")), "role": _role(trial["estimator"])}
-    run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags)
+    run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], {**trial, "key": spec.key}, tags)
 
     logged: set[int] = set()
 
@@ -107,14 +108,12 @@ def _trial_fn(config: dict[str, Any]) -> None:
     final_model = recording.FinalModel()
     monitor = None
     try:
-        from bench.config import resolve_config
-
-        resolved = resolve_config(cfg).to_dict()
+        resolved = cfg
         params, exec_tags = recording.split_config(resolved)
         run.log_params(params)
         run.set_tags(exec_tags)
         monitor = recording.start_system_metrics(run.run_id, ctx["tracking_uri"])
-        res = train(cfg, callbacks=[on_epoch], stage_hooks=[final_model])
+        res = train(spec, callbacks=[on_epoch], stage_hooks=[final_model])
         recording.stop_system_metrics(monitor)
     except SystemExit:  # Ray ends a trial its scheduler stops (ASHA) this way: not a failure, not a result
         recording.stop_system_metrics(monitor)
@@ -141,13 +140,6 @@ def _role(estimator: str) -> str:
     from bench.estimator import get_estimator_class
 
     return "baseline" if estimator == "fp" else get_estimator_class(estimator).role
-
-
-def _short_hash(cfg: dict[str, Any]) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = False, address: str | None = None,
@@ -207,8 +199,8 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
     _tracked(uri, lambda: recording.log_suite_file(tracking._client(uri), parent, suite.path))
     if not todo:
         _tracked(uri, lambda: tracking.end_run(uri, parent))
-        return SuiteOutcome(results, uri, exp_id, parent, 0, len(keys), _tracked(uri, lambda: _statuses(uri, exp_id,
-                                                                                                       keys)))
+        return SuiteOutcome(results, uri, exp_id, parent, 0, len(keys),
+                            _tracked(uri, lambda: tracking.trial_statuses(uri, exp_id, keys)))
     try:
         _fit(suite, todo, results, uri, exp_id, parent, resume, cpus_per_trial, gpus_per_trial, max_concurrent, log)
     except BaseException:  # Ctrl-C, a lost server, a Ray failure: no run of this execution stays RUNNING
@@ -226,7 +218,7 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
     # (Ray drops the function without raising in it), or an attempt whose retries ran out
     why = "stopped" if suite.search and suite.search.get("asha") is not None else "interrupted"
     statuses = _tracked(uri, lambda: (tracking.end_children(uri, exp_id, parent, why),
-                                      _statuses(uri, exp_id, keys))[1])
+                                      tracking.trial_statuses(uri, exp_id, keys))[1])
     failed = sum(1 for s in statuses.values() if s == "failed")
     unfinished = sum(1 for s in statuses.values() if s in ("unfinished", "missing"))
     if unfinished:
@@ -399,7 +391,7 @@ def _fit(suite: Suite, todo: list, results: Path, uri: str, exp_id: str, parent:
         if suite.search.get("asha") is not None:
             asha = {k: v for k, v in (suite.search.get("asha") or {}).items() if k != "max_t"}
             # past the longest run: a trial that reaches its last epoch ends by itself, not by the scheduler
-            max_t = max(int(t.resolved["epochs"]) for t in todo) + 1
+            max_t = max(t.spec.config.epochs for t in todo) + 1
             tune_cfg["scheduler"] = CellASHA(metric=suite.search.get("metric", "test_top1"),
                                              mode=suite.search.get("mode", "max"), max_t=max_t, **asha)
     trainable = tune.with_resources(_trial_fn, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
@@ -408,7 +400,7 @@ def _fit(suite: Suite, todo: list, results: Path, uri: str, exp_id: str, parent:
 
     progress = SuiteProgress(expected_trials(len(todo), suite.search),
                              # only a scheduler stops trials early: without one every trial ends
-                             epochs={t.key: int(t.resolved["epochs"]) for t in todo} if "scheduler" in tune_cfg
+                             epochs={t.key: t.spec.config.epochs for t in todo} if "scheduler" in tune_cfg
                              else None)
     tuner = tune.Tuner(
         trainable, param_space=space, tune_config=tune.TuneConfig(**tune_cfg),
@@ -584,18 +576,3 @@ def results_lock(results: Path, suite_name: str):
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)  # releases the lock
-
-
-def _statuses(uri: str, exp_id: str, keys: list[str]) -> dict[str, str]:
-    from bench.tracking import KEY_TAG, STATUS_TAG, trial_runs
-
-    out: dict[str, str] = {}
-    for r in trial_runs(uri, exp_id):
-        k = r.data.tags.get(KEY_TAG)
-        st = r.data.tags.get(STATUS_TAG, "")
-        if k in keys and (out.get(k) not in ("finished", "diverged")):
-            out[k] = {"FINISHED": "finished"}.get(r.info.status, "diverged" if st == "diverged" else
-                                                  ("failed" if r.info.status == "FAILED" else "unfinished"))
-    for k in keys:
-        out.setdefault(k, "missing")
-    return out

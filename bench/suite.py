@@ -16,9 +16,9 @@ would be valid.
     fp_baseline: true            # one full-precision run per model/dataset/seed
     defaults: {epochs: 5}        # run-config keys for every trial
     overrides:                   # run-config keys for the cells whose estimator/model/dataset/bits/recipe
-      vispa: {estimator_hparams: {samples: 8}}     # match every '/'-separated part of the key
+      my_sign: {estimator_hparams: {k: 8}}     # match every '/'-separated part of the key
       convnet: {epochs: 2}
-      biper/convnet: {epochs: 4}
+      my_sign/convnet: {epochs: 4}
     search:                      # optional: Ray Tune search with ASHA, same budget per grid cell
       metric: test_top1
       mode: max
@@ -44,21 +44,25 @@ What a suite file may hold, checked before anything is expanded or started (each
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import reprlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.config import FIELDS, RunConfig, check_keys, check_space, resolve_config
+from bench.config import BITS, FIELDS, check_keys, check_space
 from bench.errors import BinbenchError, did_you_mean
+from bench.recipes import RECIPES
+from bench.spec import RunSpec, resolve
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
-BITS = {"W1A1": (1, 1), "W1A32": (1, 32), "FP32": (32, 32)}
+#: the grid's name for a model/dataset's full-precision baseline cell
+FP = "fp"
+#: run-config keys a suite sets through its grid, not its defaults
+GRID_CONFIG_KEYS = ("estimator", "model", "dataset", "seed", "recipe", "w_bits", "a_bits")
 TOP_KEYS = {"name", "description", "grid", "fp_baseline", "defaults", "overrides", "search", "notes"}
 GRID_KEYS = {"estimators", "models", "datasets", "bits", "recipes", "seeds"}
 SEARCH_KEYS = {"metric", "mode", "num_samples", "space", "asha"}
@@ -69,8 +73,6 @@ MAX_TRIALS = 10_000  # trials a suite may expand to without --max-trials
 MAX_NODES = 100_000  # YAML nodes a suite file may expand to, aliases expanded
 MAX_DEPTH = 32  # nesting of YAML collections
 MAX_BYTES = 1 << 20  # size of a suite file
-#: keys that change where/how a trial runs, not what it computes: left out of its identity
-EXECUTION_KEYS = {"threads", "device", "data_root", "download", "checkpoint_dir", "resume", "eval_batch_size"}
 
 
 class SuiteError(BinbenchError):
@@ -97,8 +99,12 @@ class Trial:
     recipe: str
     seed: int
     config: dict[str, Any]  # user-level RunConfig values
-    resolved: dict[str, Any] = field(default_factory=dict)
-    key: str = ""
+    spec: RunSpec | None = None  # resolved once, when the suite is expanded
+
+    @property
+    def key(self) -> str:
+        """The trial's identity (its spec's key): checkpoint folder, MLflow tag, what a report counts once."""
+        return self.spec.key if self.spec is not None else ""
 
     @property
     def cell(self) -> str:
@@ -111,7 +117,7 @@ class Trial:
     def as_dict(self) -> dict[str, Any]:
         return {"suite": self.suite, "estimator": self.estimator, "model": self.model, "dataset": self.dataset,
                 "bits": self.bits, "recipe": self.recipe, "seed": self.seed, "config": self.config, "key": self.key,
-                "cell": self.cell, "label": self.label}
+                "cell": self.cell, "label": self.label, "spec": self.spec}
 
 
 @dataclass
@@ -121,7 +127,6 @@ class Suite:
     description: str
     trials: list[Trial]
     search: dict[str, Any] | None
-    raw: dict[str, Any]
 
 
 def list_suites() -> list[str]:
@@ -320,95 +325,126 @@ def count_trials(n_models: int, n_datasets: int, n_estimators: int, bits: list[s
     return n
 
 
-def trial_key(suite: str, resolved: dict[str, Any]) -> str:
-    ident = {k: v for k, v in resolved.items() if k not in EXECUTION_KEYS}
-    blob = json.dumps({"suite": suite, "config": ident}, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+@dataclass
+class _Grid:
+    """What a suite file asks for, each part checked for form and names (``parse_suite``)."""
+
+    name: str
+    description: str
+    estimators: list[str]
+    models: list[str]
+    datasets: list[str]
+    bits: list[str]
+    recipes: list[str]
+    seeds: list[int]
+    fp: bool
+    defaults: dict[str, Any]
+    overrides: dict[str, Any]
+    search: dict[str, Any] | None
+
+
 def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool = False,
                max_trials: int | None = None) -> Suite:
-    """Read, validate and expand a suite; raise SuiteError listing every problem.
+    """Read, parse, validate and expand a suite; raise SuiteError listing every problem.
 
     ``max_trials`` (default MAX_TRIALS) bounds the trials the suite may expand to; the count is computed
     before anything is expanded."""
-    from bench.data import DATASETS
-    from bench.estimator import ESTIMATORS, get_estimator_class
-    from bench.models import MODELS
-
     path = find_suite(name_or_path)
     where = str(path)
     raw = read_suite_file(path) or {}
-    problems: list[str] = []
     if not isinstance(raw, dict):
         raise SuiteError(where, ["the top level must be a mapping with keys: " + ", ".join(sorted(TOP_KEYS))])
-    for k in raw:
-        if k not in TOP_KEYS:
-            problems.append(f"{where}: unknown key {k!r}{did_you_mean(str(k), TOP_KEYS)}; valid: "
-                            f"{', '.join(sorted(TOP_KEYS))}")
+    grid, problems = parse_suite(path, raw)
+    problems += validate_suite(where, grid, MAX_TRIALS if max_trials is None else max_trials)
+    trials: list[Trial] = []
+    if not problems:
+        trials, problems = expand_suite(where, grid, data_root)
+    if check_data and not problems:
+        problems += _missing_data(where, {t.dataset for t in trials}, data_root)
+    if problems:
+        raise SuiteError(where, problems)
+    return Suite(grid.name, where, grid.description, trials, grid.search)
+
+
+def parse_suite(path: Path, raw: dict[str, Any]) -> tuple[_Grid, list[str]]:
+    """The file's parts, each checked for form and known names; (grid, problems)."""
+    from bench.data import DATASETS
+    from bench.estimator import ESTIMATORS
+    from bench.models import MODELS
+
+    where = str(path)
+    problems = [f"{where}: unknown key {k!r}{did_you_mean(str(k), TOP_KEYS)}; valid: {', '.join(sorted(TOP_KEYS))}"
+                for k in raw if k not in TOP_KEYS]
     name, name_problems = suite_name(path, raw)
     problems += name_problems
     grid = raw.get("grid")
     if not isinstance(grid, dict):
         problems.append(f"{where}: 'grid' must be a mapping with keys {', '.join(sorted(GRID_KEYS))}")
         grid = {}
-    for k in grid:
-        if k not in GRID_KEYS:
-            problems.append(f"{where}: grid: unknown key {k!r}{did_you_mean(str(k), GRID_KEYS)}; valid: "
-                            f"{', '.join(sorted(GRID_KEYS))}")
-
-    def names(key: str, registry, default: list[str] | None = None) -> list[str]:
-        value = grid.get(key, default)
-        if value is None:
-            problems.append(f"{where}: grid.{key} is missing; valid: {', '.join(registry.names())}")
-            return []
-        if value == "all" and key == "estimators":
-            return [n for n in registry.names() if "weight" in get_estimator_class(n).kinds
-                    and not n.startswith("test_")]
-        out = []
-        for v in _as_list(value):
-            if not isinstance(v, str) or v not in registry:
-                shown = _short(v)
-                problems.append(f"{where}: grid.{key}: unknown {registry.kind} {shown}"
-                                f"{did_you_mean(shown.strip(chr(39)), registry)}; valid: {', '.join(registry.names())}")
-            else:
-                out.append(v)
-        return out
-
-    estimators = names("estimators", ESTIMATORS)
-    models = names("models", MODELS)
-    datasets = names("datasets", DATASETS)
-    bits = []
-    for b in _as_list(grid.get("bits", ["W1A1"])):
-        if not isinstance(b, str) or b not in BITS:
-            problems.append(f"{where}: grid.bits: unknown {_short(b)}; valid: {', '.join(BITS)}")
-        else:
-            bits.append(b)
-    recipes = []
-    for r in _as_list(grid.get("recipes", ["common"])):
-        if not isinstance(r, str) or r not in ("common", "published"):
-            problems.append(f"{where}: grid.recipes: unknown {_short(r)}; valid: common, published")
-        else:
-            recipes.append(r)
-    seeds = _as_list(grid.get("seeds", [0]))
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        problems.append(f"{where}: grid.seeds must be a list of integers, got {_short(grid.get('seeds'))}")
-        seeds = []
+    problems += [f"{where}: grid: unknown key {k!r}{did_you_mean(str(k), GRID_KEYS)}; valid: "
+                 f"{', '.join(sorted(GRID_KEYS))}" for k in grid if k not in GRID_KEYS]
     fp = raw.get("fp_baseline", False)
     if not isinstance(fp, bool):
         problems.append(f"{where}: 'fp_baseline' must be true or false, got {_short(fp)}")
         fp = False
+    seeds = _as_list(grid.get("seeds", [0]))
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        problems.append(f"{where}: grid.seeds must be a list of integers, got {_short(grid.get('seeds'))}")
+        seeds = []
+    parsed = _Grid(
+        name, str(raw.get("description", "")), _grid_names(where, grid, "estimators", ESTIMATORS, problems),
+        _grid_names(where, grid, "models", MODELS, problems), _grid_names(where, grid, "datasets", DATASETS, problems),
+        _grid_choices(where, grid, "bits", list(BITS), ["W1A1"], problems),
+        _grid_choices(where, grid, "recipes", list(RECIPES), ["common"], problems), seeds, fp,
+        _parse_defaults(where, raw.get("defaults", {}) or {}, problems),
+        _parse_overrides(where, raw.get("overrides", {}) or {}, problems), raw.get("search"))
+    if parsed.search is not None:
+        problems += _check_search(where, parsed.search)
+    return parsed, problems
 
-    defaults = raw.get("defaults", {}) or {}
+
+def _grid_names(where: str, grid: dict[str, Any], key: str, registry, problems: list[str]) -> list[str]:
+    """A grid list of registered names ('all' estimators: every registered weight estimator)."""
+    from bench.estimator import get_estimator_class
+
+    value = grid.get(key)
+    if value is None:
+        problems.append(f"{where}: grid.{key} is missing; valid: {', '.join(registry.names())}")
+        return []
+    if value == "all" and key == "estimators":
+        return [n for n in registry.names() if "weight" in get_estimator_class(n).kinds and not n.startswith("test_")]
+    out = []
+    for v in _as_list(value):
+        if not isinstance(v, str) or v not in registry:
+            shown = _short(v)
+            problems.append(f"{where}: grid.{key}: unknown {registry.kind} {shown}"
+                            f"{did_you_mean(shown.strip(chr(39)), registry)}; valid: {', '.join(registry.names())}")
+        else:
+            out.append(v)
+    return out
+
+
+def _grid_choices(where: str, grid: dict[str, Any], key: str, valid: list[str], default: list[str],
+                  problems: list[str]) -> list[str]:
+    out = []
+    for v in _as_list(grid.get(key, default)):
+        if not isinstance(v, str) or v not in valid:
+            problems.append(f"{where}: grid.{key}: unknown {_short(v)}; valid: {', '.join(valid)}")
+        else:
+            out.append(v)
+    return out
+
+
+def _parse_defaults(where: str, defaults: Any, problems: list[str]) -> dict[str, Any]:
     if not isinstance(defaults, dict):
         problems.append(f"{where}: 'defaults' must be a mapping of run-config keys")
-        defaults = {}
+        return {}
     for k, v in defaults.items():
-        if k in ("estimator", "model", "dataset", "seed", "recipe", "w_bits", "a_bits"):
+        if k in GRID_CONFIG_KEYS:
             problems.append(f"{where}: defaults.{k}: set it in 'grid', not in 'defaults'")
         elif k not in FIELDS:
             problems.append(f"{where}: defaults: unknown run-config key {k!r}{did_you_mean(str(k), FIELDS)}")
@@ -417,70 +453,72 @@ def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool
                 check_keys({k: v})
             except BinbenchError as exc:
                 problems.append(f"{where}: defaults.{k}: {exc}")
-    overrides = raw.get("overrides", {}) or {}
+    return defaults
+
+
+def _parse_overrides(where: str, overrides: Any, problems: list[str]) -> dict[str, Any]:
+    from bench.data import DATASETS
+    from bench.estimator import ESTIMATORS
+    from bench.models import MODELS
+
     if not isinstance(overrides, dict):
         problems.append(f"{where}: 'overrides' must map estimator names to run-config keys")
-        overrides = {}
-    known_parts = set(ESTIMATORS.names()) | set(MODELS.names()) | set(DATASETS.names()) | set(BITS) | {
-        "fp", "common", "published"}
-    for est, ov in overrides.items():
-        for part in str(est).split("/"):
-            if part not in known_parts:
-                problems.append(f"{where}: overrides: {est!r}: {part!r} is no estimator, model, dataset, bits or "
-                                f"recipe name{did_you_mean(part, known_parts)}")
+        return {}
+    known = set(ESTIMATORS.names()) | set(MODELS.names()) | set(DATASETS.names()) | set(BITS) | {FP, *RECIPES}
+    for key, ov in overrides.items():
+        for part in str(key).split("/"):
+            if part not in known:
+                problems.append(f"{where}: overrides: {key!r}: {part!r} is no estimator, model, dataset, bits or "
+                                f"recipe name{did_you_mean(part, known)}")
         if not isinstance(ov, dict):
-            problems.append(f"{where}: overrides.{est} must be a mapping of run-config keys")
+            problems.append(f"{where}: overrides.{key} must be a mapping of run-config keys")
             continue
-        for k in ov:
-            if k not in FIELDS:
-                problems.append(f"{where}: overrides.{est}: unknown run-config key {k!r}"
-                                f"{did_you_mean(str(k), FIELDS)}")
-    search = raw.get("search")
-    if search is not None:
-        problems += _check_search(where, search)
-    limit = MAX_TRIALS if max_trials is None else max_trials
-    n_trials = count_trials(len(models), len(datasets), len(estimators), bits, len(recipes), len(seeds), fp, search)
-    if n_trials > limit:
-        problems.append(f"{where}: the grid expands to {n_trials:,} trials, more than the limit of {limit:,}: shrink "
-                        f"the grid (or search.num_samples), or pass --max-trials {n_trials} if you mean it")
+        problems += [f"{where}: overrides.{key}: unknown run-config key {k!r}{did_you_mean(str(k), FIELDS)}"
+                     for k in ov if k not in FIELDS]
+    return overrides
 
-    trials: list[Trial] = []
-    if not problems:
-        cells = []
-        for m in models:
-            for d in datasets:
-                if fp or "FP32" in bits:  # the full-precision baseline: one cell per model and dataset
-                    cells.append(("fp", m, d, "FP32", "common"))
-                cells += [(e, m, d, b, r) for b in bits if b != "FP32" for e in estimators for r in recipes]
-        for e, m, d, b, r in cells:
-            for s in seeds:
-                w, a = BITS[b]
-                cfg: dict[str, Any] = {**defaults}
-                for ov_key, ov in overrides.items():  # in file order; a key matches when all its parts do
-                    if isinstance(ov, dict) and set(str(ov_key).split("/")) <= {e, m, d, b, r}:
-                        cfg.update(ov)
-                cfg.update({"estimator": "ste" if e == "fp" else e, "model": m, "dataset": d, "w_bits": w,
-                            "a_bits": a, "recipe": r, "seed": s})
-                if data_root:
-                    cfg["data_root"] = data_root
-                t = Trial(name, e, m, d, b, r, s, cfg)
-                try:
-                    rc = resolve_config(cfg)
-                    from bench.train import plan_stages
 
-                    plan_stages(rc, None if e == "fp" else get_estimator_class(rc.estimator)(**rc.estimator_hparams))
-                    t.resolved = rc.to_dict()
-                    t.key = trial_key(name, t.resolved)
-                except BinbenchError as exc:
-                    problems.append(f"{where}: grid cell {t.label}: {exc}")
-                trials.append(t)
-        if not trials and not problems:
-            problems.append(f"{where}: the grid is empty (no estimator x model x dataset x bits x seed)")
-    if check_data and not problems:
-        problems += _missing_data(where, {t.dataset for t in trials}, data_root)
-    if problems:
-        raise SuiteError(where, problems)
-    return Suite(name, where, str(raw.get("description", "")), trials, search, raw)
+def validate_suite(where: str, g: _Grid, max_trials: int) -> list[str]:
+    """Checks of the whole: the number of trials, before anything is expanded."""
+    n = count_trials(len(g.models), len(g.datasets), len(g.estimators), g.bits, len(g.recipes), len(g.seeds), g.fp,
+                     g.search)
+    if n > max_trials:
+        return [f"{where}: the grid expands to {n:,} trials, more than the limit of {max_trials:,}: shrink the grid "
+                f"(or search.num_samples), or pass --max-trials {n} if you mean it"]
+    return []
+
+
+def expand_suite(where: str, g: _Grid, data_root: str | None) -> tuple[list[Trial], list[str]]:
+    """Every (cell, seed) as a trial with its resolved spec; a cell that does not resolve is a problem."""
+    from bench.estimator import reference_estimator
+
+    cells = []
+    for m in g.models:
+        for d in g.datasets:
+            if g.fp or "FP32" in g.bits:  # the full-precision baseline: one cell per model and dataset
+                cells.append((FP, m, d, "FP32", "common"))
+            cells += [(e, m, d, b, r) for b in g.bits if b != "FP32" for e in g.estimators for r in g.recipes]
+    trials, problems = [], []
+    for e, m, d, b, r in cells:
+        for seed in g.seeds:
+            w, a = BITS[b]
+            cfg: dict[str, Any] = {**g.defaults}
+            for ov_key, ov in g.overrides.items():  # in file order; a key matches when all its parts do
+                if isinstance(ov, dict) and set(str(ov_key).split("/")) <= {e, m, d, b, r}:
+                    cfg.update(ov)
+            cfg.update({"estimator": reference_estimator() if e == FP else e, "model": m, "dataset": d,
+                        "w_bits": w, "a_bits": a, "recipe": r, "seed": seed})
+            if data_root:
+                cfg["data_root"] = data_root
+            t = Trial(g.name, e, m, d, b, r, seed, cfg)
+            try:
+                t.spec = resolve(cfg, g.name)
+            except BinbenchError as exc:
+                problems.append(f"{where}: grid cell {t.label}: {exc}")
+            trials.append(t)
+    if not trials and not problems:
+        problems.append(f"{where}: the grid is empty (no estimator x model x dataset x bits x seed)")
+    return trials, problems
 
 
 def _check_search(where: str, search: Any) -> list[str]:
@@ -523,29 +561,27 @@ def _missing_data(where: str, datasets: set[str], data_root: str | None) -> list
 def estimate_cost(suite: Suite) -> dict[str, Any]:
     """A rough cost: multiply-accumulates of the models x samples x epochs, turned into hours at nominal rates."""
     from bench.data import get_dataset
+    from bench.estimator import get_estimator_class
 
     cpu_flops, gpu_flops = 30e9, 10e12  # sustained training FLOP/s: 2-core CPU, one modern GPU (nominal)
     total = 0.0
     cache: dict[tuple, float] = {}
     for t in suite.trials:
-        rc = RunConfig(**{k: v for k, v in t.resolved.items()})
+        rc = t.spec.config
         ds = get_dataset(t.dataset)
         key = (t.model, t.dataset, t.bits, json.dumps(rc.model_args, sort_keys=True))
         if key not in cache:
             cache[key] = _macs(rc, ds)
-        n_train = {"digits": 1437, "mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000,
-                   "tiny-imagenet": 100000, "imagenet": 1281167}.get(t.dataset, 50000)
-        n_train = min(n_train, rc.train_subset or n_train)
-        evals = 1 + (rc.estimator_hparams.get("samples", 40) if t.estimator == "vispa" else 0)
-        n_test = {"imagenet": 50000, "tiny-imagenet": 10000, "digits": 360}.get(t.dataset, 10000)
-        total += cache[key] * 2 * (3 * n_train + evals * n_test) * (rc.epochs or 1)
+        n_train = min(ds.train_images or 50000, rc.train_subset or ds.train_images or 50000)
+        evals = get_estimator_class(rc.estimator).eval_cost(rc.estimator_hparams) if rc.w_bits == 1 else 1
+        total += cache[key] * 2 * (3 * n_train + evals * (ds.test_images or 10000)) * rc.epochs
     cpu_h, gpu_h = total / cpu_flops / 3600, total / gpu_flops / 3600
     needs_gpu = cpu_h > 24
     return {"trials": len(suite.trials), "flop": total, "cpu_hours": cpu_h, "gpu_hours": gpu_h, "needs_gpu": needs_gpu,
             "datasets": sorted({t.dataset for t in suite.trials})}
 
 
-def _macs(rc: RunConfig, ds) -> float:
+def _macs(rc, ds) -> float:
     import torch
     from torch import nn
 

@@ -15,8 +15,18 @@ from pathlib import Path
 from typing import Any
 
 KIND_TAG, KEY_TAG, STATUS_TAG = "binbench.kind", "binbench.key", "binbench.status"
+#: the grid trial a run belongs to (its spec's key before a search point's values were applied): what
+#: ``--resume`` skips once ended; equal to the run's key outside a search. Older stores lack it: their key is.
+TRIAL_TAG = "binbench.trial"
 #: the results folder a run belongs to, and one trial attempt's identity (its checkpoint folder's name)
 RESULTS_TAG, ATTEMPT_TAG = "binbench.results_dir", "binbench.attempt"
+#: tags every trial run carries (``TrialRun``), named once here and read by reports
+ESTIMATOR_TAG, MODEL_TAG, DATASET_TAG, BITS_TAG, RECIPE_TAG, SEED_TAG = (
+    "estimator", "model", "dataset", "bits", "recipe", "seed")
+SUITE_TAG, CELL_TAG, ROLE_TAG = "suite", "cell", "role"
+#: tags of what a run came to and where it came from (``bench.record.final_tags``, the executors)
+HEADLINE_TAG, STAGE_EPOCHS_TAG, DATA_SOURCE_TAG = "headline_mode", "stage_epochs", "dataset_source"
+COMMIT_TAG, COMMAND_TAG, ERROR_TAG, MESSAGE_TAG = "git_commit", "command", "error", "message"
 #: MLflow's HTTP retries for a suite: its defaults (7 retries, backoff factor 2, 120 s timeout) wait minutes
 #: on a dead server; these give up in about 10 s, and a failed trial is continued by ``--resume``
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -27,6 +37,11 @@ PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOU
 
 def default_tracking_uri(results_dir: str | os.PathLike) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def client(uri: str):
+    """The MLflow client of a store: every binbench module asks here."""
+    return _client(uri)
 
 
 def _client(uri: str):
@@ -74,7 +89,7 @@ def source_tags(git_commit: str | None) -> dict[str, str]:
 def start_parent(uri: str, exp_id: str, suite: str, tags: dict[str, str]) -> str:
     client = _client(uri)
     run = client.create_run(exp_id, run_name=f"{suite} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                            tags={KIND_TAG: "suite", **source_tags(tags.get("git_commit")), **tags})
+                            tags={KIND_TAG: "suite", **source_tags(tags.get(COMMIT_TAG)), **tags})
     return run.info.run_id
 
 
@@ -85,11 +100,46 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED", tags: dict[str, str
     client.set_terminated(run_id, status)
 
 
+def run_status(run: Any) -> str:
+    """What a trial run came to: finished, diverged (a result: the loss became NaN/inf), failed, stopped (by
+    a search's scheduler), interrupted, or running. The one reading of MLflow's status and binbench's tag."""
+    tag = run.data.tags.get(STATUS_TAG, "")
+    if run.info.status == "FINISHED":
+        return "finished"
+    if tag == "diverged":
+        return "diverged"
+    if run.info.status == "FAILED":
+        return "failed"
+    if run.info.status == "RUNNING":
+        return "running"
+    return "stopped" if tag == "stopped" else "interrupted"
+
+
+ENDED = ("finished", "diverged")  # statuses that are results: counted by reports, skipped by --resume
+
+
+def trial_of(run: Any) -> str | None:
+    """The grid trial key of a run (older stores: its key)."""
+    return run.data.tags.get(TRIAL_TAG) or run.data.tags.get(KEY_TAG)
+
+
 def finished_keys(uri: str, exp_id: str) -> set[str]:
-    """Keys of trials that already ended (finished or diverged): a resumed suite does not run them again."""
-    runs = trial_runs(uri, exp_id)
-    return {r.data.tags[KEY_TAG] for r in runs
-            if r.info.status == "FINISHED" or r.data.tags.get(STATUS_TAG) == "diverged"}
+    """Grid trial keys that already ended (finished or diverged): a resumed suite does not run them again."""
+    return {trial_of(r) for r in trial_runs(uri, exp_id) if run_status(r) in ENDED}
+
+
+def trial_statuses(uri: str, exp_id: str, keys: list[str]) -> dict[str, str]:
+    """Per grid trial key: finished, diverged, failed, unfinished, or missing (no run); an ended run wins."""
+    out: dict[str, str] = {}
+    wanted = set(keys)
+    for r in trial_runs(uri, exp_id):
+        k = trial_of(r)
+        if k in wanted and out.get(k) not in ENDED:
+            st = run_status(r)
+            out[k] = st if st in (*ENDED, "failed") else "unfinished"
+    for k in keys:
+        out.setdefault(k, "missing")
+    return out
 
 
 def trial_runs(uri: str, exp_id: str, status: str | None = None) -> list:
@@ -154,10 +204,11 @@ class TrialRun:
 
         self.client = _client(uri)
         self.Param, self.RunTag = Param, RunTag
-        base = {KIND_TAG: "trial", KEY_TAG: trial["key"], "suite": trial["suite"], "estimator": trial["estimator"],
-                "recipe": trial["recipe"], "model": trial["model"], "dataset": trial["dataset"], "bits": trial["bits"],
-                "seed": str(trial["seed"]), "cell": trial["cell"], STATUS_TAG: "running", **tags}
-        base.update(source_tags(tags.get("git_commit")))
+        base = {KIND_TAG: "trial", KEY_TAG: trial["key"], SUITE_TAG: trial["suite"], ESTIMATOR_TAG: trial["estimator"],
+                RECIPE_TAG: trial["recipe"], MODEL_TAG: trial["model"], DATASET_TAG: trial["dataset"],
+                BITS_TAG: trial["bits"], SEED_TAG: str(trial["seed"]), CELL_TAG: trial["cell"], STATUS_TAG: "running",
+                **tags}
+        base.update(source_tags(tags.get(COMMIT_TAG)))
         if parent_id:
             base["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(exp_id, run_name=trial["label"], tags=base)

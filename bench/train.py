@@ -1,9 +1,10 @@
 """The one training loop every estimator, ``binbench run`` and the suites share.
 
-``train(config) -> RunResult``. Per epoch: the estimator hears the progress, the model trains on
-device-resident batches (no host sync per step: loss and accuracy accumulate on the device and are read once
-per epoch), every evaluation mode of the estimator is measured, diagnostics are collected, a checkpoint is
-written. A NaN/inf loss ends the run with status ``diverged``.
+``train(spec) -> RunResult`` for a spec from ``bench.spec.resolve``, in named steps: ``setup``, ``fit``,
+``run_stage``, ``run_epoch`` (``train_epoch``, ``evaluate_epoch``, the checkpoint). Per epoch: the estimator
+hears the progress, the model trains on device-resident batches (no host sync per step: loss and accuracy
+accumulate on the device and are read once per epoch), every evaluation mode of the estimator is measured,
+diagnostics are collected, a checkpoint is written. A NaN/inf loss ends the run with status ``diverged``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import checkpoint as ckpt
-from bench.config import RunConfig, resolve_config
+from bench.config import RunConfig
 from bench.data import DatasetSpec, get_dataset, load_dataset
 from bench.data.loader import ResidentLoader
 from bench.diagnostics import DiagnosticsTracker
@@ -33,6 +34,7 @@ from bench.estimator import Estimator, Progress, Stage, create_estimator, estima
 from bench.layers import BinarySpec
 from bench.models import create_model
 from bench.progress import Reporter
+from bench.spec import RunSpec, StagePlan
 
 EpochCallback = Callable[[dict[str, Any]], None]
 StageHook = Callable[[str, int, nn.Module], None]
@@ -81,47 +83,12 @@ def build_estimators(cfg: RunConfig) -> tuple[Estimator | None, Estimator | None
 
 
 def build_model(cfg: RunConfig, ds: DatasetSpec) -> tuple[nn.Module, Estimator | None, Estimator | None]:
+    """The model of a resolved config and its estimators (weight, activation); the layers apply the scaling only
+    to binary weights."""
     weight, act = build_estimators(cfg)
-    scaling = cfg.scaling if weight is not None else "none"
-    spec = BinarySpec(weight, act, scaling or "none")
-    model = create_model(cfg.model, spec, ds.num_classes, ds.shape, **cfg.model_args)
+    model = create_model(cfg.model, BinarySpec(weight, act, cfg.scaling), ds.num_classes, ds.shape,
+                         **cfg.model_args)
     return model, weight, act
-
-
-def plan_stages(cfg: RunConfig, est: Estimator | None) -> list[dict[str, Any]]:
-    """Concrete stages: name, epochs and optimizer settings, from the estimator's stages and the config."""
-    stages: list[Stage] = est.stages() if est is not None else [Stage()]
-    overrides = cfg.stages or []
-    if len(overrides) > len(stages):
-        raise ConfigError(f"config gives {len(overrides)} stages but {cfg.estimator!r} trains in {len(stages)} "
-                          f"({', '.join(s.name for s in stages)})")
-    total = int(cfg.epochs or 1)
-    if total < len(stages):
-        raise ConfigError(f"{cfg.estimator!r} trains in {len(stages)} stages ({', '.join(s.name for s in stages)}): "
-                          f"give --epochs >= {len(stages)}")
-    cum, bounds = 0.0, [0]
-    for s in stages:
-        cum += s.fraction
-        bounds.append(round(total * cum / sum(x.fraction for x in stages)))
-    plan = []
-    for i, s in enumerate(stages):
-        ov = dict(overrides[i]) if i < len(overrides) else {}
-        unknown = set(ov) - {"epochs", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "warmup_epochs",
-                             "estimator", "name"}
-        if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)} in stage {i} ({s.name}); valid: epochs, optimizer, "
-                              "lr, momentum, weight_decay, lr_schedule, warmup_epochs, estimator")
-        epochs = int(ov.get("epochs", max(1, bounds[i + 1] - bounds[i])))
-        plan.append({
-            "index": i, "name": s.name, "epochs": epochs,
-            "optimizer": ov.get("optimizer", cfg.optimizer), "lr": float(ov.get("lr", cfg.lr)),
-            "momentum": float(ov.get("momentum", cfg.momentum)),
-            "weight_decay": float(ov.get("weight_decay", cfg.weight_decay)),
-            "lr_schedule": ov.get("lr_schedule", cfg.lr_schedule),
-            "warmup_epochs": int(ov.get("warmup_epochs", cfg.warmup_epochs or 0)),
-            "estimator": {**s.overrides, **ov.get("estimator", {})},
-        })
-    return plan
 
 
 @dataclass
@@ -169,25 +136,25 @@ def make_loaders(cfg: RunConfig, ds: DatasetSpec, device: torch.device, channels
     return Loaders(train, test, val, str(getattr(data, "source", "") or ds.name), str(getattr(data, "digest", "")))
 
 
-def make_optimizer(model: nn.Module, stage: dict[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, stage: StagePlan) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if stage["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=stage["lr"], momentum=stage["momentum"], weight_decay=stage["weight_decay"])
-    if stage["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=stage["lr"], weight_decay=stage["weight_decay"])
-    raise ConfigError(f"unknown optimizer {stage['optimizer']!r}; valid: sgd, adam")
+    if stage.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay)
+    if stage.optimizer == "adam":
+        return torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    raise ConfigError(f"unknown optimizer {stage.optimizer!r}; valid: sgd, adam")
 
 
-def lr_factor(step: int, steps_per_epoch: int, stage: dict[str, Any]) -> float:
+def lr_factor(step: int, steps_per_epoch: int, stage: StagePlan) -> float:
     """Per-iteration learning-rate factor: linear warm-up, then cosine to 0 / step decay / constant."""
-    total = max(1, stage["epochs"] * steps_per_epoch)
-    warm = min(stage["warmup_epochs"] * steps_per_epoch, total - 1)
+    total = max(1, stage.epochs * steps_per_epoch)
+    warm = min(stage.warmup_epochs * steps_per_epoch, total - 1)
     if step < warm:
         return (step + 1) / (warm + 1)
     t = (step - warm) / max(1, total - warm)
-    if stage["lr_schedule"] == "cosine":
+    if stage.lr_schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * t))
-    if stage["lr_schedule"] == "step":
+    if stage.lr_schedule == "step":
         return 0.1 ** ((t >= 0.5) + (t >= 0.75))
     return 1.0
 
@@ -273,17 +240,58 @@ def evaluate(model: nn.Module, est: Estimator | None, loader, mode: str, topk: b
 
 
 # -- the loop --------------------------------------------------------------------------------------------
-def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | None = None,
-          reporter: Reporter | None = None, stage_hooks: list[StageHook] | None = None) -> RunResult:
-    """Train one configuration to the end (or to divergence) and return its result.
+@dataclass
+class _Run:
+    """What one run's steps share: the spec, the built model and data, and the state a checkpoint saves."""
+
+    spec: RunSpec
+    device: torch.device
+    loaders: Loaders
+    model: nn.Module
+    step_model: nn.Module  # the model, compiled when the config asks for it
+    est: Estimator | None
+    estimators: list[Estimator]  # the weight and activation estimators, each once
+    weight_qs: list
+    constrained: list
+    autocast: Callable[[], Any]
+    diag: DiagnosticsTracker | None
+    ckpt_dir: Path | None
+    reporter: Reporter
+    callbacks: list[EpochCallback]
+    stage_hooks: list[StageHook]
+    topk: bool
+    steps_per_epoch: int
+    state: dict[str, Any] = field(default_factory=lambda: {"stage": 0, "epoch": 0, "history": [], "best": {}})
+    status: str = "running"
+    message: str = ""
+    handoff: dict[int, dict[str, Any]] = field(default_factory=dict)  # stage -> its best weights, in memory
+    params: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.spec.config
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.state["history"]
+
+
+def train(spec: RunSpec, callbacks: list[EpochCallback] | None = None, reporter: Reporter | None = None,
+          stage_hooks: list[StageHook] | None = None) -> RunResult:
+    """Train one resolved run (``bench.spec.resolve``) to the end, or to divergence, and return its result.
 
     ``callbacks`` get every epoch's record (metrics); ``stage_hooks`` get ("start" | "end", stage index, model)
     at stage boundaries, after the hand-off of weights between stages.
     """
-    stage_hooks = stage_hooks or []
-    cfg = resolve_config(config)
-    reporter = reporter or Reporter(enabled=False)
-    callbacks = callbacks or []
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"train() takes a RunSpec (bench.spec.resolve(config)), got {type(spec).__name__}")
+    return fit(setup(spec, callbacks or [], reporter or Reporter(enabled=False), stage_hooks or []))
+
+
+def setup(spec: RunSpec, callbacks: list[EpochCallback], reporter: Reporter, stage_hooks: list[StageHook]) -> _Run:
+    """Everything before the first epoch: threads, device, seed, checkpoint folder, data, model, estimators, and
+    the state of a resumed run."""
+    cfg = spec.config
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = pick_device(cfg.device)
@@ -295,124 +303,145 @@ def train(config: RunConfig | dict[str, Any], callbacks: list[EpochCallback] | N
     loaders = make_loaders(cfg, ds, device, channels_last)
     model, est, act_est = build_model(cfg, ds)
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
-    step_model = torch.compile(model) if cfg.compile else model
     use_amp = cfg.amp and cuda
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
 
-    estimators = [e for e in dict.fromkeys([est, act_est]) if e is not None]
-    weight_qs = estimator_quantizers(model, "weight")
-    constrained = [(q, layer_weight) for q, layer_weight in quantized_weights(model) if q.estimator.has_constraint]
-    for q, w in constrained:
-        with torch.no_grad():
+    materialize_lazy(model, loaders.train, autocast)
+    constrained = [(q, w) for q, w in quantized_weights(model) if q.estimator.has_constraint]
+    with torch.no_grad():
+        for q, w in constrained:
             q.estimator.constrain_(w, q)
-    plan = plan_stages(cfg, est)
-    eval_modes = list(cfg.eval_modes or (est.eval_modes if est is not None else ("default",)))
-    topk = ds.num_classes >= 10
-    diag = DiagnosticsTracker(model) if cfg.diagnostics else None
-    state = {"stage": 0, "epoch": 0, "history": [], "best": {}, "status": "running"}
+    n = len(loaders.train)
+    run = _Run(spec, device, loaders, model, torch.compile(model) if cfg.compile else model,
+               est, [e for e in dict.fromkeys([est, act_est]) if e is not None], estimator_quantizers(model, "weight"),
+               constrained, autocast, DiagnosticsTracker(model) if cfg.diagnostics else None, ckpt_dir, reporter,
+               callbacks, stage_hooks, ds.num_classes >= 10, min(n, cfg.limit_train_batches or n))
     if cfg.resume:
-        if ckpt_dir is None:
-            raise ConfigError("--resume needs --checkpoint-dir (where the run left its checkpoints)")
-        state = _restore(ckpt_dir, cfg, model, diag, state, plan)
-    env = describe(device)
-    params = count_params(model)
-    reporter.start(cfg, params, device)
-    history: list[dict[str, Any]] = state["history"]
-    status = state["status"] if state["status"] in ("finished", "diverged") else "running"
-    message = ""
-    train_loader = loaders.train
-    steps_per_epoch = len(train_loader) if not cfg.limit_train_batches else min(len(train_loader),
-                                                                                cfg.limit_train_batches)
-    handoff: dict[int, dict[str, Any]] = {}  # stage -> the best state dict, kept in memory for the hand-off
-    for stage in plan:
-        si = stage["index"]
-        if status != "running" or si < state["stage"]:
-            continue
-        for e in estimators:  # a stage's hyperparameter overrides are the weight estimator's
-            e.begin_stage(si, Stage(stage["name"], 1.0, stage["estimator"] if e is est else {}))
-        optimizer = make_optimizer(model, stage)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s, st=stage: lr_factor(s, steps_per_epoch, st))
-        for hook in stage_hooks:
-            hook("start", si, model)
-        start_epoch = 0
-        if si == state["stage"] and state["epoch"] > 0:
-            start_epoch = state["epoch"]
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        for epoch in range(start_epoch, stage["epochs"]):
-            progress = Progress(si, stage["name"], epoch, stage["epochs"])
-            for e in estimators:
-                e.set_progress(progress)
-            model.train()
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            bar = reporter.epoch_bar(si, stage, epoch, steps_per_epoch)
-            lr_used = optimizer.param_groups[0]["lr"]
-            for step, (xb, yb) in enumerate(train_loader.batches(cfg.seed, si, epoch)):
-                if step >= steps_per_epoch:
-                    break
-                lr_used = optimizer.param_groups[0]["lr"]
-                loss, logits = training_step(step_model, est, weight_qs, constrained, optimizer, scheduler, xb, yb,
-                                             autocast)
-                loss_sum += loss.detach() * yb.shape[0]
-                correct += (logits.detach().argmax(1) == yb).sum()
-                seen += yb.shape[0]
-                bar.update(step + 1)
-            bar.close()
-            if cuda:
-                torch.cuda.synchronize()
-            train_seconds = time.perf_counter() - t0
-            train_loss = loss_sum.item() / max(1, seen)
-            record: dict[str, Any] = {
-                "stage": si, "stage_name": stage["name"], "epoch": epoch, "global_epoch": len(history),
-                "lr": lr_used, "train_loss": train_loss,
-                "train_top1": 100.0 * correct.item() / max(1, seen), "epoch_seconds": train_seconds,
-            }
-            if not math.isfinite(train_loss):
-                status = "diverged"
-                message = (f"loss became {train_loss} in stage {stage['name']} epoch {epoch}; lower the learning "
-                           f"rate (lr={stage['lr']}) or check the estimator's hyperparameters")
-                record["diverged"] = True
-                history.append(record)
-                reporter.epoch(record)
-                for cb in callbacks:
-                    cb(record)
-                break
-            record.update(evaluate_epoch(model, est, loaders, eval_modes, topk, autocast))
-            if diag is not None:
-                record.update(diag.collect())
-            history.append(record)
-            if _update_best(state["best"], record, si, last_stage=si == len(plan) - 1) and si < len(plan) - 1 \
-                    and stage_handoff(cfg) == "best":
-                handoff[si] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if ckpt_dir is not None:  # on disk too, so that a resumed run hands the same weights on
-                    ckpt.save(ckpt_dir / f"best_stage{si}.pt", {"model": handoff[si]})
-            if ckpt_dir is not None:
-                _save(ckpt_dir, cfg, model, optimizer, scheduler, diag, si, epoch + 1, history, state["best"],
-                      "running")
-            reporter.epoch(record)
-            for cb in callbacks:  # after the checkpoint: a callback may hand it on (Ray Tune)
-                cb(record)
-        if status == "running" and si < len(plan) - 1 and stage_handoff(cfg) == "best":
-            _hand_off(model, handoff.get(si), ckpt_dir / f"best_stage{si}.pt" if ckpt_dir else None, device)
-        for hook in stage_hooks:
-            hook("end", si, model)
-        state["stage"], state["epoch"] = si + 1, 0
-    if status == "running":
-        status = "finished"
-    result = _result(cfg, status, message, history, state["best"], eval_modes, params, env, plan)
-    result.data_source, result.data_digest = loaders.source, loaders.digest
-    if ckpt_dir is not None:
-        ckpt.save(ckpt_dir / "final.pt", {"config": repr(_fingerprint(cfg)), "status": status, "history": history,
-                                          "best": state["best"]})
-        _final_model(ckpt_dir, model)
-    reporter.finish(result)
+        run.state = _restore(run)
+        run.status = run.state.pop("status")
+    run.params = count_params(model)
+    reporter.start(cfg, run.params, device)
+    return run
+
+
+def materialize_lazy(model: nn.Module, loader, autocast) -> None:
+    """A plugin's lazily initialised parameters (``nn.UninitializedParameter``) get their shapes from one forward
+    pass on two training images, in evaluation mode and without gradients, before the optimizer and the
+    parameter counts see the model. Models without lazy parameters are left alone (no batch is drawn)."""
+    if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        return
+    xb, _ = next(iter(loader.batches(0, 0, 0)))
+    model.eval()
+    with torch.no_grad(), autocast():
+        model(xb[:2])
+    model.train()
+
+
+def fit(run: _Run) -> RunResult:
+    """Every stage from where the run stands, then the result and the final checkpoint."""
+    for stage in run.spec.stages:
+        if run.status == "running" and stage.index >= run.state["stage"]:
+            run_stage(run, stage)
+    if run.status == "running":
+        run.status = "finished"
+    result = _result(run)
+    if run.ckpt_dir is not None:
+        ckpt.save(run.ckpt_dir / "final.pt", {"key": run.spec.key, "status": run.status, "history": run.history,
+                                              "best": run.state["best"]})
+        _final_model(run.ckpt_dir, run.model)
+    run.reporter.finish(result)
     return result
+
+
+def run_stage(run: _Run, stage: StagePlan) -> None:
+    """One stage: its hyperparameters, optimizer and schedule (restored when resuming inside it), its epochs,
+    then the hand-off of its best weights to the next stage where the config asks for it."""
+    for e in run.estimators:  # a stage's hyperparameter overrides are the weight estimator's
+        e.begin_stage(stage.index, Stage(stage.name, 1.0, stage.estimator if e is run.est else {}))
+    optimizer = make_optimizer(run.model, stage)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s, st=stage, n=run.steps_per_epoch: lr_factor(s, n, st))
+    for hook in run.stage_hooks:
+        hook("start", stage.index, run.model)
+    start = 0
+    if stage.index == run.state["stage"] and run.state["epoch"] > 0:
+        start = run.state["epoch"]
+        optimizer.load_state_dict(run.state["optimizer"])
+        scheduler.load_state_dict(run.state["scheduler"])
+    for epoch in range(start, stage.epochs):
+        if not run_epoch(run, stage, epoch, optimizer, scheduler):
+            break
+    last = stage.index == len(run.spec.stages) - 1
+    if run.status == "running" and not last and run.cfg.stage_handoff == "best":
+        file = run.ckpt_dir / f"best_stage{stage.index}.pt" if run.ckpt_dir else None
+        _hand_off(run.model, run.handoff.get(stage.index), file, run.device)
+    for hook in run.stage_hooks:
+        hook("end", stage.index, run.model)
+    run.state["stage"], run.state["epoch"] = stage.index + 1, 0
+
+
+def run_epoch(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler) -> bool:
+    """Train one epoch, evaluate, collect diagnostics, checkpoint, tell the callbacks; False when it diverged."""
+    progress = Progress(stage.index, stage.name, epoch, stage.epochs)
+    for e in run.estimators:
+        e.set_progress(progress)
+    record = train_epoch(run, stage, epoch, optimizer, scheduler)
+    if not math.isfinite(record["train_loss"]):
+        run.status = "diverged"
+        run.message = (f"loss became {record['train_loss']} in stage {stage.name} epoch {epoch}; lower the learning "
+                       f"rate (lr={stage.lr}) or check the estimator's hyperparameters")
+        record["diverged"] = True
+        run.history.append(record)
+        _publish(run, record)
+        return False
+    record.update(evaluate_epoch(run.model, run.est, run.loaders, list(run.spec.eval_modes), run.topk, run.autocast))
+    if run.diag is not None:
+        record.update(run.diag.collect())
+    run.history.append(record)
+    last = stage.index == len(run.spec.stages) - 1
+    if _update_best(run.state["best"], record, stage.index, last) and not last and run.cfg.stage_handoff == "best":
+        run.handoff[stage.index] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        if run.ckpt_dir is not None:  # on disk too, so that a resumed run hands the same weights on
+            ckpt.save(run.ckpt_dir / f"best_stage{stage.index}.pt", {"model": run.handoff[stage.index]})
+    if run.ckpt_dir is not None:
+        _save(run, optimizer, scheduler, stage.index, epoch + 1)
+    _publish(run, record)  # after the checkpoint: a callback may hand it on (Ray Tune)
+    return True
+
+
+def _publish(run: _Run, record: dict[str, Any]) -> None:
+    run.reporter.epoch(record)
+    for cb in run.callbacks:
+        cb(record)
+
+
+def train_epoch(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler) -> dict[str, Any]:
+    """The optimisation steps of one epoch; loss and accuracy accumulate on the device, read once at the end."""
+    run.model.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    seen = 0
+    bar = run.reporter.epoch_bar(stage, epoch, run.steps_per_epoch)
+    lr_used = optimizer.param_groups[0]["lr"]
+    for step, (xb, yb) in enumerate(run.loaders.train.batches(run.cfg.seed, stage.index, epoch)):
+        if step >= run.steps_per_epoch:
+            break
+        lr_used = optimizer.param_groups[0]["lr"]
+        loss, logits = training_step(run.step_model, run.est, run.weight_qs, run.constrained, optimizer, scheduler,
+                                     xb, yb, run.autocast)
+        loss_sum += loss.detach() * yb.shape[0]
+        correct += (logits.detach().argmax(1) == yb).sum()
+        seen += yb.shape[0]
+        bar.update(step + 1)
+    bar.close()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"stage": stage.index, "stage_name": stage.name, "epoch": epoch, "global_epoch": len(run.history),
+            "lr": lr_used, "train_loss": loss_sum.item() / max(1, seen),
+            "train_top1": 100.0 * correct.item() / max(1, seen), "epoch_seconds": time.perf_counter() - t0}
 
 
 def evaluate_epoch(model: nn.Module, est: Estimator | None, loaders: Loaders, eval_modes: list[str], topk: bool,
@@ -440,7 +469,7 @@ def evaluate_epoch(model: nn.Module, est: Estimator | None, loaders: Loaders, ev
 def _update_best(best: dict[str, Any], record: dict[str, Any], si: int, last_stage: bool) -> bool:
     """Track the best test epoch (what the papers report) and the validation-selected one of the last stage, and
     the stage's best epoch for the hand-off (by validation when there is a split, else by test, as the official
-    BiPer code). Returns True when this epoch is the stage's best so far."""
+    code of two-stage methods does). Returns True when this epoch is the stage's best so far."""
     epoch = record["epoch"]
     if last_stage and record["test_top1"] > best.get("top1", -1.0):
         best.update(top1=record["test_top1"], top5=record.get("test_top5"), epoch=epoch)
@@ -461,29 +490,27 @@ def _hand_off(model: nn.Module, in_memory: dict[str, Any] | None, file: Path | N
         model.load_state_dict(_field(ckpt.load(file, device), "model", file))
 
 
-def stage_handoff(cfg: RunConfig) -> str:
-    return cfg.stage_handoff or "last"
-
-
 def quantized_weights(model: nn.Module):
     from bench.layers import binary_layers
 
     return [(layer.weight_quantizer, layer.weight) for _, layer in binary_layers(model)]
 
 
-def _result(cfg, status, message, history, best, eval_modes, params, env, plan) -> RunResult:
-    evals = [h for h in history if "test_top1" in h]
+def _result(run: _Run) -> RunResult:
+    evals = [h for h in run.history if "test_top1" in h]
     last = evals[-1] if evals else {}
-    modes = {m: last.get(f"test_{m}_top1", last.get("test_top1", float("nan"))) for m in eval_modes}
-    timed = [h["epoch_seconds"] for h in history]
+    best = run.state["best"]
+    modes = {m: last.get(f"test_{m}_top1", last.get("test_top1", float("nan"))) for m in run.spec.eval_modes}
+    timed = [h["epoch_seconds"] for h in run.history]
     return RunResult(
         selected_top1=best.get("selected_top1"), selected_epoch=_one_based(best.get("selected_epoch")),
         late_gain=late_gain([h["test_top1"] for h in evals]),
-        status=status, config=cfg.to_dict(), top1=last.get("test_top1", float("nan")),
+        status=run.status, config=run.cfg.to_dict(), top1=last.get("test_top1", float("nan")),
         best_top1=best.get("top1", float("nan")), best_epoch=_one_based(best.get("epoch")),
-        top5=last.get("test_top5"), best_top5=best.get("top5"), eval_modes=modes, history=history,
-        epoch_seconds=float(np.median(timed)) if timed else float("nan"), params=params, env=env,
-        message=message, stages=plan,
+        top5=last.get("test_top5"), best_top5=best.get("top5"), eval_modes=modes, history=run.history,
+        epoch_seconds=float(np.median(timed)) if timed else float("nan"), params=run.params, env=describe(run.device),
+        message=run.message, stages=[s.to_dict() for s in run.spec.stages], data_source=run.loaders.source,
+        data_digest=run.loaders.digest,
     )
 
 
@@ -499,21 +526,13 @@ def late_gain(top1_per_epoch: list[float]) -> float | None:
     return float(top1_per_epoch[-1] - top1_per_epoch[-1 - k]) if n > k else None
 
 
-def _fingerprint(cfg: RunConfig) -> dict[str, Any]:
-    d = cfg.to_dict()
-    for k in ("resume", "checkpoint_dir", "threads", "device", "data_root", "download", "eval_batch_size"):
-        d.pop(k, None)
-    return d
-
-
-def _save(ckpt_dir: Path, cfg, model, optimizer, scheduler, diag, stage: int, epoch: int, history, best,
-          status: str) -> None:
-    ckpt.save(ckpt_dir / "last.pt", {
-        "config": repr(_fingerprint(cfg)), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "stage": stage, "epoch": epoch, "history": history, "best": best,
-        "status": status, "rng": torch.get_rng_state(),
+def _save(run: _Run, optimizer, scheduler, stage: int, epoch: int) -> None:
+    ckpt.save(run.ckpt_dir / "last.pt", {
+        "key": run.spec.key, "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "stage": stage, "epoch": epoch, "history": run.history,
+        "best": run.state["best"], "status": "running", "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "diag": diag.state_dict() if diag is not None else {},
+        "diag": run.diag.state_dict() if run.diag is not None else {},
     })
 
 
@@ -566,35 +585,34 @@ def _field(saved: dict[str, Any], key: str, file: Path) -> Any:
     return saved[key]
 
 
-def _restore(ckpt_dir: Path, cfg: RunConfig, model: nn.Module, diag, state: dict[str, Any],
-             plan: list[dict[str, Any]]) -> dict[str, Any]:
-    """The state of the run in ``ckpt_dir``, loaded into ``model``. The ending recorded in ``final.pt`` counts
-    only when it belongs to this configuration and, for "finished", when ``last.pt`` shows every epoch of this
-    run's plan done; otherwise training continues from ``last.pt``."""
-    final, last = ckpt_dir / "final.pt", ckpt_dir / "last.pt"
+def _restore(run: _Run) -> dict[str, Any]:
+    """The state of the run in its checkpoint folder, loaded into its model. The ending recorded in ``final.pt``
+    counts only when it belongs to this run (its key) and, for "finished", when ``last.pt`` shows every epoch
+    of the plan done; otherwise training continues from ``last.pt``."""
+    final, last = run.ckpt_dir / "final.pt", run.ckpt_dir / "last.pt"
     if not last.exists():
-        return state  # nothing to resume: start from scratch
+        return {**run.state, "status": "running"}  # nothing to resume: start from scratch
     saved = ckpt.load(last)
-    if _field(saved, "config", last) != repr(_fingerprint(cfg)):
-        raise ConfigError(f"the checkpoint in {ckpt_dir} was written by a different configuration; "
+    if _field(saved, "key", last) != run.spec.key:
+        raise ConfigError(f"the checkpoint in {run.ckpt_dir} was written by a different configuration; "
                           "drop --resume or use another --checkpoint-dir")
     try:
-        model.load_state_dict(_field(saved, "model", last))
+        run.model.load_state_dict(_field(saved, "model", last))
         torch.set_rng_state(_field(saved, "rng", last))
         if saved.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        if diag is not None:
-            diag.load_state_dict(saved.get("diag", {}))
+        if run.diag is not None:
+            run.diag.load_state_dict(saved.get("diag", {}))
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise ckpt.CheckpointError(f"{last} does not fit this run's model ({type(exc).__name__}): delete it, or "
                                    "rerun without --resume") from None
     state = {k: _field(saved, k, last) for k in ("stage", "epoch", "history", "best", "optimizer", "scheduler")}
     state["status"] = "running"
     if final.exists():
-        fin = ckpt.load(final)
-        done = (state["stage"] == len(plan) - 1 and state["epoch"] >= plan[-1]["epochs"]
-                and len(state["history"]) == sum(p["epochs"] for p in plan))
-        if fin.get("config") == saved["config"] and (fin.get("status") == "diverged" or done):
+        fin, plan = ckpt.load(final), run.spec.stages
+        done = (state["stage"] == len(plan) - 1 and state["epoch"] >= plan[-1].epochs
+                and len(state["history"]) == sum(p.epochs for p in plan))
+        if fin.get("key") == saved["key"] and (fin.get("status") == "diverged" or done):
             state["status"] = fin["status"]
             if fin["status"] == "diverged":
                 state["history"] = fin.get("history", state["history"])

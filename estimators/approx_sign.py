@@ -28,6 +28,7 @@ class ApproxSign(Estimator):
     """
 
     display_name = "ApproxSign (Bi-Real)"
+    common_activation = True  # the common recipe binarizes activations with it
 
     native_activation = None
 

@@ -93,3 +93,29 @@ class BiPer(Estimator):
         terms = [q.__dict__.pop("_sin2", None) for q in quantizers]
         terms = [t for t in terms if t is not None]
         return self.tau * torch.stack(terms).sum() if terms else None
+
+    @classmethod
+    def report_figures(cls, runs) -> dict:
+        """QE against w0 (the paper's eq. 15-18): measured QE of each run at its w0 over the analytic curve for
+        Laplace latents of the runs' fitted scale b, per network and bit width."""
+        if "diag/laplace_b" not in runs or not runs["diag/laplace_b"].notna().any():
+            return {}
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        from bench.diagnostics import qe_laplace
+
+        w0 = runs["hparams"].map(lambda h: (h or {}).get("w0", cls.hparam_defaults()["w0"])).astype(float)
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        w0s = np.logspace(-0.5, 2.5, 300)
+        for (model, bits), gb in runs.groupby(["model", "bits"]):
+            b = gb["diag/laplace_b"].mean()
+            line, = ax.plot(w0s, [qe_laplace(b * w) for w in w0s], label=f"analytic, b = {b:.3g} ({model} {bits})")
+            ax.scatter(w0[gb.index], gb["diag/qe"], color=line.get_color(), zorder=3,
+                       label=f"measured ({model} {bits})")
+        ax.set_xscale("log")
+        ax.set_xlabel("w0")
+        ax.set_ylabel("QE")
+        ax.set_title("BiPer quantization error vs w0 (Laplace latents, eq. 15-18)")
+        ax.legend(fontsize=6)
+        return {"biper_qe_vs_w0": fig}

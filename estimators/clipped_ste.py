@@ -26,6 +26,7 @@ class ClippedSteSign(Estimator):
     """
 
     display_name = "Clipped STE (BNN)"
+    published_name = "bnn"  # published.csv names the method BNN
 
     native_activation = None  # itself
     published = None  # BNN's own recipe is not in an official repository binbench could read

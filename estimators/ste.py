@@ -21,6 +21,7 @@ class SteSign(Estimator):
     """
 
     display_name = "STE"
+    reference = True  # the estimator every other is measured against
 
     native_activation = "approx_sign"
     published = None  # no sourced recipe: BinaryConnect's clip and optimiser are not in a source binbench could check

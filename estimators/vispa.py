@@ -79,6 +79,7 @@ class Vispa(Estimator):
     native_activation = "approx_sign"
     eval_modes = ("ensemble", "sample", "mean")
     stochastic = True
+    step_cost_target = 1.3  # K noise values per layer and the normalisation of M and Z in every step
     published = [
         Rule({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5,
                   "estimator_hparams": {"scale": 100.0, "samples": 40, "normalize": "forward", "m_init": "xavier"}},
@@ -184,3 +185,13 @@ class Vispa(Estimator):
         for _ in range(self.samples - 1):
             out += model(x).float()
         return out / self.samples
+
+    @classmethod
+    def eval_cost(cls, hparams) -> int:
+        # the ensemble's L forward passes, one sampled network, the mean network
+        return int(hparams.get("samples", cls.hparam_defaults()["samples"])) + len(cls.eval_modes) - 1
+
+    @classmethod
+    def setting_label(cls, hparams) -> str:
+        d = {**cls.hparam_defaults(), **hparams}
+        return f"ensemble size L = {d['samples']} (published: 40), K = {d['rank']}"

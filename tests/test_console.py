@@ -8,6 +8,7 @@ import re
 
 from bench.cli import main
 from bench.progress import Reporter, format_duration, format_flop
+from bench.spec import resolve
 from bench.suite import list_suites, load_suite
 
 from .conftest import TINY
@@ -17,7 +18,7 @@ def test_best_epoch_counts_from_one_on_console_and_in_json():
     from bench.train import train
 
     console = io.StringIO()
-    res = train({**TINY, "model_args": {"hidden": [16]}, "epochs": 3, "threads": 1, "diagnostics": False},
+    res = train(resolve({**TINY, "model_args": {"hidden": [16]}, "epochs": 3, "threads": 1, "diagnostics": False}),
                 reporter=Reporter(stream=console))
     tops = [h["test_top1"] for h in res.history]
     assert res.best_epoch == tops.index(max(tops)) + 1  # the first epoch with the best top-1, counted from 1

@@ -9,6 +9,7 @@ import torch
 
 import bench
 from bench.diagnostics import laplace_b, qe_laplace, quantization_error
+from bench.spec import resolve
 from bench.train import train
 
 from .conftest import TINY
@@ -39,7 +40,7 @@ def test_qe_for_plain_sign_estimators():
 
 
 def test_training_logs_per_layer_diagnostics():
-    res = train({**TINY, "estimator": "reste", "epochs": 2})
+    res = train(resolve({**TINY, "estimator": "reste", "epochs": 2}))
     last = res.history[-1]
     layers = [k for k in last if k.startswith("diag/") and k.endswith("/qe") and k.count("/") == 2]
     assert layers, "per-layer QE logged"
@@ -47,7 +48,7 @@ def test_training_logs_per_layer_diagnostics():
                 "diag/grad_stability"):
         assert key in last and math.isfinite(last[key])
     assert res.history[0]["diag/flip"] > 0  # the first epoch is compared with the signs at initialisation
-    off = train({**TINY, "estimator": "reste", "epochs": 1, "diagnostics": False})
+    off = train(resolve({**TINY, "estimator": "reste", "epochs": 1, "diagnostics": False}))
     assert not any(k.startswith("diag/") for k in off.history[0])
 
 

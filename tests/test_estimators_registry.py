@@ -8,6 +8,7 @@ import torch
 import bench
 from bench import list_estimators
 from bench.estimator import get_estimator_class
+from bench.spec import resolve
 from bench.train import train
 
 from .conftest import TINY
@@ -49,8 +50,8 @@ def _elementwise(name):
 
 @pytest.mark.parametrize("name", [n for n in list_estimators() if "weight" in get_estimator_class(n).kinds])
 def test_one_digits_epoch_learns_above_chance(name):
-    res = train({**TINY, "estimator": name, "epochs": 2, "seed": 0, "diagnostics": False,
-                       "eval_modes": [get_estimator_class(name).eval_modes[0]]})
+    res = train(resolve({**TINY, "estimator": name, "epochs": 2, "seed": 0, "diagnostics": False,
+                       "eval_modes": [get_estimator_class(name).eval_modes[0]]}))
     assert res.status == "finished"
     assert res.top1 > 30.0, f"{name}: {res.top1:.1f}% after 2 digits epochs (chance is 10%)"
 
@@ -58,10 +59,10 @@ def test_one_digits_epoch_learns_above_chance(name):
 @pytest.mark.parametrize("name", [n for n in list_estimators() if "weight" in get_estimator_class(n).kinds])
 @pytest.mark.parametrize("recipe", ["common", "published"])
 def test_recipes_resolve(name, recipe):
-    from bench.config import resolve_config
+    from bench.spec import resolve
 
     for model, ds, a in [("resnet20", "cifar10", 1), ("resnet18", "cifar10", 32), ("mlp", "mnist", 1)]:
-        cfg = resolve_config({"estimator": name, "recipe": recipe, "model": model, "dataset": ds, "a_bits": a})
+        cfg = resolve({"estimator": name, "recipe": recipe, "model": model, "dataset": ds, "a_bits": a}).config
         assert cfg.lr > 0 and cfg.epochs >= 1 and cfg.optimizer in ("sgd", "adam")
         assert cfg.scaling in ("none", "mean", "alpha", "internal")
         if a == 32:
@@ -79,10 +80,10 @@ def cifar_format(tmp_path_factory):
 def test_published_recipe_starts_on_resnet20_cifar_format(name, cifar_format):
     # the paper's recipe, its epochs cut to one per stage and one batch per epoch
     n_stages = len(bench.create_estimator(name).stages())
-    res = train({"estimator": name, "recipe": "published", "model": "resnet20", "dataset": "cifar10",
+    res = train(resolve({"estimator": name, "recipe": "published", "model": "resnet20", "dataset": "cifar10",
                  "data_root": cifar_format, "epochs": n_stages, "batch_size": 8, "limit_train_batches": 1,
                  "eval_batch_size": 16, "threads": 2, "diagnostics": False,
-                 "estimator_hparams": {"samples": 2} if name == "vispa" else {}})
+                 "estimator_hparams": {"samples": 2} if name == "vispa" else {}}))
     assert res.status == "finished" and len(res.history) == n_stages
     from bench.recipes import has_published_recipe
 

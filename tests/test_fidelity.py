@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import bench
 from bench.diagnostics import surrogate_grad
 from bench.layers import BinarySpec, binary_layers
+from bench.spec import resolve
 from bench.train import train
 
 from .conftest import TINY
@@ -111,7 +112,7 @@ def test_vispa_persistent_mode_pins_the_signs():
 
 
 def test_vispa_run_flips_signs_after_one_epoch():
-    res = train({**TINY, "estimator": "vispa", "epochs": 1, "estimator_hparams": {"samples": 2}})
+    res = train(resolve({**TINY, "estimator": "vispa", "epochs": 1, "estimator_hparams": {"samples": 2}}))
     flips = [v for k, v in res.history[0].items() if k.startswith("diag/") and k.endswith("/flip")]
     assert flips and min(flips) > 0.0
 
@@ -165,7 +166,7 @@ def test_frozen_control_keeps_its_signs_and_trains_the_rest():
             grabbed["bn"] = [p.detach().clone() for n, p in model.named_parameters() if "alpha" in n]
         grabbed["model"] = model
 
-    res = train({**TINY, "estimator": "frozen", "epochs": 2}, stage_hooks=[grab])
+    res = train(resolve({**TINY, "estimator": "frozen", "epochs": 2}), stage_hooks=[grab])
     layers = binary_layers(grabbed["model"])
     assert layers
     for (_, layer), w0 in zip(layers, grabbed["signs"], strict=True):
@@ -192,8 +193,8 @@ def test_biper_best_handoff_without_checkpoint_dir():
             snaps.append((record["val_top1"], {k: v.detach().clone() for k, v in seen["model"].state_dict().items()}))
 
     # a constant lr of 2 makes the real stage's validation accuracy peak before its last epoch
-    res = train({**TINY, "estimator": "biper", "epochs": 9, "val_split": 0.2, "stage_handoff": "best", "lr": 2.0,
-                 "lr_schedule": "constant", "seed": 0}, callbacks=[on_epoch], stage_hooks=[hook])
+    res = train(resolve({**TINY, "estimator": "biper", "epochs": 9, "val_split": 0.2, "stage_handoff": "best",
+                         "lr": 2.0, "lr_schedule": "constant", "seed": 0}), callbacks=[on_epoch], stage_hooks=[hook])
     assert res.status == "finished" and len(snaps) >= 2
     best = max(range(len(snaps)), key=lambda i: snaps[i][0])  # first maximum, as the loop keeps it
     assert all(torch.equal(seen["start1"][k], v) for k, v in snaps[best][1].items())

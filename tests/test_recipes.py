@@ -7,8 +7,6 @@ import re
 
 import pytest
 
-import bench
-from bench.config import resolve_config
 from bench.errors import ConfigError
 from bench.estimator import Estimator, get_estimator_class, list_estimators
 from bench.recipes import (
@@ -20,7 +18,7 @@ from bench.recipes import (
     recipe_provenance,
     resolve_recipe,
 )
-from bench.train import plan_stages
+from bench.spec import resolve
 
 WITH_PUBLISHED = ["biper", "irnet", "recu", "reste", "vispa"]
 WITHOUT_PUBLISHED = ["approx_sign", "clipped_ste", "dsq", "frozen", "ste"]
@@ -95,7 +93,7 @@ def test_two_tuple_and_unsourced_rules_are_config_errors(monkeypatch):
     # a registered estimator with an unsourced rule stops the run's resolution, with its name in the message
     monkeypatch.setattr(get_estimator_class("recu"), "published", [({"dataset": "cifar*"}, {"epochs": 1})])
     with pytest.raises(ConfigError, match="'recu'.*without a source"):
-        resolve_config({"estimator": "recu", "recipe": "published", "model": "resnet20", "dataset": "cifar10"})
+        resolve({"estimator": "recu", "recipe": "published", "model": "resnet20", "dataset": "cifar10"})
 
 
 def test_rule_checks_its_match_keys_and_source_type():
@@ -114,40 +112,40 @@ def test_no_published_recipe_resolves_to_the_common_one(name):
         assert resolve_recipe(name, "published", setting) == resolve_recipe(name, "common", setting)
         assert {p.source for p in recipe_provenance(name, setting)} == {COMMON[0].source}
     if "weight" in get_estimator_class(name).kinds:
-        cfg = resolve_config({"estimator": name, "recipe": "published", "model": "resnet20", "dataset": "cifar10"})
+        cfg = resolve({"estimator": name, "recipe": "published", "model": "resnet20", "dataset": "cifar10"}).config
         assert (cfg.scaling, cfg.optimizer, cfg.lr, cfg.warmup_epochs) == ("alpha", "sgd", 0.1, 5)
 
 
 def test_ste_published_is_not_the_unsourced_adam_recipe():
-    cfg = resolve_config({"estimator": "ste", "recipe": "published", "model": "resnet20", "dataset": "cifar10"})
+    cfg = resolve({"estimator": "ste", "recipe": "published", "model": "resnet20", "dataset": "cifar10"}).config
     assert cfg.optimizer == "sgd" and cfg.estimator_hparams["clip"] is None
 
 
 def test_irnet_resnet20_w1a32_uses_the_1w32a_trainer():
-    cfg = resolve_config({"estimator": "irnet", "recipe": "published", "model": "resnet20", "dataset": "cifar10",
-                          "a_bits": 32})
+    cfg = resolve({"estimator": "irnet", "recipe": "published", "model": "resnet20", "dataset": "cifar10",
+                          "a_bits": 32}).config
     assert cfg.estimator_hparams["t_min"] == 0.1 and cfg.warmup_epochs == 0
     assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.batch_size) == (0.1, 1e-4, 400, 128)
     p = prov("irnet", a_bits=32)
     assert "1w32a/trainer.py:129" in p["estimator_hparams.t_min"].source
     assert not any(x.extrapolated for x in p.values())
-    w1a1 = resolve_config({"estimator": "irnet", "recipe": "published", "model": "resnet20", "dataset": "cifar10"})
+    w1a1 = resolve({"estimator": "irnet", "recipe": "published", "model": "resnet20", "dataset": "cifar10"}).config
     assert w1a1.estimator_hparams["t_min"] == 1e-3
 
 
 @pytest.mark.parametrize("model", ["resnet20", "resnet18", "vgg_small"])
 @pytest.mark.parametrize("a_bits", [1, 32])
 def test_irnet_has_no_warmup_on_cifar(model, a_bits):
-    cfg = resolve_config({"estimator": "irnet", "recipe": "published", "model": model, "dataset": "cifar10",
-                          "a_bits": a_bits})
-    assert cfg.warmup_epochs == 0
-    assert plan_stages(cfg, bench.create_estimator("irnet", **cfg.estimator_hparams))[0]["warmup_epochs"] == 0
+    spec = resolve({"estimator": "irnet", "recipe": "published", "model": model, "dataset": "cifar10",
+                    "a_bits": a_bits})
+    assert spec.config.warmup_epochs == 0
+    assert spec.stages[0].warmup_epochs == 0
 
 
 def test_irnet_vgg_small_and_imagenet():
-    cfg = resolve_config({"estimator": "irnet", "recipe": "published", "model": "vgg_small", "dataset": "cifar10"})
+    cfg = resolve({"estimator": "irnet", "recipe": "published", "model": "vgg_small", "dataset": "cifar10"}).config
     assert (cfg.lr, cfg.epochs, cfg.estimator_hparams["t_min"]) == (0.007, 300, 0.1)
-    im = resolve_config({"estimator": "irnet", "recipe": "published", "model": "resnet18", "dataset": "imagenet"})
+    im = resolve({"estimator": "irnet", "recipe": "published", "model": "resnet18", "dataset": "imagenet"}).config
     assert im.lr_schedule == "step" and im.optimizer == "sgd" and im.epochs == 100
     assert resolve_recipe("irnet", "published", ctx("resnet18", "imagenet", a_bits=32))["weight_decay"] == 1e-4
 
@@ -169,41 +167,39 @@ def test_extrapolated_values_are_marked():
 
 
 def test_recu_imagenet_recipe():
-    cfg = resolve_config({"estimator": "recu", "recipe": "published", "model": "resnet18", "dataset": "imagenet"})
+    cfg = resolve({"estimator": "recu", "recipe": "published", "model": "resnet18", "dataset": "imagenet"}).config
     assert (cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.lr, cfg.warmup_epochs) == (1e-4, 512, 200, 0.1, 5)
     assert "imagenet/run.sh" in prov("recu", model="resnet18", dataset="imagenet")["weight_decay"].source
 
 
 def test_reste_imagenet_has_no_warmup_cifar_has():
-    im = resolve_config({"estimator": "reste", "recipe": "published", "model": "resnet18", "dataset": "imagenet"})
+    im = resolve({"estimator": "reste", "recipe": "published", "model": "resnet18", "dataset": "imagenet"}).config
     assert (im.warmup_epochs, im.epochs, im.batch_size) == (0, 250, 750)
-    c = resolve_config({"estimator": "reste", "recipe": "published", "model": "resnet18", "dataset": "cifar10"})
+    c = resolve({"estimator": "reste", "recipe": "published", "model": "resnet18", "dataset": "cifar10"}).config
     assert (c.warmup_epochs, c.epochs, c.batch_size) == (5, 2000, 96)
 
 
 def test_biper_imagenet_stage2_has_no_warmup():
-    cfg = resolve_config({"estimator": "biper", "recipe": "published", "model": "resnet18", "dataset": "imagenet"})
-    plan = plan_stages(cfg, bench.create_estimator("biper", **cfg.estimator_hparams))
-    assert [(p["epochs"], p["lr"], p["warmup_epochs"]) for p in plan] == [(200, 0.1, 5), (100, 0.01, 0)]
-    cifar = resolve_config({"estimator": "biper", "recipe": "published", "model": "resnet18", "dataset": "cifar10"})
-    plan = plan_stages(cifar, bench.create_estimator("biper", **cifar.estimator_hparams))
-    assert [p["warmup_epochs"] for p in plan] == [5, 5] and cifar.lr == 0.021
+    plan = resolve({"estimator": "biper", "recipe": "published", "model": "resnet18", "dataset": "imagenet"}).stages
+    assert [(p.epochs, p.lr, p.warmup_epochs) for p in plan] == [(200, 0.1, 5), (100, 0.01, 0)]
+    cifar = resolve({"estimator": "biper", "recipe": "published", "model": "resnet18", "dataset": "cifar10"})
+    assert [p.warmup_epochs for p in cifar.stages] == [5, 5] and cifar.config.lr == 0.021
 
 
 def test_vispa_published_initialises_m_as_the_official_code():
-    cfg = resolve_config({"estimator": "vispa", "recipe": "published", "model": "resnet18", "dataset": "cifar10"})
+    cfg = resolve({"estimator": "vispa", "recipe": "published", "model": "resnet18", "dataset": "cifar10"}).config
     assert cfg.estimator_hparams["m_init"] == "xavier" and cfg.estimator_hparams["normalize"] == "forward"
     assert "sdp_wo_entropy.py:59" in prov("vispa", model="resnet18")["estimator_hparams.m_init"].source
     assert (cfg.lr, cfg.weight_decay, cfg.estimator_hparams["rank"], cfg.epochs) == (0.5, 1e-5, 4, 600)
-    a32 = resolve_config({"estimator": "vispa", "recipe": "published", "model": "vgg16", "dataset": "cifar100",
-                          "a_bits": 32})
+    a32 = resolve({"estimator": "vispa", "recipe": "published", "model": "vgg16", "dataset": "cifar100",
+                          "a_bits": 32}).config
     assert (a32.lr, a32.weight_decay, a32.estimator_hparams["rank"], a32.epochs) == (0.1, 5e-4, 8, 500)
     assert not any(p.extrapolated for p in prov("vispa", model="vgg16", dataset="cifar100", a_bits=32).values())
     assert prov("vispa", model="resnet20")["epochs"].extrapolated  # VISPA has no ResNet-20 run
 
 
 def test_vispa_imagenet_lr_is_the_code_scaled_one():
-    cfg = resolve_config({"estimator": "vispa", "recipe": "published", "model": "resnet18", "dataset": "imagenet"})
+    cfg = resolve({"estimator": "vispa", "recipe": "published", "model": "resnet18", "dataset": "imagenet"}).config
     assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.estimator_hparams["rank"]) == (2.0, 1024, 200, 2)
     a32 = resolve_recipe("vispa", "published", ctx("resnet18", "imagenet", a_bits=32))
     assert (a32["lr"], a32["weight_decay"], a32["estimator_hparams"]["rank"]) == (0.4, 5e-5, 4)

@@ -10,6 +10,7 @@ from bench import Estimator, register_estimator
 from bench.errors import ConfigError
 from bench.estimator import ESTIMATORS
 from bench.functional import straight_through
+from bench.spec import resolve
 from bench.train import train
 
 from .conftest import TINY, needs_mnist, shared_data
@@ -21,14 +22,14 @@ def _metrics(res):
 
 def test_same_seed_same_metrics_and_seed_matters():
     cfg = {**TINY, "estimator": "reste", "epochs": 3, "seed": 7}
-    a, b = train(cfg), train(cfg)
+    a, b = train(resolve(cfg)), train(resolve(cfg))
     assert _metrics(a) == _metrics(b)
-    c = train({**cfg, "seed": 8})
+    c = train(resolve({**cfg, "seed": 8}))
     assert _metrics(a) != _metrics(c)
 
 
 def test_result_fields():
-    res = train({**TINY, "estimator": "ste", "epochs": 2})
+    res = train(resolve({**TINY, "estimator": "ste", "epochs": 2}))
     assert res.status == "finished" and len(res.history) == 2
     assert res.top5 is not None and 0 <= res.top1 <= 100 and res.best_top1 >= res.top1
     assert res.env["versions"]["torch"] == torch.__version__ and res.env["git_commit"]
@@ -38,7 +39,7 @@ def test_result_fields():
 
 def test_resume_equals_uninterrupted(tmp_path):
     cfg = {**TINY, "estimator": "vispa", "epochs": 4, "seed": 1, "estimator_hparams": {"samples": 2}}
-    full = train({**cfg, "checkpoint_dir": str(tmp_path / "full")})
+    full = train(resolve({**cfg, "checkpoint_dir": str(tmp_path / "full")}))
     part = tmp_path / "part"
     stop = {"n": 0}
 
@@ -48,17 +49,17 @@ def test_resume_equals_uninterrupted(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train({**cfg, "checkpoint_dir": str(part)}, callbacks=[interrupt])
-    resumed = train({**cfg, "checkpoint_dir": str(part), "resume": True})
+        train(resolve({**cfg, "checkpoint_dir": str(part)}), callbacks=[interrupt])
+    resumed = train(resolve({**cfg, "checkpoint_dir": str(part), "resume": True}))
     assert _metrics(resumed) == _metrics(full)
     assert len(resumed.history) == 4
 
 
 def test_resume_rejects_other_config(tmp_path):
-    train({**TINY, "estimator": "ste", "epochs": 1, "checkpoint_dir": str(tmp_path)})
+    train(resolve({**TINY, "estimator": "ste", "epochs": 1, "checkpoint_dir": str(tmp_path)}))
     with pytest.raises(ConfigError, match="different configuration"):
-        train({**TINY, "estimator": "ste", "epochs": 1, "lr": 0.2, "checkpoint_dir": str(tmp_path),
-                     "resume": True})
+        train(resolve({**TINY, "estimator": "ste", "epochs": 1, "lr": 0.2, "checkpoint_dir": str(tmp_path),
+                     "resume": True}))
 
 
 @pytest.mark.parametrize("handoff", ["last", "best"])
@@ -68,8 +69,8 @@ def test_biper_stage1_weights_handed_to_stage2(tmp_path, handoff):
     def hook(event, stage, model):
         seen[(event, stage)] = {k: v.clone() for k, v in model.state_dict().items()}
 
-    res = train({**TINY, "estimator": "biper", "epochs": 4, "stage_handoff": handoff,
-                       "checkpoint_dir": str(tmp_path)}, stage_hooks=[hook])
+    res = train(resolve({**TINY, "estimator": "biper", "epochs": 4, "stage_handoff": handoff,
+                       "checkpoint_dir": str(tmp_path)}), stage_hooks=[hook])
     assert [h["stage_name"] for h in res.history] == ["real", "real", "real", "binary"]
     end1, start2 = seen[("end", 0)], seen[("start", 1)]
     assert all(torch.equal(end1[k], start2[k]) for k in end1)
@@ -82,14 +83,13 @@ def test_biper_stage1_weights_handed_to_stage2(tmp_path, handoff):
 
 
 def test_biper_published_recipe_stages():
-    from bench.config import resolve_config
-    from bench.train import plan_stages
+    from bench.spec import resolve
 
-    cfg = resolve_config({"estimator": "biper", "recipe": "published", "model": "resnet20", "dataset": "cifar10"})
-    plan = plan_stages(cfg, bench.create_estimator("biper", **cfg.estimator_hparams))
-    assert [(p["name"], p["epochs"], p["lr"], p["weight_decay"]) for p in plan] == [
+    spec = resolve({"estimator": "biper", "recipe": "published", "model": "resnet20", "dataset": "cifar10"})
+    cfg, plan = spec.config, spec.stages
+    assert [(p.name, p.epochs, p.lr, p.weight_decay) for p in plan] == [
         ("real", 600, 0.021, 0.0016), ("binary", 300, 0.0037, 0.00016)]
-    assert plan[0]["estimator"] == {"tau": 0.037} and plan[1]["estimator"] == {"tau": 0.0468}
+    assert plan[0].estimator == {"tau": 0.037} and plan[1].estimator == {"tau": 0.0468}
     assert cfg.stage_handoff == "best" and cfg.activation_hparams == {"std_normalize": True}
 
 
@@ -103,7 +103,7 @@ class NanAfterOneEpoch(Estimator):
 
 
 def test_diverging_run_stops_with_status(tmp_path):
-    res = train({**TINY, "estimator": "test_nan_after_1", "epochs": 4, "checkpoint_dir": str(tmp_path)})
+    res = train(resolve({**TINY, "estimator": "test_nan_after_1", "epochs": 4, "checkpoint_dir": str(tmp_path)}))
     assert res.status == "diverged"
     assert len(res.history) == 2 and res.history[-1]["diverged"]
     assert "lower the learning rate" in res.message
@@ -125,20 +125,20 @@ def teardown_module(module):
 ])
 def test_bad_config_is_a_clear_error(cfg, match):
     with pytest.raises(bench.BinbenchError, match=match):
-        train({**TINY, **cfg})
+        train(resolve({**TINY, **cfg}))
 
 
 def test_w1a32_and_fp_runs():
-    a32 = train({**TINY, "estimator": "ste", "epochs": 1, "a_bits": 32})
-    fp = train({**TINY, "estimator": "ste", "epochs": 1, "w_bits": 32, "a_bits": 32})
+    a32 = train(resolve({**TINY, "estimator": "ste", "epochs": 1, "a_bits": 32}))
+    fp = train(resolve({**TINY, "estimator": "ste", "epochs": 1, "w_bits": 32, "a_bits": 32}))
     assert a32.status == fp.status == "finished"
     assert fp.params["binary_weights"] == 0 and a32.params["binary_weights"] > 0
 
 
 @needs_mnist
 def test_trains_on_real_mnist_files():
-    res = train({"estimator": "ste", "model": "mlp", "dataset": "mnist", "data_root": str(shared_data()),
-                       "epochs": 1, "train_subset": 6000, "threads": 2, "model_args": {"hidden": [128, 128]}})
+    res = train(resolve({"estimator": "ste", "model": "mlp", "dataset": "mnist", "data_root": str(shared_data()),
+                       "epochs": 1, "train_subset": 6000, "threads": 2, "model_args": {"hidden": [128, 128]}}))
     assert res.top1 > 80.0
 
 
@@ -156,12 +156,12 @@ def _interrupt_after(n):
 
 def test_fresh_run_in_used_folder_never_resumes_as_finished(tmp_path):
     cfg = {**TINY, "estimator": "ste", "epochs": 3, "checkpoint_dir": str(tmp_path)}
-    train(cfg)  # a finished run leaves final.pt
+    train(resolve(cfg))  # a finished run leaves final.pt
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[_interrupt_after(1)])  # the same folder again, without --resume, killed early
+        train(resolve(cfg), callbacks=[_interrupt_after(1)])  # the same folder again, without --resume, killed early
     assert not (tmp_path / "final.pt").exists() and (tmp_path / "notes.txt").exists()
-    res = train({**cfg, "resume": True})
+    res = train(resolve({**cfg, "resume": True}))
     assert res.status == "finished" and len(res.history) == 3
 
 
@@ -169,11 +169,11 @@ def test_resume_ignores_final_of_an_unfinished_plan(tmp_path):
     import shutil
 
     cfg = {**TINY, "estimator": "ste", "epochs": 3, "checkpoint_dir": str(tmp_path / "a")}
-    train(cfg)
+    train(resolve(cfg))
     with pytest.raises(KeyboardInterrupt):
-        train({**cfg, "checkpoint_dir": str(tmp_path / "b")}, callbacks=[_interrupt_after(1)])
+        train(resolve({**cfg, "checkpoint_dir": str(tmp_path / "b")}), callbacks=[_interrupt_after(1)])
     shutil.copy(tmp_path / "a" / "final.pt", tmp_path / "b" / "final.pt")  # what an older binbench left behind
-    res = train({**cfg, "checkpoint_dir": str(tmp_path / "b"), "resume": True})
+    res = train(resolve({**cfg, "checkpoint_dir": str(tmp_path / "b"), "resume": True}))
     assert res.status == "finished" and len(res.history) == 3
 
 
@@ -230,7 +230,7 @@ def test_bad_last_checkpoint_is_one_line_on_resume(tmp_path, monkeypatch, capsys
 def test_fresh_run_never_deletes_files_binbench_did_not_write(tmp_path):
     (tmp_path / "model.pt").write_text("the user's own model")
     with pytest.raises(ConfigError, match="already holds model.pt, not marked as binbench's"):
-        train({**TINY, "estimator": "ste", "epochs": 1, "checkpoint_dir": str(tmp_path)})
+        train(resolve({**TINY, "estimator": "ste", "epochs": 1, "checkpoint_dir": str(tmp_path)}))
     assert (tmp_path / "model.pt").read_text() == "the user's own model"
 
 
@@ -239,5 +239,5 @@ def test_checkpoint_dir_that_is_a_file_fails_before_training(tmp_path):
     f.write_text("x")
     epochs = []
     with pytest.raises(ConfigError, match="is a file, not a folder"):
-        train({**TINY, "estimator": "ste", "epochs": 1, "checkpoint_dir": str(f)}, callbacks=[epochs.append])
+        train(resolve({**TINY, "estimator": "ste", "epochs": 1, "checkpoint_dir": str(f)}), callbacks=[epochs.append])
     assert epochs == []

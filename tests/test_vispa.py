@@ -8,6 +8,7 @@ import torch
 import bench
 from bench.estimator import estimator_quantizers
 from bench.layers import binary_layers
+from bench.spec import resolve
 from bench.train import train
 
 from .conftest import TINY
@@ -21,13 +22,13 @@ def _check_constraint(model, scale):
 
 
 def test_persistent_constraint_holds_after_every_step():
-    from bench.config import resolve_config
     from bench.data import get_dataset, load_dataset
+    from bench.spec import resolve
     from bench.train import build_model
 
     torch.manual_seed(0)
-    cfg = resolve_config({**TINY, "estimator": "vispa",
-                          "estimator_hparams": {"rank": 3, "scale": 50.0, "normalize": "persistent"}})
+    cfg = resolve({**TINY, "estimator": "vispa",
+                          "estimator_hparams": {"rank": 3, "scale": 50.0, "normalize": "persistent"}}).config
     model, est, _ = build_model(cfg, get_dataset("digits"))
     d = load_dataset("digits")
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
@@ -51,8 +52,8 @@ def test_training_loop_keeps_persistent_constraint():
     def grab(event, stage, model):
         res_model["m"] = model
 
-    train({**TINY, "estimator": "vispa", "epochs": 1, "estimator_hparams": {"samples": 2, "normalize": "persistent"}},
-          stage_hooks=[grab])
+    train(resolve({**TINY, "estimator": "vispa", "epochs": 1,
+                   "estimator_hparams": {"samples": 2, "normalize": "persistent"}}), stage_hooks=[grab])
     _check_constraint(res_model["m"], 100.0)
 
 
@@ -70,12 +71,12 @@ def test_sample_reproducible_with_seed():
 
 
 def test_ensemble_with_one_sample_equals_sample_mode():
-    from bench.config import resolve_config
     from bench.data import get_dataset
+    from bench.spec import resolve
     from bench.train import build_model
 
     torch.manual_seed(0)
-    cfg = resolve_config({**TINY, "estimator": "vispa", "estimator_hparams": {"samples": 1}})
+    cfg = resolve({**TINY, "estimator": "vispa", "estimator_hparams": {"samples": 1}}).config
     model, est, _ = build_model(cfg, get_dataset("digits"))
     model.eval()
     x = torch.randn(16, 1, 8, 8)
@@ -91,7 +92,7 @@ def test_ensemble_with_one_sample_equals_sample_mode():
 
 
 def test_run_reports_three_modes_and_overhead():
-    res = train({**TINY, "estimator": "vispa", "epochs": 2, "estimator_hparams": {"samples": 3}})
+    res = train(resolve({**TINY, "estimator": "vispa", "epochs": 2, "estimator_hparams": {"samples": 3}}))
     assert set(res.eval_modes) == {"ensemble", "sample", "mean"}
     assert {"test_top1", "test_sample_top1", "test_mean_top1"} <= set(res.history[-1])
     binary = res.params["binary_weights"]

@@ -34,16 +34,15 @@ class DatasetSpec:
     default_batch_size: int
     folder: str  # where under the data root its files live
     how_to_get: str
-    loader: Callable[..., DatasetTensors]
+    loader: Callable[..., DatasetTensors] | None  # None: streamed from disk (``streaming``), never loaded whole
     streaming: bool = False
     # other places under the data root its files may live (CIFAR-10's JPEG copy), for checks before a run
     alt_folders: tuple[str, ...] = ()
     # (source, digest) of what the loader would read, without decoding it; see dataset_source
     identify: Callable[[Path], tuple[str, str]] | None = None
-
-    @property
-    def pad(self) -> int:
-        return 4 if self.augment == "crop_flip" else 0
+    # images in the training and test splits (0: unknown), for cost estimates and table headers
+    train_images: int = 0
+    test_images: int = 0
 
     def present(self, root: Path) -> bool:
         """Whether the data root holds something the loader reads (a cheap existence check, not a load)."""
@@ -100,6 +99,10 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = False) -> DatasetTensors:
     spec = get_dataset(name)
+    if spec.loader is None:
+        from bench.errors import BinbenchError
+
+        raise BinbenchError(f"{name} is streamed from disk, not loaded whole: train on it with binbench run / train()")
     data = spec.loader(resolve_data_root(data_root), download=download)
     if not data.source:  # a plugin's loader that does not say: at least name the dataset
         data.source = spec.name
@@ -116,10 +119,6 @@ def dataset_source(name: str, data_root: str | os.PathLike | None = None) -> tup
     if spec.identify is None:
         return spec.name, ""
     return spec.identify(resolve_data_root(data_root))
-
-
-def dataset_tensor_bytes(d: DatasetTensors) -> int:
-    return sum(t.numel() * t.element_size() for t in (d.train_x, d.train_y, d.test_x, d.test_y))
 
 
 __all__ = ["DATASETS", "DatasetSpec", "DatasetTensors", "dataset_source", "get_dataset", "list_datasets",

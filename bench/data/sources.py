@@ -374,16 +374,6 @@ def _identify_imagenet(root: Path) -> tuple[str, str]:
     return IMAGENET_SOURCE, ""  # a stat of 1.3 million files on every run costs more than it tells
 
 
-def _load_imagenet(root: Path, download: bool = False) -> DatasetTensors:  # streams: see stream.py
-    base = Path(root) / "imagenet"
-    if not (base / "train").is_dir() or not (base / "val").is_dir():
-        raise _missing("imagenet", base, IMAGENET_HOW)
-    # never decoded into memory: train() streams it through bench.data.stream.imagenet_loaders
-    from bench.errors import BinbenchError
-
-    raise BinbenchError("imagenet is streamed from disk, not loaded whole: train on it with binbench run / train()")
-
-
 MNIST_HOW = "copy the 4 MNIST idx files (.gz or plain) into <data root>/MNIST/raw/, pass --download on a " \
             "machine with internet, or point --data-root / BINBENCH_DATA at a folder holding MNIST/raw/"
 TINY_HOW = ("unpack tiny-imagenet-200.zip (train/<wnid>/images, val/images, val/val_annotations.txt) into the data "
@@ -398,24 +388,26 @@ def _how(name: str, folder: str) -> str:
 
 
 register_dataset(DatasetSpec("digits", 10, (1, 8, 8), (0.3,), (0.36,), "none", 20, 64, "", "embedded",
-                             _load_digits, identify=_identify_digits))
+                             _load_digits, identify=_identify_digits, train_images=1437, test_images=360))
 _id_mnist, _load_mnist = _mnist_like("MNIST", "MNIST", "mnist", MNIST_HOW, "MNIST idx files")
 register_dataset(DatasetSpec("mnist", 10, (1, 28, 28), (0.1307,), (0.3081,), "none", 20, 128, "MNIST/raw",
-                             MNIST_HOW, _load_mnist, identify=_id_mnist))
+                             MNIST_HOW, _load_mnist, identify=_id_mnist, train_images=60000, test_images=10000))
 _FASHION_HOW = MNIST_HOW.replace("MNIST", "FashionMNIST")
 _id_fashion, _load_fashion = _mnist_like("FashionMNIST", "FashionMNIST", "fashion-mnist", _FASHION_HOW,
                                          "Fashion-MNIST idx files")
 register_dataset(DatasetSpec("fashion-mnist", 10, (1, 28, 28), (0.2860,), (0.3530,), "none", 20, 128,
-                             "FashionMNIST/raw", _FASHION_HOW, _load_fashion, identify=_id_fashion))
+                             "FashionMNIST/raw", _FASHION_HOW, _load_fashion, identify=_id_fashion, train_images=60000,
+                             test_images=10000))
 register_dataset(DatasetSpec("cifar10", 10, (3, 32, 32), IMAGENET_MEAN, IMAGENET_STD, "crop_flip", 600, 256,
                              "cifar-10-batches-py", CIFAR10_HOW, _load_cifar10, alt_folders=IMAGE_FOLDERS,
-                             identify=_identify_cifar10))
+                             identify=_identify_cifar10, train_images=50000, test_images=10000))
 _id_cifar100, _load_cifar100 = _cifar("CIFAR100", "cifar100", _how("cifar100", "cifar-100-python"), CIFAR100_SOURCE)
 register_dataset(DatasetSpec("cifar100", 100, (3, 32, 32), IMAGENET_MEAN, IMAGENET_STD, "crop_flip", 500, 256,
                              "cifar-100-python", _how("cifar100", "cifar-100-python"), _load_cifar100,
-                             identify=_id_cifar100))
+                             identify=_id_cifar100, train_images=50000, test_images=10000))
 register_dataset(DatasetSpec("tiny-imagenet", 200, (3, 64, 64), IMAGENET_MEAN, IMAGENET_STD, "resized_crop_flip",
-                             500, 256, "tiny-imagenet-200", TINY_HOW, _load_tiny_imagenet, identify=_identify_tiny))
+                             500, 256, "tiny-imagenet-200", TINY_HOW, _load_tiny_imagenet, identify=_identify_tiny,
+                             train_images=100000, test_images=10000))
 register_dataset(DatasetSpec("imagenet", 1000, (3, 224, 224), IMAGENET_MEAN, IMAGENET_STD, "resized_crop_flip", 200,
-                             256, "imagenet", IMAGENET_HOW, _load_imagenet, streaming=True,
-                             identify=_identify_imagenet))
+                             256, "imagenet", IMAGENET_HOW, None, streaming=True,
+                             identify=_identify_imagenet, train_images=1281167, test_images=50000))

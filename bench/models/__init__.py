@@ -52,7 +52,8 @@ def create_model(name: str, spec: BinarySpec | None = None, num_classes: int = 1
 
 
 def make_act(name: str, channels: int | None = None) -> nn.Module:
-    """Activation modules by name (hardtanh for W1A1 as in ReCU/BiPer, relu for W1A32, prelu for VISPA)."""
+    """Activation modules by name: hardtanh, relu, prelu (with ``channels``) or identity."""
+    # hardtanh for W1A1 as in the ReCU/BiPer code, relu for W1A32, prelu for VISPA's VGG-small
     if name == "hardtanh":
         return nn.Hardtanh(inplace=False)
     if name == "relu":

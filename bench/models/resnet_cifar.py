@@ -1,11 +1,12 @@
-"""CIFAR ResNets as the official BiPer/ReCU/VISPA code builds them (edmav4/BiPer, z-hXu/ReCU, snownus/bnn_vi).
+"""CIFAR ResNets as the methods' official code builds them.
 
 * ``resnet20``: Bi-Real style, a shortcut around every binary conv; stem conv -> BN -> act.
-* ``resnet18``: the ReCU/BiPer/VISPA variant, one shortcut per two-conv block, stem conv -> BN (no act).
+* ``resnet18``: one shortcut per two-conv block, stem conv -> BN (no act).
 Downsampling shortcuts are parameter-free: AvgPool2d(2) and zero padding of the channels.
 Head: global average pool -> BatchNorm1d -> FP linear.
 """
 
+# as edmav4/BiPer, z-hXu/ReCU and snownus/bnn_vi (VISPA) build them; resnet18 is their common variant
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -104,8 +105,9 @@ def resnet20(spec: BinarySpec, num_classes: int, in_shape: tuple[int, ...], bina
 @register_model("resnet18")
 def resnet18(spec: BinarySpec, num_classes: int, in_shape: tuple[int, ...], binarize_first_last: bool = False,
              act: str | None = None, stem_stride: int | None = None) -> nn.Module:
-    """ResNet-18: the CIFAR ReCU/BiPer/VISPA variant for inputs up to 64 px (stem stride 2 at 64 px, as
-    VISPA's Tiny-ImageNet model); for ImageNet-size inputs (>= 112 px) the Bi-Real ImageNet ResNet-18."""
+    """ResNet-18: the CIFAR variant for inputs up to 64 px (stem stride 2 at 64 px, as the Tiny-ImageNet
+    model of the official code); for ImageNet-size inputs (>= 112 px) the Bi-Real ImageNet ResNet-18."""
+    # the CIFAR variant of the ReCU/BiPer/VISPA code; the 64 px stem is VISPA's Tiny-ImageNet model
     if in_shape[-1] >= 112:
         from bench.models.resnet_imagenet import imagenet_resnet
 

@@ -1,4 +1,5 @@
-"""VGG-small (LQ-Nets / ReCU / BiPer) and VGG16 (BayesBiNN / VISPA W1A32 tables)."""
+"""VGG-small (LQ-Nets and the papers that follow it) and VGG16 (BayesBiNN's W1A32 tables)."""
+# VGG-small as in the ReCU and BiPer code; VGG16 as in BayesBiNN and VISPA's W1A32 tables
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ class VGGSmall(nn.Module):
 def vgg_small(spec: BinarySpec, num_classes: int, in_shape: tuple[int, ...], binarize_first_last: bool = False,
               act: str | None = None) -> nn.Module:
     """conv0 (FP) then five binary 3x3 convs 128-128-256-256-512-512 with max-pools, FP linear 8192 -> classes.
-    Order conv -> [maxpool] -> BN -> act (ReCU/BiPer); VISPA's variant uses act='prelu'."""
+    Order conv -> [maxpool] -> BN -> act; act='prelu' for the PReLU variant."""
+    # the order of the ReCU/BiPer code; VISPA's paper describes the PReLU variant
     return VGGSmall(spec, num_classes, in_shape[0], default_act(spec, act), binarize_first_last)
 
 
@@ -76,6 +78,7 @@ class VGG16(nn.Module):
 @register_model("vgg16")
 def vgg16(spec: BinarySpec, num_classes: int, in_shape: tuple[int, ...], binarize_first_last: bool = True,
           act: str | None = None, hidden: int = 512) -> nn.Module:
-    """13 conv + 3 FC layers, every one binarizable (binarize_first_last=True by default, as in BayesBiNN/VISPA);
+    # binarize_first_last=True by default, as in BayesBiNN and VISPA
+    """13 conv + 3 FC layers, every one binarizable (binarize_first_last=True by default, as in BayesBiNN);
     BN with affine=False and momentum 0.2. The FC widths (512-512) are this project's choice [UNCERTAIN]."""
     return VGG16(spec, num_classes, in_shape, default_act(spec, act), binarize_first_last, hidden)

@@ -1,17 +1,19 @@
 """Reports: tables and figures like the papers', computed from a suite's MLflow runs and nothing else.
 
-Each trial key counts once (its latest finished run), so resumed or repeated suites never double-count.
+Each run key counts once (its latest finished run), so resumed or repeated suites never double-count; runs of
+another definition of the suite (its file changed since) are left out.
 Tables: ``leaderboard.{md,csv,tex}`` (final-epoch top-1 mean +- std over seeds, n, the validation-selected and
 the best-test-epoch top-1, the lift over the control, the late gain, published numbers and the delta to them;
 headed by what each network's runs were: binary layers and weights, widths, batch, data, epochs),
-``paired.csv`` (each estimator minus ``ste`` and minus the control over the same seeds, 95% t-intervals; ratio
-to the FP baseline), ``diagnostics.csv`` (QE, Laplace b, flip ratio at the end of each stage). Figures: accuracy
-curves, final top-1 with intervals, BiPer's QE against w0 and the flip ratio, the estimators sheet and, for
-suites with a search, the sensitivity spread.
+``paired.csv`` (each estimator minus the reference estimator and minus the control over the same seeds, 95%
+t-intervals; ratio to the FP baseline), ``diagnostics.csv`` (QE, Laplace b, flip ratio at the end of each stage).
+Figures: accuracy curves, final top-1 with intervals, the flip ratio, the estimators sheet, each estimator's own
+figures (``Estimator.report_figures``) and, for suites with a search, the sensitivity spread.
 
-The control (``frozen``: binary weights fixed at their initial signs; role tag ``control``) is never ranked
-as a method. A cell (dataset, network, bits, recipe) in which ``ste`` does not beat it with a 95% interval
-above 0 "cannot discriminate estimators": its full-precision parts, not the binary weights, carry the accuracy.
+The control (an estimator with role ``control``: binary weights fixed at their initial signs) is never ranked
+as a method. A cell (dataset, network, bits, recipe) in which the reference estimator does not beat it with a
+95% interval above 0 "cannot discriminate estimators": its full-precision parts, not the binary weights, carry
+the accuracy.
 """
 
 from __future__ import annotations
@@ -31,20 +33,14 @@ import pandas as pd
 from bench.errors import BinbenchError
 from bench.report import complexity, escape, latex
 
-#: method names in published.csv for binbench estimators where they differ
-PUBLISHED_NAME = {"clipped_ste": "bnn"}
 DIAG = ("diag/qe", "diag/laplace_b", "diag/flip")
 LAYER_METRIC = re.compile(r"diag/(\d+)/(flip|qe)$")  # per binary layer (by module index): the heatmaps' data
 CELL = ["dataset", "model", "bits", "recipe"]
 FLAG = "this cell cannot discriminate estimators"
 LATE_GAIN = 0.5  # test top-1 points gained over the last quarter of the epochs: more means still learning
-PROBE = "ste"  # the estimator that must beat the control for a cell to discriminate
 #: final metrics a row may lack (older stores, runs without a validation split): nan columns, not KeyErrors
 FINAL_METRICS = ("top1", "best_top1", "selected_top1", "late_gain", "params_binary_weights",
                  "params_layer_weights", "params_binary_layers", "params_layers")
-#: images in each dataset's training split, for "all N" in the table headers
-TRAIN_IMAGES = {"digits": 1437, "mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000,
-                "tiny-imagenet": 100000, "imagenet": 1281167}
 FINAL_COL, VAL_COL, BEST_COL = "Final-epoch Top-1", "Val-selected Top-1", "Best test epoch (selected on test)"
 
 
@@ -64,10 +60,24 @@ def published_table() -> pd.DataFrame:
         return pd.read_csv(fh)
 
 
+def reference() -> str:
+    """The estimator the paired differences and the discrimination probe measure against (it must beat the
+    control for a cell to discriminate): the registered estimator declaring ``reference``."""
+    from bench.estimator import reference_estimator
+
+    return reference_estimator()
+
+
 def _role(tags: dict[str, str]) -> str:
-    """The run's ``role`` tag; in stores from before it existed, fp is the baseline and frozen the control."""
+    """The run's ``role`` tag; in stores from before it existed, the baseline for the FP cell, else the role its
+    estimator declares (a method where it is no longer registered)."""
+    from bench.estimator import ESTIMATORS
+    from bench.suite import FP
+
     est = tags.get("estimator")
-    return tags.get("role") or ("baseline" if est == "fp" else "control" if est == "frozen" else "method")
+    if tags.get("role"):
+        return tags["role"]
+    return "baseline" if est == FP else ESTIMATORS.get(est).role if est in ESTIMATORS else "method"
 
 
 def _param(p: dict[str, str], key: str) -> str | None:
@@ -76,24 +86,36 @@ def _param(p: dict[str, str], key: str) -> str | None:
     return None if v in (None, "", "None", "null") else v
 
 
+def _hparams(p: dict[str, str], prefix: str = "estimator_hparams.") -> dict[str, Any]:
+    """The estimator's hyperparameters as logged (``estimator_hparams.NAME`` params), values parsed back."""
+    out: dict[str, Any] = {}
+    for k, v in p.items():
+        if k.startswith(prefix):
+            try:
+                out[k[len(prefix):]] = json.loads(v)
+            except ValueError:
+                out[k[len(prefix):]] = None if v == "None" else v
+    return out
+
+
 def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any]:
     """One trial run as a row: identity tags, the setup a reader needs, final metrics."""
-    from bench.tracking import KEY_TAG
+    from bench import tracking as tg
 
     t, m, p = r.data.tags, r.data.metrics, r.data.params
-    row = {"run_id": r.info.run_id, "key": t.get(KEY_TAG), "estimator": t.get("estimator"), "model": t.get("model"),
-           "dataset": t.get("dataset"), "bits": t.get("bits"), "recipe": t.get("recipe"), "role": _role(t),
-           "seed": int(t.get("seed", 0)), "status": status, "start": r.info.start_time, "end": r.info.end_time,
-           "headline_mode": t.get("headline_mode", "default"), "git_commit": t.get("git_commit", "?"),
-           "cpu": t.get("hardware.cpu", "?"), "gpu": t.get("hardware.gpu", "?"),
-           "torch": t.get("version.torch", "?"), "epochs": int(float(_param(p, "epochs") or 0)),
-           "samples": p.get("estimator_hparams.samples"), "w0": p.get("estimator_hparams.w0"),
+    row = {"run_id": r.info.run_id, "key": t.get(tg.KEY_TAG), "estimator": t.get(tg.ESTIMATOR_TAG),
+           "model": t.get(tg.MODEL_TAG), "dataset": t.get(tg.DATASET_TAG), "bits": t.get(tg.BITS_TAG),
+           "recipe": t.get(tg.RECIPE_TAG), "role": _role(t), "seed": int(t.get(tg.SEED_TAG, 0)), "status": status,
+           "start": r.info.start_time, "end": r.info.end_time, "headline_mode": t.get(tg.HEADLINE_TAG, "default"),
+           "git_commit": t.get(tg.COMMIT_TAG, "?"), "cpu": t.get("hardware.cpu", "?"),
+           "gpu": t.get("hardware.gpu", "?"), "torch": t.get("version.torch", "?"),
+           "epochs": int(float(_param(p, "epochs") or 0)), "hparams": _hparams(p),
            "lr": p.get("lr"), "optimizer": p.get("optimizer"), "lr_schedule": p.get("lr_schedule"),
            "batch_size": _param(p, "batch_size"), "train_subset": _param(p, "train_subset"),
            "val_split": _param(p, "val_split"),
            "widths": _param(p, "model_args.hidden") or _param(p, "model_args.widths"),
            "first_last_binary": _param(p, "model_args.binarize_first_last") == "True",
-           "stage_epochs": t.get("stage_epochs"), "dataset_source": t.get("dataset_source")}
+           "stage_epochs": t.get(tg.STAGE_EPOCHS_TAG), "dataset_source": t.get(tg.DATA_SOURCE_TAG)}
     row.update({k: v for k, v in m.items() if "/" not in k or k in DIAG})
     row["search_point"] = "|".join(f"{k}={p.get(k)}" for k in search_keys)
     row["model_args"] = json.dumps({k[len("model_args."):]: v for k, v in p.items() if k.startswith("model_args.")})
@@ -101,48 +123,52 @@ def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any
     return row
 
 
-def collect(uri: str, suite: str, search_keys: tuple[str, ...] = ()) -> Collected:
-    """Trial runs of ``suite``: each (cell, seed, searched values) once, its latest finished run (else its latest
-    diverged one). Counting by identity rather than by trial key keeps a resumed, repeated or re-keyed suite
-    (a newer binbench resolving configs differently) from counting a trial twice."""
-    from mlflow.tracking import MlflowClient
+def collect(uri: str, suite: str, search_keys: tuple[str, ...] = (), trials: set[str] | None = None) -> Collected:
+    """Trial runs of ``suite``: each run key once (its latest finished run, else its latest diverged one).
 
-    from bench.tracking import KIND_TAG, STATUS_TAG, trial_runs
+    ``trials``: the grid trial keys of the suite as its file defines it now; runs of other trials (an earlier
+    definition of the suite, or a binbench that resolved configurations differently) are left out and said so
+    in the notes. None: every trial in the store counts."""
+    from bench import tracking
 
-    client = MlflowClient(tracking_uri=uri)
+    client = tracking.client(uri)
     exp = client.get_experiment_by_name(suite)
     if exp is None:
         raise BinbenchError(f"no runs of suite {suite!r} in {uri}: run `binbench suite run {suite}` first, or pass "
                             "--results-dir / --tracking-uri where it ran")
-    runs = trial_runs(uri, exp.experiment_id)
-    rows = []
-    for r in runs:
-        status = "finished" if r.info.status == "FINISHED" else r.data.tags.get(STATUS_TAG)
-        if status in ("finished", "diverged"):
-            rows.append(_run_row(r, status, search_keys))
+    runs = tracking.trial_runs(uri, exp.experiment_id)
+    outside = [r for r in runs if trials is not None and tracking.trial_of(r) not in trials]
+    left_out = {r.info.run_id for r in outside}
+    rows = [_run_row(r, tracking.run_status(r), search_keys) for r in runs
+            if tracking.run_status(r) in tracking.ENDED and r.info.run_id not in left_out]
     df = pd.DataFrame(rows)
-    total = len(runs)
     if df.empty:
-        raise BinbenchError(f"suite {suite!r} in {uri} has no finished trial yet")
+        hint = (f"; its {len(outside)} run(s) belong to another definition of the suite (its file changed since "
+                "they ran): run the suite again" if outside else "")
+        raise BinbenchError(f"suite {suite!r} in {uri} has no finished trial yet{hint}")
     for col in FINAL_METRICS:
         if col not in df:
             df[col] = math.nan
-    # one row per trial key: its latest finished run, else its latest diverged one
-    df["rank"] = (df["status"] == "finished").astype(int)
-    ident = ["estimator", "model", "dataset", "bits", "recipe", "seed", "search_point"]
-    df = df.sort_values(["rank", "start"]).groupby(ident, as_index=False).tail(1).drop(columns="rank")
+    df["rank"] = (df["status"] == "finished").astype(int)  # a finished run wins over a diverged one, then the latest
+    df = df.sort_values(["rank", "start"]).groupby("key", as_index=False).tail(1).drop(columns="rank")
+    notes = [f"{len({tracking.trial_of(r) for r in outside})} trial(s) of another definition of the suite in the "
+             "store are not counted (its file changed since they ran)"] if outside else []
+    return Collected(suite, uri, df.reset_index(drop=True), _collect_curves(client, df),
+                     [{"tags": r.data.tags, "start": r.info.start_time} for r in client.search_runs(
+                         [exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'suite'")],
+                     len(runs) - len(df), notes)
+
+
+def _collect_curves(client: Any, df: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch metrics of the counted runs: test top-1, stage, epoch, diagnostics, per-layer metrics."""
     curves = []
     for run_id, layers in zip(df["run_id"], df["layer_metrics"], strict=True):
         per: dict[int, dict[str, float]] = {}
         for metric in ("test_top1", "stage", "epoch", *DIAG, *filter(None, layers.split("|"))):
             for h in client.get_metric_history(run_id, metric):
                 per.setdefault(h.step, {})[metric] = h.value
-        for step, vals in per.items():
-            curves.append({"run_id": run_id, "step": step, **vals})
-    curves_df = pd.DataFrame(curves, columns=sorted({"run_id", "step", *(k for c in curves for k in c)}))
-    parents = [{"tags": r.data.tags, "start": r.info.start_time}
-               for r in client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'suite'")]
-    return Collected(suite, uri, df.reset_index(drop=True), curves_df, parents, total - len(df))
+        curves += [{"run_id": run_id, "step": step, **vals} for step, vals in per.items()]
+    return pd.DataFrame(curves, columns=sorted({"run_id", "step", *(k for c in curves for k in c)}))
 
 
 # -- statistics --------------------------------------------------------------------------------------------
@@ -210,10 +236,11 @@ def lift_table(c: Collected) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def discrimination(c: Collected, probe: str = PROBE) -> pd.DataFrame:
+def discrimination(c: Collected, probe: str | None = None) -> pd.DataFrame:
     """One row per binary cell: ``probe``'s lift over the control and the cell's ``check``: "discriminates"
     (2 or more pairs and a 95% interval whose lower end is above 0), "cannot discriminate" (otherwise) or
-    "no control" (the cell has no control run, so it was not checked)."""
+    "no control" (the cell has no control run, so it was not checked). ``probe``: default the reference."""
+    probe = probe or reference()
     lt = lift_table(c)
     rows = []
     for cell, g in lt.groupby(CELL, sort=False):
@@ -228,7 +255,7 @@ def discrimination(c: Collected, probe: str = PROBE) -> pd.DataFrame:
                                        "check"])
 
 
-def flagged_cells(c: Collected, probe: str = PROBE) -> list[tuple[str, str, str, str]]:
+def flagged_cells(c: Collected, probe: str | None = None) -> list[tuple[str, str, str, str]]:
     """(dataset, network, bits, recipe) of every cell that cannot discriminate estimators: ``probe`` does not
     beat the control with a 95% interval above 0, or has fewer than 2 seeds paired with it."""
     d = discrimination(c, probe)
@@ -236,15 +263,20 @@ def flagged_cells(c: Collected, probe: str = PROBE) -> list[tuple[str, str, str,
 
 
 def _published(pub: pd.DataFrame, ds: str, model: str, bits: str, est: str) -> tuple[float, str]:
-    w, a = {"W1A1": (1, 1), "W1A32": (1, 32), "FP32": (32, 32)}[bits]
-    name = "fp" if est == "fp" else PUBLISHED_NAME.get(est, est)
+    from bench.config import BITS
+    from bench.estimator import ESTIMATORS
+    from bench.suite import FP
+
+    w, a = BITS[bits]
+    declared = ESTIMATORS.get(est).published_name if est != FP and est in ESTIMATORS else None
+    name = declared or est
     hit = pub[(pub.dataset == ds) & (pub.arch == model) & (pub.method == name) & (pub.w_bits == w)
               & (pub.a_bits == a)]
     return (float(hit.iloc[0]["top1"]), str(hit.iloc[0]["source"])) if len(hit) else (math.nan, "")
 
 
 def _eval_modes(fin: pd.DataFrame) -> dict[str, str]:
-    """The headline evaluation mode (VISPA: the ensemble with its L) and the other modes' top-1."""
+    """The headline evaluation mode (with the setting the estimator labels it by) and the other modes' top-1."""
     n = len(fin)
     if not n or fin["headline_mode"].iloc[0] == "default":
         return {"eval_mode": fin["headline_mode"].iloc[0] if n else "", "other_modes": ""}
@@ -252,9 +284,7 @@ def _eval_modes(fin: pd.DataFrame) -> dict[str, str]:
     others = [col[5:] for col in fin.columns if col.startswith("top1_") and col[5:] != head and fin[col].notna().any()]
     other = "; ".join(f"{m} {fin['top1_' + m].mean():.2f} +- {fin['top1_' + m].std(ddof=1):.2f}" if n > 1
                       else f"{m} {fin['top1_' + m].mean():.2f}" for m in others)
-    samples = fin["samples"].dropna()
-    return {"eval_mode": f"{head} (L={samples.iloc[0]})" if head == "ensemble" and len(samples) else head,
-            "other_modes": other}
+    return {"eval_mode": head, "other_modes": other}
 
 
 def _known(v: Any) -> bool:
@@ -267,7 +297,9 @@ def _setup(g: pd.DataFrame) -> dict[str, Any]:
     layers, binary = r["params_layers"], r["params_binary_layers"]
     share = r["params_binary_weights"] / r["params_layer_weights"] * 100 if _known(r["params_layer_weights"]) \
         and r["params_layer_weights"] else math.nan
-    images = TRAIN_IMAGES.get(r["dataset"])
+    from bench.data import DATASETS
+
+    images = DATASETS.get(r["dataset"]).train_images if r["dataset"] in DATASETS else 0
     return {"binary_layers": f"{int(binary)} of {int(layers)}" if _known(layers) and _known(binary) else "?",
             "first_last": "binary" if r["first_last_binary"] else "full precision",
             "binary_weight_pct": share, "widths": r["widths"] if _known(r["widths"]) else "model default",
@@ -369,10 +401,11 @@ def _cell_pairs(g: pd.DataFrame, baseline: str, fp_mean: float) -> list[dict[str
     return rows
 
 
-def paired(c: Collected, baseline: str = "ste") -> pd.DataFrame:
-    """Each binary estimator minus ``baseline`` and minus the cell's control over shared seeds (95% t-intervals,
-    paired t-test p-values, Holm-adjusted across the methods of the cell), and its mean top-1 over the FP
-    baseline's of the same network and dataset."""
+def paired(c: Collected, baseline: str | None = None) -> pd.DataFrame:
+    """Each binary estimator minus ``baseline`` (default: the reference) and minus the cell's control over
+    shared seeds (95% t-intervals, paired t-test p-values, Holm-adjusted across the methods of the cell), and its
+    mean top-1 over the FP baseline's of the same network and dataset."""
+    baseline = baseline or reference()
     df = c.runs[c.runs.status == "finished"]
     out = []
     for (ds, model, bits, recipe), g in df[df.role != "baseline"].groupby(CELL):
@@ -399,6 +432,22 @@ def diagnostics_table(c: Collected) -> pd.DataFrame:
 
 
 # -- writing -----------------------------------------------------------------------------------------------
+def _setting_lines(df: pd.DataFrame) -> list[str]:
+    """One line per estimator whose rows need their setting named (its ``setting_label``), e.g. an ensemble
+    size."""
+    from bench.estimator import ESTIMATORS
+
+    out = []
+    for est, g in df.groupby("estimator"):
+        if est not in ESTIMATORS:
+            continue
+        cls = ESTIMATORS.get(est)
+        labels = sorted({cls.setting_label(h or {}) for h in g["hparams"]} - {""})
+        if labels:
+            out.append(f"{cls.display_name}: {'; '.join(labels)}")
+    return out
+
+
 def provenance(c: Collected, results_dir: Path) -> list[str]:
     df = c.runs
     fmt = "%Y-%m-%d %H:%M UTC"
@@ -406,7 +455,6 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
     end = time.strftime(fmt, time.gmtime((df["end"].max() or df["start"].max()) / 1000))
     commands = sorted({p["tags"].get("command", "") for p in c.parents if p["tags"].get("command")})
     epochs = "; ".join(f"{m}: {', '.join(map(str, sorted(g['epochs'].unique())))}" for m, g in df.groupby("model"))
-    vispa = df[df.estimator == "vispa"]["samples"].dropna().unique()
     lines = [
         f"suite: {c.suite}; recipes: {', '.join(sorted(df.recipe.unique()))}; epochs per run: {epochs}",
         f"seeds: {', '.join(map(str, sorted(df.seed.unique())))}; runs counted: {len(df)} (one per cell and seed; "
@@ -421,8 +469,7 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
     if len(points):
         lines.append(f"searched: {len(points)} points of ({df['search_point'].iloc[0].split('=')[0]}, ...); Top-1 "
                      "aggregates every finished point and seed of a cell (sensitivity.png shows them one by one)")
-    if len(vispa):
-        lines.append(f"VISPA ensemble size L = {', '.join(map(str, vispa))} (published: 40)")
+    lines += _setting_lines(df)
     lines += [f"note: {' '.join(n.split())}" for n in c.notes]  # one line each: no escape from a comment
     design = suite_description(c)
     if design:
@@ -501,18 +548,20 @@ def _check_line(r: pd.Series) -> str:
 
 def summary_lines(c: Collected, lb: pd.DataFrame | None = None) -> list[str]:
     """What ``binbench report`` and ``binbench suite run`` print after their tables: whether each cell can tell
-    estimators apart (``ste`` against the control) and which runs were still learning when they ended."""
+    estimators apart (the reference estimator against the control) and which runs were still learning when they
+    ended."""
     d = discrimination(c)
     checked, unchecked = d[d.check != "no control"], d[d.check == "no control"]
     lines = []
     if len(checked):
         n = int((checked.check == "cannot discriminate").sum())
-        lines.append(f"control check: {n} of {len(checked)} cell(s) cannot discriminate estimators ({PROBE} must "
+        lines.append(f"control check: {n} of {len(checked)} cell(s) cannot discriminate estimators ({reference()} must "
                      "beat the control with a 95% interval above 0)")
         lines += [_check_line(r) for _, r in checked.iterrows()]
     if len(unchecked):
         lines.append(f"no control run in {', '.join(_cell_name(r) for _, r in unchecked.iterrows())}: whether these "
-                     "cells can discriminate estimators is unchecked (add frozen to the suite's estimators)")
+                     "cells can discriminate estimators is unchecked (add a control estimator to the suite's "
+                     f"estimators: {', '.join(_controls()) or 'none registered'})")
     lb = leaderboard(c) if lb is None else lb
     late = lb[lb.still_learning]
     if len(late):
@@ -555,20 +604,32 @@ def _shown(disp: pd.DataFrame, lb: pd.DataFrame) -> pd.DataFrame:
     return disp.drop(columns=[col for col, drop in empty.items() if drop])
 
 
+def _controls() -> list[str]:
+    from bench.estimator import ESTIMATORS
+
+    return [n for n in ESTIMATORS.names() if ESTIMATORS.get(n).role == "control"]
+
+
+def legend() -> str:
+    """The leaderboard's legend, naming the reference estimator the discrimination check uses."""
+    return LEGEND.format(ref=reference())
+
+
 LEGEND = (f"{FINAL_COL}: test accuracy at the last epoch, mean ± sample std over seeds (n runs). {VAL_COL}: test "
           "top-1 at the last-stage epoch the validation split selects, mean over seeds. Best test epoch: the best "
           "last-stage epoch on the test set (what the official repos report; selected on the test set, so "
           "optimistic). Lift vs control: paired difference (method − control) of final top-1 over shared seeds, "
-          "mean and 95% Student-t interval (n pairs); the control (frozen) keeps its binary weights at their initial "
-          f"signs, so a method that does not beat it shows no learning in its binary weights. †: {FLAG} ({PROBE} does "
+          "mean and 95% Student-t interval (n pairs); the control keeps its binary weights at their initial "
+          f"signs, so a method that does not beat it shows no learning in its binary weights. †: {FLAG} ({{ref}} does "
           "not beat the control with a 95% interval above 0). Late gain: test top-1 points gained over the last "
           f"quarter of the epochs, mean over seeds; ↑: more than {LATE_GAIN}, still learning. Bold: best binary "
           "method of its network, bits and recipe (the control is never ranked). Published: "
           "bench/reference/published.csv (each row names its paper and table); Δ = ours − published, only where the "
-          "dataset and network match (clipped_ste is compared with BNN).")
+          "dataset and network match (a method the papers name differently is matched by its declared published "
+          "name).")
 
 
-PAIRED_LEGEND = ("Δ: mean over shared seeds of (estimator − ste), resp. (estimator − control), top-1 with its 95% "
+PAIRED_LEGEND = ("Δ: mean over shared seeds of (estimator − {ref}), resp. (estimator − control), top-1 with its 95% "
                  "Student-t interval; p (Holm): two-sided paired t-test p-value (scipy.stats.ttest_rel) and, in "
                  "brackets, Holm-adjusted across the methods of the cell (the control is not in the family); ratio: "
                  "mean top-1 / FP mean top-1 of the same network and dataset (BiBench style).")
@@ -588,7 +649,7 @@ def caption(c: Collected, lb: pd.DataFrame) -> str:
              "FP: the full-precision network, repeated under each bits column of its network.",
              "Bold: best method of its column (the control is never ranked)."]
     if (lb.get("cell_check", pd.Series(dtype=str)) == "cannot discriminate").any():
-        parts.append(f"†: {FLAG} (ste does not beat the control with a 95% interval above 0).")
+        parts.append(f"†: {FLAG} ({reference()} does not beat the control with a 95% interval above 0).")
     if lb.published.notna().any():
         parts.append("pub.: published top-1 (bench/reference/published.csv).")
     return " ".join(parts + ([modes + "."] if modes else []))
@@ -607,7 +668,7 @@ def _markdown(c: Collected, disp: pd.DataFrame, lb: pd.DataFrame, head: list[str
     for ds, g in disp.groupby(lb["dataset"], sort=False):
         notes = [escape.markdown(n) for n in _flag_notes(d, ds)]
         md += [f"## {escape.markdown(ds)}", "", md_table(g), ""] + ([*notes, ""] if notes else [])
-    return md + [LEGEND, ""]
+    return md + [legend(), ""]
 
 
 @dataclass
@@ -622,7 +683,8 @@ class Tables:
     checks: list[str]  # the control checks and late gains
 
 
-DIAG_LEGEND = ("QE: BiPer eq. (15) of the value each estimator binarizes (sin(w0 w) for BiPer); b: Laplace scale "
+DIAG_LEGEND = ("QE: quantization error mean((w_hat − mean|w_hat| sign(w_hat))²) of the value w_hat each estimator "
+               "binarizes; b: Laplace scale "
                "of the latent weights; flip: share of binary weights whose sign changed in the stage's last epoch; "
                "means over binary layers and seeds.")
 
@@ -644,8 +706,9 @@ def write_tables(c: Collected, out: Path, t: Tables | None = None) -> dict[str, 
     t.dg.to_csv(out / "diagnostics.csv", index=False)
     t.cx.to_csv(out / "complexity.csv", index=False)
     md = _markdown(c, disp, t.lb, t.head, t.checks)
-    md += ["## Paired differences to ste and to the control (same seeds), ratio to FP", "",
-           md_table(_paired_display(t.pr)), "", PAIRED_LEGEND, ""]
+    ref = reference()
+    md += [f"## Paired differences to {ref} and to the control (same seeds), ratio to FP", "",
+           md_table(_paired_display(t.pr)), "", PAIRED_LEGEND.format(ref=ref), ""]
     if not t.dg.empty:
         md += ["## Diagnostics at the end of each stage", "", md_table(_diag_display(t.dg)), "", DIAG_LEGEND, ""]
     (out / "leaderboard.md").write_text("\n".join(md))
@@ -663,10 +726,11 @@ def write_html(c: Collected, t: Tables, out: Path, figures: list[Path]) -> Path:
     from bench.report import html
 
     d = discrimination(c)
-    sections = [(f"Leaderboard: {ds}", g, " ".join([*_flag_notes(d, ds), LEGEND]))
+    ref = reference()
+    sections = [(f"Leaderboard: {ds}", g, " ".join([*_flag_notes(d, ds), legend()]))
                 for ds, g in _shown(_lb_display(t.lb), t.lb).groupby(t.lb["dataset"], sort=False)]
-    sections += [("Paired differences to ste and to the control (same seeds), ratio to FP",
-                  _paired_display(t.pr), PAIRED_LEGEND),
+    sections += [(f"Paired differences to {ref} and to the control (same seeds), ratio to FP",
+                  _paired_display(t.pr), PAIRED_LEGEND.format(ref=ref)),
                  ("Model complexity", complexity.display(t.cx), complexity.LEGEND)]
     if not t.dg.empty:
         sections.append(("Diagnostics at the end of each stage", _diag_display(t.dg), DIAG_LEGEND))
@@ -680,12 +744,14 @@ def _ci(lo: float, hi: float) -> str:
 
 
 def _paired_display(pr: pd.DataFrame) -> pd.DataFrame:
+    ref = reference()
     rows = []
     for _, r in pr.iterrows():
         ctl = r.get("control_n_pairs", 0)
         rows.append({"Dataset": r.dataset, "Network": r.network, "W/A": r.bits, "Recipe": r.recipe,
-                     "Method": r.display, "n pairs": r.n_pairs, "Δ vs ste": _fmt(r.get("diff_vs_ste", math.nan)),
-                     "95% CI": _ci(r.ci95_low, r.ci95_high), "p (Holm)": _p(r.p_vs_ste, r.p_holm_vs_ste),
+                     "Method": r.display, "n pairs": r.n_pairs, f"Δ vs {ref}": _fmt(r.get(f"diff_vs_{ref}", math.nan)),
+                     "95% CI": _ci(r.ci95_low, r.ci95_high),
+                     "p (Holm)": _p(r.get(f"p_vs_{ref}", math.nan), r.get(f"p_holm_vs_{ref}", math.nan)),
                      "n pairs (control)": int(ctl) if _known(ctl) else 0,
                      "Δ vs control": _fmt(r.get("diff_vs_control", math.nan)),
                      "95% CI (control)": _ci(r.get("control_ci95_low", math.nan), r.get("control_ci95_high",
@@ -748,15 +814,17 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
         raise BinbenchError(f"no MLflow store at {uri[len('sqlite:///'):]}: run `binbench suite run {suite}` first, "
                             "or pass --results-dir / --tracking-uri")
     search_keys: tuple[str, ...] = ()
+    trials: set[str] | None = None  # without a suite file that loads, every trial in the store counts
     try:
         from bench.suite import load_suite
 
-        search = load_suite(suite, max_trials=sys.maxsize).search  # the store is there: no bound to enforce
-        search_keys = tuple(sorted(search["space"])) if search else ()
+        loaded = load_suite(suite, max_trials=sys.maxsize)  # the store is there: no bound to enforce
+        search_keys = tuple(sorted(loaded.search["space"])) if loaded.search else ()
+        trials = {t.key for t in loaded.trials}
     except BinbenchError:
         pass
-    c = collect(uri, name, search_keys)
-    c.notes = list(notes or [])
+    c = collect(uri, name, search_keys, trials)
+    c.notes = [*c.notes, *(notes or [])]
     out = Path(out_dir or results)
     out.mkdir(parents=True, exist_ok=True)
     t = tables(c, out)

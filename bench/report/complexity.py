@@ -8,8 +8,8 @@ on real inputs included, counts as a full-precision one (larq: the MAC's precisi
 Totals follow the BNN literature (Bi-Real Net, ReActNet): FLOPs are the full-precision MACs and
 OPs = BOPs / 64 + FLOPs. Weight memory counts 1 bit per binary weight and 32 per other parameter (buffers
 such as batch-norm statistics are not parameters). The networks are rebuilt from each run's logged model
-arguments with a stateless sign (``ste``, no scaling): estimator state used only in training (DSQ's ranges,
-VISPA's factors) and per-channel scales of the alpha scaling are not counted.
+arguments with the reference estimator's stateless sign and no scaling: estimator state used only in training
+(learnable ranges, low-rank factors) and per-channel scales of the alpha scaling are not counted.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from bench.report import escape
 
 LAYER_COLUMNS = ["layer", "type", "weights", "inputs", "params_binary", "params_fp", "memory_bits", "macs_binary",
                  "macs_fp"]
-STRUCTURE = "ste"  # a sign without state: the network's own layers, nothing an estimator adds for training
 
 
 def _arg(v: str) -> Any:
@@ -40,12 +39,12 @@ def _arg(v: str) -> Any:
 def build(model: str, dataset: str, bits: str, model_args: dict[str, str]) -> tuple[nn.Module, tuple[int, ...]]:
     """The network a run of (model, dataset, bits) trained, with its logged model arguments."""
     from bench.data import get_dataset
-    from bench.estimator import create_estimator
+    from bench.estimator import create_estimator, reference_estimator
     from bench.layers import BinarySpec
     from bench.models import create_model
 
     ds = get_dataset(dataset)
-    sign = create_estimator(STRUCTURE)
+    sign = create_estimator(reference_estimator())  # a sign without state: nothing an estimator adds for training
     spec = {"W1A1": BinarySpec(sign, sign), "W1A32": BinarySpec(sign, None)}.get(bits, BinarySpec())
     args = {k: _arg(v) for k, v in model_args.items() if v not in (None, "None", "null")}
     return create_model(model, spec, ds.num_classes, ds.shape, **args), tuple(ds.shape)

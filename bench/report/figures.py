@@ -216,29 +216,6 @@ def _fig_layers(lay: pd.DataFrame, model: str, bits: str) -> Any:
     return fig
 
 
-def _fig_biper(bip: pd.DataFrame) -> Any:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from bench.diagnostics import qe_laplace
-    from bench.estimator import get_estimator_class
-
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    w0s = np.logspace(-0.5, 2.5, 300)
-    w0_default = get_estimator_class("biper").hparam_defaults()["w0"]  # runs that did not record it
-    for (model, bits), gb in bip.groupby(["model", "bits"]):
-        b = gb["diag/laplace_b"].mean()
-        line, = ax.plot(w0s, [qe_laplace(b * w) for w in w0s], label=f"analytic, b = {b:.3g} ({model} {bits})")
-        ax.scatter(gb["w0"].astype(float).fillna(w0_default), gb["diag/qe"], color=line.get_color(), zorder=3,
-                   label=f"measured ({model} {bits})")
-    ax.set_xscale("log")
-    ax.set_xlabel("w0")
-    ax.set_ylabel("QE")
-    ax.set_title("BiPer quantization error vs w0 (Laplace latents, eq. 15-18)")
-    ax.legend(fontsize=6)
-    return fig
-
-
 def _fig_sensitivity(runs: pd.DataFrame) -> Any:
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -351,9 +328,8 @@ def _draw_all(c: Collected, save: Any) -> None:
                         "epoch (mean over seeds, band: min-max; dotted verticals: stage boundaries)", sty),
              "accuracy_curves")
     save(_fig_final(runs, sty), "final_top1")
-    bip = runs[runs.estimator == "biper"]  # BiPer's own QE(w0) analysis (its paper's eq. 15-18)
-    if len(bip) and "diag/laplace_b" in bip and bip["diag/laplace_b"].notna().any():
-        save(_fig_biper(bip), "biper_qe_vs_w0")
+    for name, fig in _estimator_figures(runs).items():
+        save(fig, name)
     if "diag/flip" in cur and cur["diag/flip"].notna().any():
         save(_fig_lines(cur[cur["diag/flip"].notna()], "diag/flip", "flip ratio", "flip ratio per epoch "
                         "(mean over binary layers and seeds)", sty), "flip_ratio")
@@ -389,3 +365,21 @@ def write_figures(c: Collected, out: Path) -> list[Path]:
 
     _draw_all(c, save)
     return made
+
+
+def _estimator_figures(runs: pd.DataFrame) -> dict[str, Any]:
+    """The figures each estimator of the suite declares for itself (``Estimator.report_figures``), drawn from its
+    own runs; a figure that fails to draw is skipped with a warning, not a failed report."""
+    import warnings
+
+    from bench.estimator import ESTIMATORS
+
+    out: dict[str, Any] = {}
+    for est, g in runs.groupby("estimator"):
+        if est not in ESTIMATORS:
+            continue
+        try:
+            out.update(ESTIMATORS.get(est).report_figures(g))
+        except Exception as exc:  # noqa: BLE001 - a plugin's figure must not cost the tables
+            warnings.warn(f"estimator {est!r}: its report figure failed ({type(exc).__name__}: {exc})", stacklevel=2)
+    return out
