@@ -2,7 +2,8 @@
 
 The scheduled case of the plugin contract: binbench calls ``set_progress`` at the start of every epoch, and
 ``self.progress.fraction`` is e/E (the epoch within the stage over the stage's epochs), which the surrogate
-reads in ``quantize``. ``bench.probe(name, x, progress=p)`` draws it at any point of training.
+reads in ``quantize``. ``bench.probe(name, x, progress=p)`` draws it at any point of training, and
+``layer_diagnostics`` puts the t each epoch used into the run's history (``diag/rbnn_t``).
 """
 
 from __future__ import annotations
@@ -68,3 +69,7 @@ class RbnnSign(Estimator):
     def quantize(self, x: Tensor, q) -> Tensor:
         k, t = self.kt()
         return surrogate_sign(x, partial(rbnn_grad, k=k, t=t))
+
+    def layer_diagnostics(self, w: Tensor, q) -> dict[str, float]:
+        # the epoch's t, so that the schedule a run followed is in its history (diag/rbnn_t) and MLflow metrics
+        return {"rbnn_t": self.kt()[1]}

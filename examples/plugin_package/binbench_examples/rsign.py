@@ -47,7 +47,9 @@ def rsign(x: Tensor, beta: Tensor) -> Tensor:
 @register_estimator("rsign")
 class RSign(Estimator):
     r"""RSign, ReActNet's learnable-threshold sign (Liu, Shen, Savvides, Cheng; ECCV 2020, "ReActNet: Towards
-    Precise Binary Neural Network with Generalized Activation Functions", eq. 2 and 3).
+    Precise Binary Neural Network with Generalized Activation Functions", arXiv 2003.03488; official code
+    liuzechun/ReActNet mobilenet/1_step1/reactnet.py: LearnableBias, a zero-initialised (1, C, 1, 1) bias b added
+    before BinaryActivation, Bi-Real's ApproxSign; beta_c = -b_c here).
 
     Forward:   a_b = sign(x - beta_c),  sign(0) = +1,  beta_c learnable, one per input channel c, initialised 0
     Backward:  u = x - beta_c,  g(u) = max(0, 2 - 2|u|)        (Bi-Real's ApproxSign derivative)
