@@ -57,8 +57,9 @@ class RbnnSign(Estimator):
 
     def __init__(self, t_min: float = 1e-2, t_max: float = 10.0):
         super().__init__()
-        if not (t_min > 0 and t_max > 0):
-            raise ConfigError(f"rbnn_sign needs t_min > 0 and t_max > 0 (10^t schedule), got {t_min}, {t_max}")
+        if not (0 < t_min < math.inf and 0 < t_max < math.inf):
+            raise ConfigError(f"rbnn_sign needs finite t_min > 0 and t_max > 0 (t moves between them on a log scale), "
+                              f"got t_min={t_min}, t_max={t_max}")
         self.t_min = t_min
         self.t_max = t_max
 
