@@ -1,15 +1,28 @@
-"""An estimator from an installed package (entry point) works exactly like a built-in one."""
+"""Estimators from an installed package (entry points) work exactly like built-in ones.
+
+``examples/plugin_package`` (binbench-example-estimators) holds three: sign_swish (a fixed surrogate), rsign
+(ReActNet's sign(x - beta_c), a learnable threshold per input channel) and rbnn_sign (RBNN's scheduled
+surrogate). It is installed into a temporary folder and put on PYTHONPATH; nothing in binbench names it.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+from importlib.metadata import distributions
 
 import pytest
+import torch
 
 from .conftest import REPO
+
+#: what the example package promises: its estimators and the kinds each binarizes
+PLUGIN_KINDS = {"sign_swish": ("weight", "activation"), "rsign": ("activation",),
+                "rbnn_sign": ("weight", "activation")}
 
 
 @pytest.fixture(scope="module")
@@ -21,37 +34,164 @@ def plugin_site(tmp_path_factory):
     return target
 
 
-def _run(site, *args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=env)
+def _env(site):
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
 
 
-def test_plugin_listed_with_its_origin(plugin_site):
-    out = _run(plugin_site, "list", "estimators", "sign*")
+def _run(site, *args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
+                          env=_env(site), **kwargs)
+
+
+def _python(site, code):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(site))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_plugins_listed_with_their_origin(plugin_site):
+    (dist,) = list(distributions(path=[str(plugin_site)]))
+    assert {ep.name for ep in dist.entry_points if ep.group == "binbench.estimators"} == set(PLUGIN_KINDS)
+    out = _run(plugin_site, "list", "estimators")
     assert out.returncode == 0, out.stderr
-    assert "sign_swish" in out.stdout and "entry point sign_swish (binbench-signswish 0.1.0)" in out.stdout
+    rows = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}
+    for name in PLUGIN_KINDS:
+        assert name in rows, out.stdout
+        assert f"entry point {name} ({dist.metadata['Name']} {dist.version})" in rows[name], rows[name]
+    assert "builtin" in rows["ste"] and "entry point" not in rows["ste"]
 
 
 def test_plugin_runs_and_probes_like_builtin(plugin_site):
     out = _run(plugin_site, "run", "-e", "sign_swish", "--epochs", "3", "--json", "--set", "model.hidden=[64,64]",
-               "--set", "threads=1")
+               "--set", "threads=1", "--no-track")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["top1"] > 50.0
-    code = ("import bench, math; f, g = bench.probe('sign_swish', [0.0, 1.0], beta=5.0); "
+    code = ("import bench; f, g = bench.probe('sign_swish', [0.0, 1.0], beta=5.0); "
             "print(f.tolist(), round(g[0].item(), 4))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)])}
-    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert probe.stdout.strip() == "[1.0, 1.0] 5.0", probe.stderr
+    assert _python(plugin_site, code).strip() == "[1.0, 1.0] 5.0"
 
 
-def test_registry_tests_cover_plugin(plugin_site):
-    """The registry-parametrized tests pick the plugin up without being edited."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)])}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          str(REPO / "tests" / "test_estimators_registry.py"), "-k", "sign_swish"],
-                         capture_output=True, text=True, env=env, cwd=REPO)
-    assert out.returncode == 0, out.stdout[-2000:]
-    import re
+# rsign on a linear layer of 3 inputs (2 outputs) and a 1x1 conv of 2 input channels (4 outputs): the layer hands
+# the quantizer its input channel count, the thresholds are set by hand and the backward pass is read off
+RSIGN_CODE = """
+import json, torch, bench
+from bench.layers import BinarySpec
+spec = BinarySpec(activation=bench.create_estimator("rsign"))
+out = {}
+for kind, layer, beta, x in [
+        ("linear", spec.linear(3, 2), [0.5, -0.25, 0.0], [[0.75, 0.0, -2.0], [0.5, -0.5, 0.25]]),
+        ("conv", spec.conv(2, 4, 1), [0.5, -0.5], [[[[0.0, 1.0]], [[-0.5, 0.0]]]])]:
+    q = layer.input_quantizer
+    names = [n for n, _ in layer.named_parameters()]
+    shape = list(q.beta.shape)
+    with torch.no_grad():
+        q.beta.copy_(torch.tensor(beta))
+    x = torch.tensor(x, requires_grad=True)
+    i = torch.arange(x.numel()).reshape(x.shape)
+    upstream = (i + 1.0) * (-1.0) ** i
+    y = q(x)
+    y.backward(upstream)
+    out[kind] = {"params": names, "shape": shape, "y": y.tolist(), "dx": x.grad.tolist(), "dbeta": q.beta.grad.tolist()}
+print(json.dumps(out))
+"""
 
-    passed = int(re.search(r"(\d+) passed", out.stdout).group(1))
-    assert passed >= 6  # forward/gradient x 2 kinds, sign(0), one epoch, 2 recipes
+
+def test_rsign_thresholds_per_input_channel_and_their_gradient(plugin_site):
+    res = json.loads(_python(plugin_site, RSIGN_CODE))
+    # upstream gradients +1, -2, +3, -4, ... in x's memory order
+    # linear, x - beta = [[0.25, 0.25, -2], [0, -0.25, 0.25]]; ApproxSign g = max(0, 2 - 2|u|) = [[1.5, 1.5, 0],
+    # [2, 1.5, 1.5]]; upstream [[1, -2, 3], [-4, 5, -6]]
+    lin = res["linear"]
+    assert lin["shape"] == [3]  # in_features, not out_features
+    assert "input_quantizer.beta" in lin["params"]  # a parameter of the layer: the optimizer trains it
+    assert lin["y"] == [[1.0, 1.0, -1.0], [1.0, -1.0, 1.0]]  # sign(0) = +1 at x = beta
+    assert lin["dx"] == [[1.5, -3.0, 0.0], [-8.0, 7.5, -9.0]]
+    assert lin["dbeta"] == [-(1.5 - 8.0), -(-3.0 + 7.5), -(0.0 - 9.0)]  # -sum over the batch
+    # conv (1, 2, 1, 2), x - beta = [[-0.5, 0.5], [0, 0.5]]; g = [[1, 1], [2, 1]]; upstream [[1, -2], [3, -4]]
+    conv = res["conv"]
+    assert conv["shape"] == [2]  # in_channels
+    assert conv["y"] == [[[[-1.0, 1.0]], [[1.0, 1.0]]]]
+    assert conv["dx"] == [[[[1.0, -2.0]], [[6.0, -4.0]]]]
+    assert conv["dbeta"] == [-(1.0 - 2.0), -(6.0 - 4.0)]  # -sum over the batch and the spatial positions
+
+
+def test_rsign_rejects_an_input_of_another_channel_count(plugin_site):
+    code = ("import torch, bench\nfrom bench.layers import BinarySpec\n"
+            "q = BinarySpec(activation=bench.create_estimator('rsign')).linear(3, 2).input_quantizer\n"
+            "try:\n    q(torch.zeros(2, 4))\nexcept bench.ConfigError as e:\n    print('ConfigError', e)\n")
+    out = _python(plugin_site, code)
+    assert out.startswith("ConfigError") and "3 channel thresholds" in out and "(2, 4)" in out
+
+
+def _rbnn_g(x, fraction, t_min=1e-2, t_max=10.0):
+    # RBNN (Lin et al., NeurIPS 2020): t = 10^(log T_min + (log T_max - log T_min) e/E), k = max(1/t, 1),
+    # g(x) = max(0, k (sqrt(2) t - t^2 |x|))
+    t = 10 ** (math.log10(t_min) + (math.log10(t_max) - math.log10(t_min)) * fraction)
+    k = max(1 / t, 1.0)
+    return max(0.0, k * (math.sqrt(2) * t - t * t * abs(x)))
+
+
+def test_rbnn_sign_surrogate_follows_its_schedule(plugin_site):
+    xs = [-1.0, 0.0, 0.1, 0.2, 1.0]
+    code = ("import json, bench\n"
+            f"print(json.dumps({{p: bench.probe('rbnn_sign', {xs!r}, progress=p)[1].tolist() "
+            "for p in (0.0, 0.5, 1.0)}))")
+    grads = json.loads(_python(plugin_site, code))
+    for p, g in grads.items():
+        assert g == pytest.approx([_rbnn_g(x, float(p)) for x in xs], rel=1e-5, abs=1e-6), p
+    assert grads["0.0"][1] == pytest.approx(math.sqrt(2)) and grads["1.0"][1] == pytest.approx(10 * math.sqrt(2))
+    assert grads["1.0"][3] == 0.0  # outside |x| < sqrt(2)/T_max at the end
+
+
+@pytest.mark.parametrize("weight", ["rbnn_sign", "ste"])
+def test_w1a1_digits_mlp_with_rsign_activations(plugin_site, tmp_path, weight):
+    """The issue's run: a weight estimator, RSign activations, digits at W1A1 for the dataset's default epochs."""
+    hidden = [128, 96, 64]  # distinct widths: each layer's thresholds must match its own input width
+    args = ["run", "-e", weight, "-m", "mlp", "-d", "digits", "--set", "activation_estimator=rsign", "--json",
+            "--no-track", "--set", "threads=1", "--set", f"model.hidden={hidden}", "--checkpoint-dir", str(tmp_path)]
+    if weight == "rbnn_sign":
+        args += ["--set", "estimator.t_min=0.01", "--set", "estimator.t_max=10"]
+    out = _run(plugin_site, *args, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout)
+    assert res["status"] == "finished"
+    assert res["config"]["activation_estimator"] == "rsign" and res["config"]["a_bits"] == 1
+    assert res["top1"] >= 85.0, f"{weight} + rsign: {res['top1']:.1f}% on digits"
+    if weight == "rbnn_sign":  # the trainer hands the estimator e/E every epoch
+        epochs = len(res["history"])
+        for rec in res["history"]:
+            t = 10 ** (-2 + 3 * rec["epoch"] / epochs)
+            assert rec["diag/rbnn_t"] == pytest.approx(t, rel=1e-6), rec["epoch"]
+    state = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=False)["model"]
+    betas = {k: v for k, v in state.items() if k.endswith("input_quantizer.beta")}
+    # the first hidden linear has real inputs (binarize_first_last=False), the others binary ones
+    assert [v.shape[0] for v in betas.values()] == hidden[:-1]
+    for key, beta in betas.items():
+        layer = key[: -len("input_quantizer.beta")]
+        assert beta.shape[0] == state[layer + "weight"].shape[1]
+        # initialised at 0: every threshold has moved, so every channel's threshold received gradients
+        assert bool((beta != 0).all()), f"{key}: {int((beta == 0).sum())} of {beta.numel()} thresholds never moved"
+
+
+def _expected_registry_tests(name, kinds):
+    ids = {f"test_forward_is_binary_and_gradient_finite[{name}-{k}]" for k in kinds}
+    ids.add(f"test_sign_of_zero_is_plus_one[{name}]")
+    if "weight" in kinds:
+        ids |= {f"test_one_digits_epoch_learns_above_chance[{name}]",
+                f"test_recipes_resolve[common-{name}]", f"test_recipes_resolve[published-{name}]",
+                f"test_published_recipe_starts_on_resnet20_cifar_format[{name}]"}
+    return ids
+
+
+def test_registry_tests_cover_plugins(plugin_site, tmp_path):
+    """The registry-parametrized tests pick every plugin estimator up without being edited."""
+    report = tmp_path / "junit.xml"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                          str(REPO / "tests" / "test_estimators_registry.py"), "-k", " or ".join(PLUGIN_KINDS)],
+                         capture_output=True, text=True, env=_env(plugin_site), cwd=REPO)
+    assert out.returncode == 0, out.stdout[-3000:]
+    cases = ET.parse(report).getroot().iter("testcase")
+    ran = {c.get("name"): [child.tag for child in c] for c in cases}
+    expected = set().union(*(_expected_registry_tests(n, k) for n, k in PLUGIN_KINDS.items()))
+    assert set(ran) == expected
+    assert all(outcome == [] for outcome in ran.values()), {n: o for n, o in ran.items() if o}  # none failed/skipped

@@ -1,4 +1,4 @@
-"""A binbench estimator that lives outside the binbench repository."""
+"""SignSwish (BNN+): a fixed surrogate, no per-layer state (the smallest estimator a package can hold)."""
 
 from __future__ import annotations
 
