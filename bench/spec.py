@@ -139,6 +139,8 @@ def _apply_recipe(values: dict[str, Any], user: Mapping[str, Any]) -> None:
     recipe = resolve_recipe(values["estimator"], values["recipe"], ctx)
     recipe.setdefault("epochs", ds.default_epochs)
     recipe.setdefault("batch_size", ds.default_batch_size)
+    if _other_activation(user.get("activation_estimator"), recipe.get("activation_estimator")):
+        recipe.pop("activation_hparams", None)  # the recipe's are for its own activation estimator, not the user's
     for key, value in recipe.items():
         if key not in FIELDS:
             raise ConfigError(f"recipe {values['recipe']!r} of {values['estimator']!r} sets unknown key {key!r}")
@@ -150,6 +152,16 @@ def _apply_recipe(values: dict[str, Any], user: Mapping[str, Any]) -> None:
         values["momentum"] = 0.9
     if values["scaling"] == "native":
         values["scaling"] = est_cls.native_scaling
+
+
+def _other_activation(chosen: str | None, recipes: str | None) -> bool:
+    """Whether the user chose an activation estimator other than the recipe's."""
+    from bench.estimator import COMMON_ACTIVATION, common_activation_estimator
+
+    if chosen is None or recipes is None:
+        return False
+    resolved = {n: common_activation_estimator() if n == COMMON_ACTIVATION else n for n in (chosen, recipes)}
+    return resolved[chosen] != resolved[recipes]
 
 
 def _check_combinations(v: dict[str, Any]) -> None:

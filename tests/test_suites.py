@@ -98,7 +98,8 @@ def _write(tmp_path, body: dict) -> Path:
 
 
 def _runs(db: Path) -> list[tuple[str, str, str]]:
-    """(key, status, binbench.status) of the trial runs, read straight from the SQLite store."""
+    """(grid trial key, status, binbench.status, run id, start) of the trial runs, read straight from the SQLite
+    store (a search point's run has its own binbench.key; binbench.trial names its grid trial)."""
     if not db.exists():
         return []
     con = sqlite3.connect(db)
@@ -109,7 +110,8 @@ def _runs(db: Path) -> list[tuple[str, str, str]]:
         out = []
         for run_id, status, start in rows:
             tags = dict(con.execute("select key, value from tags where run_uuid = ?", (run_id,)).fetchall())
-            out.append((tags.get("binbench.key"), status, tags.get("binbench.status"), run_id, start))
+            out.append((tags.get("binbench.trial") or tags.get("binbench.key"), status, tags.get("binbench.status"),
+                        run_id, start))
         return out
     except sqlite3.OperationalError:
         return []
