@@ -36,8 +36,10 @@ import torch.nn.functional as F
 TARGETS = {
     ("overhead", "mlp/mnist"): 1.05, ("overhead", "resnet20/cifar-format"): 1.05,
     ("reference", "mlp/mnist"): 0.5, ("reference", "resnet20/cifar-format"): 1.0,
-    ("suite", "mnist trials"): 1.0,
 }
+#: suite wall time over the same trials in sequence in one process (issue 16): the default executor on one
+#: machine must not be slower than doing it by hand; Ray is listed for comparison (a cluster's engine)
+SUITE_TARGETS = {("mnist-6-trials", "local"): 1.0, ("smoke", "local"): 1.1}
 GPU_TARGETS = {("reference", "resnet20/cifar-format"): 0.2, ("reference", "resnet18/cifar-format"): 0.2}
 
 
@@ -214,7 +216,10 @@ def measure_overhead_and_reference(w: Workload, repeats: int, rows: list[dict], 
                      "target": target, "met": None if target is None else ratio <= target})
 
 
-def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], log) -> None:
+def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], log,
+                       names: list[str] | None = None) -> None:
+    """Each weight estimator's training step against the reference estimator's on the same model and batch,
+    interleaved, medians; a row that misses its ``step_cost_target`` gets a profile row."""
     from bench import list_estimators
     from bench.data import get_dataset
     from bench.estimator import estimator_quantizers, get_estimator_class, reference_estimator
@@ -224,10 +229,13 @@ def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], 
     spec = get_dataset(w.dataset)
     x = torch.randn(w.batch, *spec.shape, device=w.device)
     y = torch.randint(0, spec.num_classes, (w.batch,), device=w.device)
-    names = [n for n in list_estimators() if "weight" in get_estimator_class(n).kinds and not n.startswith("test_")]
+    ref = reference_estimator()
+    names = list(dict.fromkeys([ref, *(names or [n for n in list_estimators() if "weight" in
+                                                  get_estimator_class(n).kinds and not n.startswith("test_")])]))
     runners = {}
     for name in names:
-        cfg = resolve(w.config(estimator=name)).config
+        # as many epochs as the estimator has stages (the step measured is the last stage's)
+        cfg = resolve(w.config(estimator=name, epochs=len(get_estimator_class(name)().stages()))).config
         torch.manual_seed(0)
         model, est, act = build_model(cfg, spec)
         model.to(w.device).train()
@@ -248,7 +256,6 @@ def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], 
     for _ in range(repeats):
         for n in names:
             times[n] += _timed(runners[n][0], 1)
-    ref = reference_estimator()
     base = statistics.median(times[ref])
     for n in names:
         med = statistics.median(times[n])
@@ -261,6 +268,23 @@ def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], 
                      "max": max(times[n]) / steps, "unit": "s/step", "target": target,
                      "met": None if target is None else med / base <= target})
     log(f"  estimators on {w.name}: " + ", ".join(f"{n} {statistics.median(times[n]) / base:.2f}x" for n in names))
+    missed = [r for r in rows if r.get("met") is False and r["measure"] == "estimator step" and r["workload"] == w.name]
+    for r in missed:
+        n = r["variant"].split(" / ")[0]
+        rows.append({"measure": "profile", "workload": w.name, "variant": f"{n} and {ref}, {steps} steps",
+                     "profile": f"{n}: {profile_ops(runners[n][0])}; {ref}: {profile_ops(runners[ref][0])}"})
+
+
+def profile_ops(fn: Callable[[], None], top: int = 8) -> str:
+    """Where one call of ``fn`` spends its CPU time: the ``top`` operators by self time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return ", ".join(f"{e.key} {e.self_cpu_time_total / 1e3:.1f} ms ({100 * e.self_cpu_time_total / total:.0f}%, "
+                     f"{e.count} calls)" for e in events[:top]) + f"; total {total / 1e3:.1f} ms"
 
 
 def _peak_rss_of(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
@@ -287,44 +311,71 @@ def _peak_rss_of(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     return time.perf_counter() - t0, peak[0]
 
 
-def measure_suite(data_root: str, n_trials: int, epochs: int, subset: int, rows: list[dict], log, tmp: Path) -> None:
+def _mnist_case(data_root: str, n_trials: int, epochs: int, subset: int, tmp: Path) -> Path:
+    """A suite file of ``n_trials`` short MNIST MLP trials (the issue's "6 short MNIST trials" case)."""
     import yaml
 
-    from bench.estimator import reference_estimator
+    from bench.estimator import get_estimator_class, reference_estimator
     from bench.suite import FP, load_suite
-    from bench.train import train
 
     mnist = load_suite("mnist", data_root=data_root)
     picked = [t for t in mnist.trials if t.model == "mlp" and t.bits == "W1A1"][:n_trials]
     est = sorted({t.estimator for t in picked} - {FP}) or [reference_estimator()]
-    body = {"name": "bench-suite", "grid": {"estimators": est, "models": ["mlp"], "datasets": ["mnist"],
-                                            "bits": ["W1A1"], "seeds": sorted({t.seed for t in picked})},
-            "defaults": {"epochs": epochs, "train_subset": subset, "data_root": data_root}}
-    # at least as many epochs as the estimators have stages (BiPer: 2)
-    from bench.estimator import get_estimator_class
-
-    body["defaults"]["epochs"] = max(epochs, *(len(get_estimator_class(e)().stages()) for e in est))
-    path = tmp / "bench-suite.yaml"
+    body = {"name": "bench-mnist-trials", "grid": {"estimators": est, "models": ["mlp"], "datasets": ["mnist"],
+                                                   "bits": ["W1A1"], "seeds": sorted({t.seed for t in picked})},
+            # at least as many epochs as the estimators have stages
+            "defaults": {"epochs": max(epochs, *(len(get_estimator_class(e)().stages()) for e in est)),
+                         "train_subset": subset, "data_root": data_root}}
+    path = tmp / "bench-mnist-trials.yaml"
     path.write_text(yaml.safe_dump(body))
-    trials = load_suite(str(path)).trials
+    return path
+
+
+def run_sequential(suite_path: str, data_root: str | None, threads: int) -> None:
+    """The baseline a suite executor is measured against: the suite's trials trained one after another in this
+    one process with ``threads`` threads, nothing tracked (``python -c`` entry of ``measure_suite``)."""
+    from bench.suite import load_suite
+    from bench.train import train
+
+    for t in load_suite(suite_path, data_root=data_root).trials:
+        train(t.spec.with_execution(threads=threads, device="cpu"))
+
+
+def measure_suite(case: str, suite_path: Path, data_root: str, repeats: int, rows: list[dict], log,
+                  tmp: Path) -> None:
+    """Wall time of ``binbench suite run`` under each executor (fresh results folder, one process start included)
+    against the same trials in sequence in one fresh process with all cores; interleaved, medians."""
+    from bench.suite import load_suite
+
+    n = len(load_suite(str(suite_path), data_root=data_root).trials)
+    cores = os.cpu_count() or 1
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
                                                         os.environ.get("PYTHONPATH", "")])}
-    cores = os.cpu_count() or 1
-    wall_ray, driver_rss = _peak_rss_of([sys.executable, "-m", "bench.cli", "suite", "run", str(path),
-                                         "--results-dir", str(tmp / "suite"), "--cpus-per-trial", "1",
-                                         "--data-root", data_root], env)
-    t0 = time.perf_counter()
-    for t in trials:
-        train(t.spec.with_execution(threads=cores))
-    wall_seq = time.perf_counter() - t0
-    log(f"  suite: {len(trials)} trials, Ray parallel {wall_ray:.1f}s, sequential {wall_seq:.1f}s")
-    rows.append({"measure": "suite", "workload": "mnist trials",
-                 "variant": f"Ray, {cores} x 1-CPU trials / sequential with {cores} threads "
-                            f"({len(trials)} MLP trials, {body['defaults']['epochs']} epoch(s), {subset} images)",
-                 "ratio": wall_ray / wall_seq, "median": wall_ray, "unit": "s", "target": 1.0,
-                 "met": wall_ray / wall_seq <= 1.0})
-    rows.append({"measure": "memory", "workload": "suite driver", "variant": "peak RSS", "median": driver_rss / 2**20,
-                 "unit": "MiB"})
+    seq = [sys.executable, "-c", f"from bench.benchmark import run_sequential; run_sequential({str(suite_path)!r}, "
+                                 f"{data_root!r}, {cores})"]
+    walls: dict[str, list[float]] = {"sequential": [], "local": [], "ray": []}
+    peak: dict[str, int] = {}
+    for r in range(repeats):
+        for variant in walls:
+            cmd = seq if variant == "sequential" else [
+                sys.executable, "-m", "bench.cli", "suite", "run", str(suite_path), "--results-dir",
+                str(tmp / f"{case}-{variant}-{r}"), "--cpus-per-trial", "1", "--data-root", data_root,
+                "--executor", variant]
+            wall, rss = _peak_rss_of(cmd, env)
+            walls[variant].append(wall)
+            peak[variant] = max(peak.get(variant, 0), rss)
+    base = statistics.median(walls["sequential"])
+    log(f"  {case}: {n} trials, " + ", ".join(f"{v} {statistics.median(w):.1f}s" for v, w in walls.items()))
+    rows.append({"measure": "suite", "workload": case, "variant": f"sequential, one process, {cores} threads "
+                 f"({n} trials)", **_stats(walls["sequential"]), "unit": "s"})
+    for variant in ("local", "ray"):
+        ratio = statistics.median(walls[variant]) / base
+        target = SUITE_TARGETS.get((case, variant))
+        rows.append({"measure": "suite", "workload": case, "variant": f"{variant}: {cores} x 1-CPU trials / "
+                     "sequential", **_stats(walls[variant]), "unit": "s", "ratio": ratio, "target": target,
+                     "met": None if target is None else ratio <= target})
+        rows.append({"measure": "memory", "workload": f"{case} driver ({variant})", "variant": "peak RSS",
+                     "median": peak[variant] / 2**20, "unit": "MiB"})
 
 
 def measure_trial_memory(data_root: str, rows: list[dict], log) -> None:
@@ -392,10 +443,15 @@ def run_benchmark(out_dir: str | Path, data_root: str | None = None, repeats: in
             section("estimator step", lambda: measure_estimators(mlp, 5 if quick else 50, repeats, rows, log))
             conv = next(w for w in works if w.model == "resnet20")
             section("estimator step", lambda: measure_estimators(conv, 2 if quick else 8, repeats, rows, log))
-        if "suite" in only and has_mnist:
+        if "suite" in only:
             log("suite throughput")
-            section("suite", lambda: measure_suite(root, 2 if quick else 6, 1, 2000 if quick else 10000, rows, log,
-                                                   tmp))
+            if has_mnist:
+                case = _mnist_case(root, 2 if quick else 6, 1, 2000 if quick else 10000, tmp)
+                section("suite", lambda: measure_suite("mnist-6-trials", case, root, repeats, rows, log, tmp))
+            from bench.suite import find_suite
+
+            if not quick:  # 33 digits trials under three variants: minutes, not a quick check
+                section("suite", lambda: measure_suite("smoke", find_suite("smoke"), root, repeats, rows, log, tmp))
         if "memory" in only:
             log("memory")
             section("memory", lambda: measure_trial_memory(cifar_root, rows, log))
@@ -429,7 +485,14 @@ def write(rows: list[dict[str, Any]], out: Path, seconds: float, repeats: int, q
              "| measure | workload | variant | median | min | max | unit | ratio | target | met |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append("| " + " | ".join(f(r.get(c)) for c in cols) + " |")
+        if r["measure"] != "profile":
+            lines.append("| " + " | ".join(f(r.get(c)) for c in cols) + " |")
     lines += ["", "ratio: binbench's time over the named baseline's (lower is better); target: the bound the "
-              "project set (issue 7)."]
+              "project set (issues 7 and 16). Suite rows: wall time of `binbench suite run` (a fresh process and "
+              "results folder each) against the same trials trained one after another in one fresh process with "
+              "all cores, nothing tracked."]
+    profiles = [r for r in rows if r["measure"] == "profile"]
+    if profiles:
+        lines += ["", "## Where the time goes in the rows that miss their target", ""]
+        lines += [f"- {r['workload']}, {r['variant']}: {r['profile']}" for r in profiles]
     (out / f"benchmark-{tag}.md").write_text("\n".join(lines) + "\n")

@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bits = args.bits.strip().upper()
         bits = {"W32A32": "FP32", "FP": "FP32"}.get(bits, bits)  # the other spellings people use
         if bits not in BITS:
-            raise BinbenchError(f"--bits must be {', '.join(BITS)}, got {args.bits!r}")
+            raise BinbenchError(f"--bits must be {', '.join(list(BITS)[:-1])} or {list(BITS)[-1]}, got {args.bits!r}")
         values["w_bits"], values["a_bits"] = BITS[bits]
     if args.download:
         values["download"] = True
