@@ -442,6 +442,29 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay the first epochs of recorded trials of a suite with the code checked out now (bench.replay)."""
+    import shutil
+    import tempfile
+
+    from bench.replay import replay_suite
+    from bench.suite import suite_identity
+
+    name = suite_identity(args.suite)[1] if not Path(args.suite).is_dir() else args.suite
+    store = Path(args.results_dir or Path("results") / name) / "mlflow.db"
+    if not store.is_file():
+        raise BinbenchError(f"no MLflow store at {store}: pass --results-dir where suite {name} ran")
+    if args.epochs < 1 or args.per_estimator < 1:
+        raise BinbenchError("--epochs and --per-estimator must be >= 1")
+    with tempfile.TemporaryDirectory(prefix="binbench-replay-") as tmp:
+        copy = Path(tmp) / "mlflow.db"  # read a copy: the recorded store is never written
+        shutil.copy(store, copy)
+        res = replay_suite(f"sqlite:///{copy}", name, args.epochs, args.per_estimator, args.data_root, args.threads)
+    differ = [r for r in res if r.differences]
+    print(f"replayed {len(res)} trial(s) of {name} from {store}: {len(res) - len(differ)} equal, {len(differ)} differ")
+    return 1 if differ else 0
+
+
 def _add_evaluate(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="rebuild a recorded run's model from its logged config and weights and "
                                          "measure its test top-1 again")
@@ -531,6 +554,16 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--quick", action="store_true", help="reduced sizes: checks that it runs, not for numbers")
     bm.add_argument("--only", help="comma-separated subset of: overhead, estimators, suite, memory")
     bm.set_defaults(func=cmd_benchmark)
+
+    rl = sub.add_parser("replay", help="train the first epochs of recorded suite trials again and compare their "
+                                       "metrics with the store's")
+    rl.add_argument("suite", help="suite name or .yaml path")
+    rl.add_argument("--results-dir", help="where the suite ran (default: results/<suite>)")
+    rl.add_argument("--epochs", type=int, default=1, help="epochs to replay per trial (default 1)")
+    rl.add_argument("--per-estimator", type=int, default=1, help="trials per estimator (default 1)")
+    rl.add_argument("--data-root")
+    rl.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the suites' trials)")
+    rl.set_defaults(func=cmd_replay)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI for a suite's store on 127.0.0.1")
     ui.add_argument("suite", nargs="?", help="the suite whose store to serve (results/<suite>/mlflow.db)")

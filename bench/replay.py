@@ -89,7 +89,20 @@ def replay_run(run: Any, history: dict[str, dict[int, float]], epochs: int, data
             logged = history.get(metric, {}).get(step)
             if logged is None or f"{logged:.6g}" != f"{rec[metric]:.6g}":
                 diffs.append(f"epoch {step + 1} {metric}: recorded {logged}, now {rec[metric]}")
+    if diffs:
+        diffs += platform_differences(tags)
     return Replayed(label, run.info.run_id, len(seen), diffs)
+
+
+def platform_differences(tags: dict[str, str]) -> list[str]:
+    """Where the recorded run's torch or CPU differ from this machine's: their kernels round differently, and a
+    float-level difference grows over a chaotic run, so equality is only expected on the same platform."""
+    import torch
+
+    from bench.env import cpu_model
+
+    now = {"version.torch": torch.__version__, "hardware.cpu": cpu_model()}
+    return [f"(recorded {k} {tags.get(k)!r}, replayed on {v!r})" for k, v in now.items() if tags.get(k) != v]
 
 
 def replay_suite(uri: str, suite: str, epochs: int = 1, per_estimator: int = 1, data_root: str | None = None,
