@@ -175,22 +175,124 @@ def test_diverging_trial_recorded_while_others_finish(tmp_path):
     assert by_est["clipped_ste"][1:3] == ("FINISHED", "finished")
 
 
+SEARCH = {"name": "searchme", "grid": {"estimators": ["ste", "reste"], "models": ["mlp"], "datasets": ["digits"],
+                                       "seeds": [0]},
+          "defaults": {"epochs": 4, "model_args": {"hidden": [64]}},
+          "search": {"metric": "test_top1", "mode": "max", "num_samples": 2,
+                     "space": {"lr": {"loguniform": [0.01, 0.5]}, "optimizer": {"grid": ["sgd", "adam"]}},
+                     "asha": {"grace_period": 1, "reduction_factor": 2}}}
+
+
+def _trial_runs(db: Path) -> list[dict]:
+    """Each trial run's key, status, sampled point and test_top1 by epoch, from the SQLite store."""
+    con = sqlite3.connect(db)
+    try:
+        out = []
+        for key, run_id, status, stat in [(r[0], r[3], r[1], r[2]) for r in _runs(db)]:
+            params = dict(con.execute("select key, value from params where run_uuid = ?", (run_id,)).fetchall())
+            top1 = dict(con.execute("select step, value from metrics where run_uuid = ? and key = 'test_top1'",
+                                    (run_id,)).fetchall())
+            out.append({"key": key, "status": status, "binbench": stat, "point": (params["optimizer"],
+                                                                                   params["lr"]), "top1": top1})
+        return out
+    finally:
+        con.close()
+
+
 def test_search_suite_asha_per_cell(tmp_path):
-    body = {"name": "searchme", "grid": {"estimators": ["ste", "reste"], "models": ["mlp"], "datasets": ["digits"],
-                                         "seeds": [0]},
-            "defaults": {"epochs": 4, "model_args": {"hidden": [64]}},
-            "search": {"metric": "test_top1", "mode": "max", "num_samples": 2,
-                       "space": {"lr": {"loguniform": [0.01, 0.5]}, "optimizer": {"grid": ["sgd", "adam"]}},
-                       "asha": {"grace_period": 1, "reduction_factor": 2}}}
-    path = _write(tmp_path, body)
+    path = _write(tmp_path, SEARCH)
     out = cli("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), timeout=400)
     assert out.returncode == 0, out.stderr[-2000:]
-    runs = _runs(tmp_path / "res" / "mlflow.db")
-    assert len(runs) == 2 * 4  # 2 cells x (2 samples x 2 optimizers): the same budget for each estimator
-    assert {r[1] for r in runs} <= {"FINISHED", "KILLED"}
-    assert all(r[2] == "stopped" for r in runs if r[1] == "KILLED")
-    for t in load_suite(str(path)).trials:
-        assert any(r[0] == t.key and r[1] == "FINISHED" for r in runs), f"{t.label}: a point ran to the end"
+    runs = _trial_runs(tmp_path / "res" / "mlflow.db")
+    trials = load_suite(str(path)).trials
+    assert {r["key"] for r in runs} == {t.key for t in trials}
+    for t in trials:  # every cell: its own sampled points, its own full budget, its own survivor
+        cell = [r for r in runs if r["key"] == t.key]
+        assert len(cell) == 2 * 2, f"{t.label}: 2 samples x 2 optimizers"
+        assert len({r["point"] for r in cell}) == 4, f"{t.label}: each run is its own point"
+        assert sorted(r["point"][0] for r in cell) == ["adam", "adam", "sgd", "sgd"]
+        assert {r["status"] for r in cell} <= {"FINISHED", "KILLED"}
+        assert all(r["binbench"] == "stopped" for r in cell if r["status"] == "KILLED")
+        assert any(r["status"] == "FINISHED" and len(r["top1"]) == 4 for r in cell), f"{t.label}: none ran to the end"
+        # ASHA stops a run below the rung's cutoff among the runs recorded there: with cells apart those are runs
+        # of the same cell, so some run of this cell scored higher at the epoch where this one was stopped
+        for r in cell:
+            if r["status"] == "KILLED":
+                last = max(r["top1"])
+                assert any(o is not r and o["top1"].get(last, -1.0) > r["top1"][last] for o in cell), \
+                    f"{t.label}: a run stopped at epoch {last} although no run of its cell scored higher there"
+
+
+class _Trial:
+    def __init__(self, trial_id: str, cell: str):
+        self.trial_id, self.config = trial_id, {"trial": {"cell": cell}}
+
+
+def test_cell_asha_decides_within_a_cell_only():
+    """Results of two cells arrive interleaved, one cell scoring far above the other: each cell keeps its best
+    point and stops its own weaker ones, where one ASHA over both cells would stop the weaker cell's every point."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+    from bench.search import CellASHA
+
+    trials = {t.label: t for t in load_suite_body(SEARCH | {"grid": {**SEARCH["grid"], "seeds": [0, 1]}}).trials}
+    ste0, ste1 = trials["ste-mlp-digits-W1A1-common-s0"], trials["ste-mlp-digits-W1A1-common-s1"]
+    reste0 = trials["reste-mlp-digits-W1A1-common-s0"]
+    assert ste0.cell == ste1.cell != reste0.cell  # a cell spans the seeds, not the estimators
+    # (trial, cell, test_top1 at the first rung, the decision within the cell)
+    seq = [("a1", ste0.cell, 90.0, "CONTINUE"), ("a2", ste1.cell, 80.0, "STOP"),
+           ("b1", reste0.cell, 10.0, "CONTINUE"), ("b2", reste0.cell, 20.0, "CONTINUE"),
+           ("b3", reste0.cell, 5.0, "STOP"), ("a3", ste0.cell, 95.0, "CONTINUE")]
+    kw = {"metric": "test_top1", "mode": "max", "max_t": 5, "grace_period": 1, "reduction_factor": 2}
+    per_cell, pooled = CellASHA(**kw), AsyncHyperBandScheduler(**kw)
+    got, got_pooled = [], []
+    for sched, out in ((per_cell, got), (pooled, got_pooled)):
+        objs = {tid: _Trial(tid, cell) for tid, cell, _, _ in seq}
+        for t in objs.values():
+            sched.on_trial_add(None, t)
+        for tid, _, top1, _ in seq:
+            out.append(sched.on_trial_result(None, objs[tid], {"training_iteration": 1, "test_top1": top1}))
+    assert got == [getattr(TrialScheduler, want) for *_, want in seq]
+    assert got_pooled[2:5] == [TrialScheduler.STOP] * 3  # the same results pooled: the low cell loses everything
+    assert per_cell.debug_string() == "CellASHA over 2 cell(s)"
+
+
+def load_suite_body(body: dict):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return load_suite(str(_write(Path(d), body)))
+
+
+def test_search_suite_hands_tune_one_scheduler_per_cell(tmp_path, monkeypatch):
+    """What the runner gives Ray Tune: every grid point tagged with its cell, the space sampled for each of them,
+    and CellASHA with the file's ASHA settings (max_t past the longest run)."""
+    from ray import tune
+
+    from bench import runner
+    from bench.search import CellASHA
+
+    seen = {}
+
+    class FakeTuner:
+        def __init__(self, trainable, param_space, tune_config, run_config):
+            seen.update(space=param_space, cfg=tune_config)
+
+        def fit(self):
+            return None
+
+    monkeypatch.setattr(tune, "Tuner", FakeTuner)
+    suite = load_suite(str(_write(tmp_path, SEARCH)))
+    runner._fit(suite, suite.trials, tmp_path, "sqlite:///x.db", "0", "parent", False, 1, 0, None, lambda m: None)
+    points = seen["space"]["trial"]["grid_search"]
+    assert [(p["key"], p["cell"]) for p in points] == [(t.key, t.cell) for t in suite.trials]
+    assert len({p["cell"] for p in points}) == 2
+    assert set(seen["space"]) >= {"lr", "optimizer"} and seen["cfg"].num_samples == 2
+    sched = seen["cfg"].scheduler
+    assert isinstance(sched, CellASHA)
+    assert sched._kw | {"max_t": None} == {"metric": "test_top1", "mode": "max", "time_attr": "training_iteration",
+                                           "max_t": None, "grace_period": 1, "reduction_factor": 2, "brackets": 1}
+    assert sched._kw["max_t"] > SEARCH["defaults"]["epochs"]
 
 
 # -- issue 15: what a suite file may hold, refused in one line before anything is expanded or started -------------

@@ -82,15 +82,64 @@ def test_biper_stage1_weights_handed_to_stage2(tmp_path, handoff):
     assert res.best_epoch >= 0 and res.history[-1]["stage"] == 1
 
 
-def test_biper_published_recipe_stages():
+# BiPer's official CIFAR-10 ResNet-18 W1A1 runs as edmav4/BiPer (commit 152f97d) states them, read from that
+# repository and not from estimators/biper.py: {script: {line: (flag, value)}} of cifar10/run_stg1.sh and
+# run_stg2.sh; the defaults of cifar10/utils/options.py (--optimizer sgd, --momentum 0.9); cifar10/main.py's
+# warm-up (`if args.warm_up and epoch < 5: lr = args.lr * (epoch + 1) / 5`). Docs section 6 states the same run.
+BIPER_SCRIPTS = {
+    "cifar10/run_stg1.sh": {7: ("epochs", 600), 8: ("lr", 0.021), 9: ("b", 256), 11: ("lr_type", "cos"),
+                            12: ("warm_up", True), 13: ("weight_decay", 0.0016), 14: ("tau", 0.037),
+                            15: ("freq", 20.0)},
+    "cifar10/run_stg2.sh": {6: ("epochs", 300), 7: ("lr", 0.0037), 8: ("b", 256), 10: ("lr_type", "cos"),
+                            11: ("warm_up", True), 12: ("weight_decay", 0.00016), 13: ("tau", 0.0468),
+                            14: ("load_ckpt_stage1", "./result/stage1/model_best.pth.tar")},
+}
+BIPER_OPTIONS = {"optimizer": "sgd", "momentum": 0.9}
+BIPER_WARMUP_EPOCHS = 5
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet20"])  # resnet18: the scripts' own; resnet20: extrapolated
+def test_biper_published_recipe_is_the_official_run(model):
     from bench.spec import resolve
 
-    spec = resolve({"estimator": "biper", "recipe": "published", "model": "resnet20", "dataset": "cifar10"})
-    cfg, plan = spec.config, spec.stages
-    assert [(p.name, p.epochs, p.lr, p.weight_decay) for p in plan] == [
-        ("real", 600, 0.021, 0.0016), ("binary", 300, 0.0037, 0.00016)]
-    assert plan[0].estimator == {"tau": 0.037} and plan[1].estimator == {"tau": 0.0468}
-    assert cfg.stage_handoff == "best" and cfg.activation_hparams == {"std_normalize": True}
+    spec = resolve({"estimator": "biper", "recipe": "published", "model": model, "dataset": "cifar10"})
+    cfg, plan = spec.config, [s.to_dict() for s in spec.stages]
+    scripts = [dict(lines.values()) for lines in BIPER_SCRIPTS.values()]
+    assert [p["name"] for p in plan] == ["real", "binary"]  # run_stg1.sh: sine weights, run_stg2.sh: sign(sine)
+    for stage, official in zip(plan, scripts, strict=True):
+        assert stage["epochs"] == official["epochs"]
+        assert stage["lr"] == pytest.approx(official["lr"]) and stage["weight_decay"] == pytest.approx(
+            official["weight_decay"])
+        assert stage["estimator"]["tau"] == pytest.approx(official["tau"])
+        assert (stage["lr_schedule"], official["lr_type"]) == ("cosine", "cos")
+        assert official["warm_up"] and stage["warmup_epochs"] == BIPER_WARMUP_EPOCHS
+        assert (stage["optimizer"], stage["momentum"]) == (BIPER_OPTIONS["optimizer"], BIPER_OPTIONS["momentum"])
+        assert cfg.batch_size == official["b"]
+    assert cfg.epochs == sum(s["epochs"] for s in scripts)
+    assert cfg.estimator_hparams["w0"] == scripts[0]["freq"]  # stage 2 re-reads stage 1's freq (docs section 6)
+    assert scripts[1]["load_ckpt_stage1"].endswith("model_best.pth.tar") and cfg.stage_handoff == "best"
+    # docs section 1.2: BiPer (ReCU code) divides the activation by its per-sample std before the sign
+    assert cfg.activation_estimator == "approx_sign" and cfg.activation_hparams["std_normalize"] is True
+
+
+def _cited_lines(source: str) -> set[tuple[str, int]]:
+    import re
+
+    out = set()
+    for path, spec in re.findall(r"(cifar10/run_stg[12]\.sh):([\d,-]+\d)", source):
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            out |= {(path, n) for n in range(int(lo), int(hi or lo) + 1)}
+    return out
+
+
+def test_biper_rules_cite_the_script_lines_that_set_their_values():
+    """Each line a published rule cites in the official scripts sets one of the run's flags, and each flag the
+    scripts set is cited by some rule: a stale line number or an unsourced official value fails here."""
+    cited = set().union(*(_cited_lines(rule.source) for rule in ESTIMATORS.get("biper").published))
+    official = {(path, n) for path, lines in BIPER_SCRIPTS.items() for n in lines}
+    assert cited and cited <= official, f"cited lines that set nothing: {sorted(cited - official)}"
+    assert official <= cited, f"official settings no rule cites: {sorted(official - cited)}"
 
 
 @register_estimator("test_nan_after_1")

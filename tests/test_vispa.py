@@ -3,12 +3,13 @@ semantics and gradient routing, step by step, are in test_fidelity.py."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import bench
 from bench.estimator import estimator_quantizers
 from bench.layers import binary_layers
-from bench.spec import resolve
+from bench.spec import StagePlan, resolve
 from bench.train import train
 
 from .conftest import TINY
@@ -97,4 +98,97 @@ def test_run_reports_three_modes_and_overhead():
     assert {"test_top1", "test_sample_top1", "test_mean_top1"} <= set(res.history[-1])
     binary = res.params["binary_weights"]
     assert res.params["estimator_state"] == 4 * binary  # K = 4 latent copies
-    assert len(estimator_quantizers(torch.nn.Module())) == 0
+
+
+def _vispa_model(**hparams):
+    from bench.data import get_dataset
+    from bench.train import build_model
+
+    torch.manual_seed(0)
+    cfg = resolve({**TINY, "estimator": "vispa", "estimator_hparams": hparams}).config
+    return build_model(cfg, get_dataset("digits"))[:2]
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_every_binary_layer_has_its_own_trained_z(rank):
+    """Z (K, *M.shape) per binary layer (docs section 7: "Z (shape (K, C_out, C_in, k, k))"), a parameter the
+    optimizer updates and checkpoints keep; its gradient is eps_k times M's (dL/dZ = eps g, no chain rule through
+    the normalisation), so each slice Z.grad[k] is parallel to M.grad."""
+    from bench.train import make_optimizer
+
+    model, est = _vispa_model(rank=rank)
+    layers = binary_layers(model)
+    assert layers
+    zs = [layer.weight_quantizer.Z for _, layer in layers]
+    for (_, layer), z in zip(layers, zs, strict=True):
+        assert isinstance(z, torch.nn.Parameter) and z.requires_grad
+        assert z.shape == (rank, *layer.weight.shape)
+    assert len({id(z) for z in zs}) == len(zs)  # one Z per layer, not a shared one
+    state = model.state_dict()
+    assert all(f"{name}.weight_quantizer.Z" in state for name, _ in layers)
+    opt = make_optimizer(model, StagePlan(0, "main", 1, "sgd", 0.1, 0.9, 0.0, "constant", 0, {}))
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert all(id(z) in in_opt for z in zs)
+
+    model.train()
+    x = torch.randn(8, 1, 8, 8)
+    torch.nn.functional.cross_entropy(model(x), torch.arange(8) % 10).backward()
+    for (name, layer), z in zip(layers, zs, strict=True):
+        g = layer.weight.grad
+        assert z.grad is not None and g is not None and g.any(), name
+        for k in range(rank):  # z.grad[k] = eps_k g for the layer's one draw eps ~ N(0, I_K)
+            coef = (z.grad[k] * g).sum() / g.square().sum()
+            assert coef != 0 and torch.allclose(z.grad[k], coef * g, atol=1e-6), (name, k)
+    before = [z.detach().clone() for z in zs]
+    opt.step()
+    assert all(not torch.equal(z, b) for z, b in zip(zs, before, strict=True))
+
+
+def test_rank_zero_has_no_z():
+    model, _ = _vispa_model(rank=0)
+    assert binary_layers(model)
+    assert not any(hasattr(layer.weight_quantizer, "Z") for _, layer in binary_layers(model))
+    assert sum(p.numel() for q in estimator_quantizers(model) for p in q.parameters()) == 0
+
+
+def _predict(est, model, x, mode, seed):
+    est.eval_mode = mode  # as bench.train.evaluate sets it
+    torch.manual_seed(seed)
+    return est.predict(model, x, mode)
+
+
+def test_ensemble_averages_independent_samples():
+    """The ensemble is the mean logit of L networks, each with a fresh sample in every layer (docs section 7,
+    "Evaluation"): it is the average of L single-sample predictions drawn in turn, it is not any one of them,
+    and averaging shrinks the spread from one draw to the next (about 1/sqrt(L))."""
+    L = 16
+    model, est = _vispa_model(samples=L)
+    model.eval()
+    x = torch.randn(32, 1, 8, 8)
+    ens = _predict(est, model, x, "ensemble", 5)
+    torch.manual_seed(5)
+    est.eval_mode = "sample"
+    singles = torch.stack([est.predict(model, x, "sample").float() for _ in range(L)])
+    assert torch.allclose(ens, singles.mean(0), atol=1e-5)
+    assert not torch.allclose(singles[0], singles[1])  # each pass draws its own sample
+    assert not torch.allclose(ens, singles[0])
+    mean = _predict(est, model, x, "mean", 5)
+    assert torch.equal(mean, _predict(est, model, x, "mean", 6))  # sign(M): no draw
+    assert not torch.allclose(ens, mean)  # S = 100: the samples are not the mean's signs
+    seeds = range(8)
+    spread_ens = torch.stack([_predict(est, model, x, "ensemble", s) for s in seeds]).std(0).mean()
+    spread_one = torch.stack([_predict(est, model, x, "sample", s) for s in seeds]).std(0).mean()
+    assert spread_ens < 0.5 * spread_one
+
+
+def test_ensemble_tends_to_the_mean_network_as_the_variance_vanishes():
+    """w = m_n + eps^T z_n / sqrt(S): as S grows every sample's signs become sign(M), so the ensemble's logits
+    become the mean mode's; at the published S = 100 they are not."""
+    model, est = _vispa_model(samples=4, scale=1e12)
+    model.eval()
+    x = torch.randn(32, 1, 8, 8)
+    mean = _predict(est, model, x, "mean", 0)
+    assert torch.allclose(_predict(est, model, x, "ensemble", 1), mean, atol=1e-4)
+    assert torch.allclose(_predict(est, model, x, "sample", 2), mean, atol=1e-4)
+    est.scale = 100.0
+    assert not torch.allclose(_predict(est, model, x, "ensemble", 1), mean, atol=1e-4)
