@@ -222,7 +222,7 @@ def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], 
     interleaved, medians; a row that misses its ``step_cost_target`` gets a profile row."""
     from bench import list_estimators
     from bench.data import get_dataset
-    from bench.estimator import estimator_quantizers, get_estimator_class, reference_estimator
+    from bench.estimator import Progress, Stage, estimator_quantizers, get_estimator_class, reference_estimator
     from bench.spec import resolve
     from bench.train import build_model, quantized_weights, training_step
 
@@ -235,13 +235,14 @@ def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], 
     runners = {}
     for name in names:
         # as many epochs as the estimator has stages (the step measured is the last stage's)
-        cfg = resolve(w.config(estimator=name, epochs=len(get_estimator_class(name)().stages()))).config
+        run = resolve(w.config(estimator=name, epochs=len(get_estimator_class(name)().stages())))
+        cfg, last = run.config, run.stages[-1]
         torch.manual_seed(0)
         model, est, act = build_model(cfg, spec)
         model.to(w.device).train()
-        for e in {est, act} - {None}:
-            stages = e.stages()
-            e.begin_stage(len(stages) - 1, stages[-1])  # the binary stage: the one that costs
+        for e in {est, act} - {None}:  # the last stage (the binary one, where there are two), as train enters it
+            e.begin_stage(last.index, Stage(last.name, 1.0, last.estimator if e is est else {}))
+            e.set_progress(Progress(last.index, last.name, 0, last.epochs))
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         qs = estimator_quantizers(model, "weight")
         constrained = [(q, p) for q, p in quantized_weights(model) if q.estimator.has_constraint]

@@ -32,7 +32,11 @@ class CellASHA(FIFOScheduler):
         self._sched(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        return self._sched(trial).on_trial_result(tune_controller, trial, result)
+        decision = self._sched(trial).on_trial_result(tune_controller, trial, result)
+        # a trial's last epoch is no rung: stopping it there would record a finished run as stopped
+        spec = trial.config["trial"].get("spec")
+        last = spec is not None and result.get(self._kw["time_attr"], 0) >= spec.config.epochs
+        return self.CONTINUE if last else decision
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         self._sched(trial).on_trial_complete(tune_controller, trial, result)

@@ -257,6 +257,27 @@ def test_cell_asha_decides_within_a_cell_only():
     assert per_cell.debug_string() == "CellASHA over 2 cell(s)"
 
 
+def test_cell_asha_never_stops_a_trial_at_its_last_epoch():
+    """A rung at the last epoch (grace 1, factor 2, 4 epochs: rungs 1, 2, 4) would stop a run that already
+    trained to the end, and record a finished run as stopped: the last epoch continues whatever it scores."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from bench.search import CellASHA
+
+    t = load_suite_body(SEARCH).trials[0]
+    sched = CellASHA(metric="test_top1", mode="max", max_t=5, grace_period=1, reduction_factor=2)
+    runs = {tid: _Trial(tid, t.cell) for tid in ("good", "bad")}
+    for tr in runs.values():
+        tr.config["trial"]["spec"] = t.spec
+        sched.on_trial_add(None, tr)
+    out = {}
+    for it in (1, 2, 3, 4):
+        for tid, top1 in (("good", 90.0 + it), ("bad", 10.0)):
+            out[(tid, it)] = sched.on_trial_result(None, runs[tid], {"training_iteration": it, "test_top1": top1})
+    assert out[("bad", 1)] == TrialScheduler.STOP  # a rung before the end still stops the weaker point
+    assert out[("bad", 4)] == TrialScheduler.CONTINUE and out[("good", 4)] == TrialScheduler.CONTINUE
+
+
 def load_suite_body(body: dict):
     import tempfile
 
