@@ -155,8 +155,9 @@ class Estimator:
 
     @classmethod
     def setting_label(cls, hparams: Mapping[str, Any]) -> str:
-        """How a table names the setting its rows ran with, where a reader needs it to compare them with the
-        paper (an ensemble size); "" for none."""
+        """How a table labels the setting its rows ran with, where a reader needs it to compare them with the
+        paper (an ensemble size: "L=40, K=4"): beside the row's evaluation mode and in the table header; ""
+        for none."""
         return ""
 
     @classmethod

@@ -284,7 +284,19 @@ def _eval_modes(fin: pd.DataFrame) -> dict[str, str]:
     others = [col[5:] for col in fin.columns if col.startswith("top1_") and col[5:] != head and fin[col].notna().any()]
     other = "; ".join(f"{m} {fin['top1_' + m].mean():.2f} +- {fin['top1_' + m].std(ddof=1):.2f}" if n > 1
                       else f"{m} {fin['top1_' + m].mean():.2f}" for m in others)
-    return {"eval_mode": head, "other_modes": other}
+    labels = _setting_labels(fin)
+    return {"eval_mode": f"{head} ({'; '.join(labels)})" if labels else head, "other_modes": other}
+
+
+def _setting_labels(runs: pd.DataFrame) -> list[str]:
+    """The settings the runs' estimator labels its rows by (``Estimator.setting_label``), each once."""
+    from bench.estimator import ESTIMATORS
+
+    est = runs["estimator"].iloc[0] if len(runs) else None
+    if est not in ESTIMATORS:
+        return []
+    cls = ESTIMATORS.get(est)
+    return sorted({cls.setting_label(h or {}) for h in runs["hparams"]} - {""})
 
 
 def _known(v: Any) -> bool:
@@ -439,12 +451,9 @@ def _setting_lines(df: pd.DataFrame) -> list[str]:
 
     out = []
     for est, g in df.groupby("estimator"):
-        if est not in ESTIMATORS:
-            continue
-        cls = ESTIMATORS.get(est)
-        labels = sorted({cls.setting_label(h or {}) for h in g["hparams"]} - {""})
+        labels = _setting_labels(g)
         if labels:
-            out.append(f"{cls.display_name}: {'; '.join(labels)}")
+            out.append(f"{ESTIMATORS.get(est).display_name}: {'; '.join(labels)}")
     return out
 
 
