@@ -41,113 +41,16 @@ def _space(spec: dict[str, Any]):
 
 
 def _trial_fn(config: dict[str, Any]) -> None:
-    """Runs inside a Ray worker: one training run, tracked in MLflow, reported to Tune."""
-    import torch
+    """Runs inside a Ray worker: one trial (bench.trial.run_trial), its epochs reported to Tune."""
+    import ray
     from ray import tune
 
-    from bench import record as recording
-    from bench.env import describe
-    from bench.tracking import STATUS_TAG, TrialRun
-    from bench.train import train
+    from bench.trial import run_trial
 
-    trial, ctx = dict(config["trial"]), config["ctx"]
-    cfg = dict(trial["config"])
-    for k, v in config.items():  # sampled search-space values
-        if k not in ("trial", "ctx"):
-            cfg[k] = v
-    cpus = int(ctx["cpus_per_trial"])
-    torch.set_num_threads(cpus)
-    ckpt_dir = Path(ctx["results_dir"]) / "checkpoints" / (trial["key"] + ("" if len(config) == 2 else
-                                                                            "-" + _short_hash(cfg)))
-    restored = tune.get_checkpoint()  # set when Ray retries this trial after a crash
-    # which execution wrote the checkpoints: a retry within this one (a lost node or worker, possibly before Tune
-    # registered its checkpoint) continues from them, a fresh execution trains from scratch
-    marker = ckpt_dir / "execution"
-    same_execution = marker.exists() and marker.read_text() == str(ctx["parent_run_id"])
-    if not ctx["resume"] and restored is None and not same_execution and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)  # only --resume (or a retry) continues old checkpoints
-    if restored is not None and not (ckpt_dir / "last.pt").exists():
-        with restored.as_directory() as d:
-            if (Path(d) / "last.pt").exists():
-                ckpt_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy(Path(d) / "last.pt", ckpt_dir / "last.pt")
-    continued = (ckpt_dir / "last.pt").exists()
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(str(ctx["parent_run_id"]))
-    cfg.update(threads=cpus, checkpoint_dir=str(ckpt_dir), resume=True)
-    if ctx.get("gpus_per_trial", 0) == 0:
-        cfg.setdefault("device", "cpu")
-    os.environ.update(ctx.get("mlflow_env", {}))  # a lost tracking server fails the trial in seconds, not minutes
-    import socket
-
-    from bench.tracking import ATTEMPT_TAG, RESULTS_TAG
-
-    info = describe()
-    import ray
-
-    tags = {RESULTS_TAG: ctx["results_dir"], ATTEMPT_TAG: ckpt_dir.name,
-            "worker": f"pid {os.getpid()} on host {socket.gethostname()}",
-            "ray_node": ray.get_runtime_context().get_node_id(), "continued_from_checkpoint": str(continued).lower(),
-            "git_commit": info["git_commit"],
-            **{f"version.{k}": v for k, v in info["versions"].items()},
-            **{f"hardware.{k}": v for k, v in info["hardware"].items()}, "w_bits": str(cfg.get("w_bits")),
-            "a_bits": str(cfg.get("a_bits")), "role": _role(trial["estimator"])}
-    run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags)
-
-    logged: set[int] = set()
-
-    def on_epoch(record: dict[str, Any]) -> None:
-        step = int(record["global_epoch"])
-        run.log_metrics(record, step)
-        logged.add(step)
-        # metrics only: the checkpoints stay in the trial's own folder (one copy; a retry within this execution
-        # continues from it, see the "execution" marker above), not copied to Ray every epoch
-        tune.report({k: v for k, v in record.items() if isinstance(v, (int, float)) and "/" not in k})
-
-    final_model = recording.FinalModel()
-    monitor = None
-    try:
-        from bench.config import resolve_config
-
-        resolved = resolve_config(cfg).to_dict()
-        params, exec_tags = recording.split_config(resolved)
-        run.log_params(params)
-        run.set_tags(exec_tags)
-        monitor = recording.start_system_metrics(run.run_id, ctx["tracking_uri"])
-        res = train(cfg, callbacks=[on_epoch], stage_hooks=[final_model])
-        recording.stop_system_metrics(monitor)
-    except SystemExit:  # Ray ends a trial its scheduler stops (ASHA) this way: not a failure, not a result
-        recording.stop_system_metrics(monitor)
-        run.set_tags({STATUS_TAG: "stopped"})
-        run.end("KILLED")
-        raise
-    except BaseException as exc:
-        recording.stop_system_metrics(monitor)
-        run.set_tags({STATUS_TAG: "failed", "error": f"{type(exc).__name__}: {exc}"})
-        run.end("FAILED")
-        raise
-    for record in res.history:  # epochs restored from a checkpoint: their metrics belong in this run too
-        if int(record["global_epoch"]) not in logged:
-            run.log_metrics(record, int(record["global_epoch"]))
-    run.log_metrics(recording.final_metrics(res), len(res.history))
-    run.set_tags(recording.final_tags(res))
-    recording.log_run_record(run.client, run.run_id, resolved, res, final_model.state_dict(ckpt_dir / "model.pt"),
-                             final_model.latent_histogram(len(res.history)))
-    run.end("FINISHED" if res.status == "finished" else "FAILED")
-
-
-def _role(estimator: str) -> str:
-    """How tables treat a trial: "baseline" (the FP network), "control" or "method" (the estimator's role)."""
-    from bench.estimator import get_estimator_class
-
-    return "baseline" if estimator == "fp" else get_estimator_class(estimator).role
-
-
-def _short_hash(cfg: dict[str, Any]) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    sampled = {k: v for k, v in config.items() if k not in ("trial", "ctx")}  # search-space values
+    run_trial(dict(config["trial"]), config["ctx"], tune.report, sampled=sampled,
+              restored=tune.get_checkpoint(),  # set when Ray retries this trial after a crash
+              tags={"ray_node": ray.get_runtime_context().get_node_id()})
 
 
 def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = False, address: str | None = None,
