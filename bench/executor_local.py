@@ -14,6 +14,7 @@ and a closed pipe ends one waiting for work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -27,6 +28,8 @@ from typing import Any
 MAX_FAILURES = 2
 #: what the forkserver imports once for every worker it forks
 PRELOAD = ["torch", "mlflow", "bench.trial", "bench.train", "bench.record", "bench.tracking"]
+#: the trial function, as module:function
+TARGET = "bench.trial:run_trial"
 #: the trial runs' tag that says which executor ran them
 LOCAL_TAGS = {"executor": "local"}
 #: how long stopped workers get to end their runs (KILLED) before they are killed
@@ -83,23 +86,26 @@ class Book:
         self.progress.on_experiment_end([])
 
 
-def run_local(trials: list[dict[str, Any]], ctx: dict[str, Any], workers: int, progress: Any, watch: Any) -> None:
-    """Run ``trials`` with ``workers`` at a time: in this process for one, else in a pool of worker processes."""
+def run_local(trials: list[dict[str, Any]], ctx: dict[str, Any], workers: int, progress: Any, watch: Any,
+              target: str = TARGET) -> None:
+    """Run ``trials`` with ``workers`` at a time: in this process for one, else in a pool of worker processes.
+
+    ``target`` names the trial function as ``module:function`` (tests put a fake one in)."""
     book = Book(trials, progress, watch)
     try:
         if workers == 1:
-            _run_here(book, ctx)
+            _run_here(book, ctx, target)
         else:
-            Pool(workers, ctx).run(book)
+            Pool(workers, ctx, target).run(book)
     finally:
         book.close()
 
 
-def _run_here(book: Book, ctx: dict[str, Any]) -> None:
+def _run_here(book: Book, ctx: dict[str, Any], target: str) -> None:
     """One trial at a time in the driver's process: no worker to start at all."""
     from bench.data import keep_in_memory
-    from bench.trial import run_trial
 
+    run_trial = _resolve(target)
     keep_in_memory(True)
     try:
         while (job := book.next()) is not None:
@@ -125,19 +131,19 @@ class Worker:
 class Pool:
     """``size`` worker processes, replaced when one dies; all of them stopped when the pool ends."""
 
-    def __init__(self, size: int, ctx: dict[str, Any]):
+    def __init__(self, size: int, ctx: dict[str, Any], target: str = TARGET):
         import multiprocessing as mp
 
         # forkserver: workers fork from a clean process that imported torch once and started no threads (fork of
         # the driver could copy a held lock of one of its threads); spawn would import torch in every worker
         self.mp = mp.get_context("forkserver")
         self.mp.set_forkserver_preload(PRELOAD)
-        self.size, self.ctx = size, ctx
+        self.size, self.ctx, self.target = size, ctx, target
         self.workers: list[Worker] = []
 
     def _start_worker(self) -> Worker:
         parent, child = self.mp.Pipe()
-        p = self.mp.Process(target=worker_main, args=(child, int(self.ctx["cpus_per_trial"])),
+        p = self.mp.Process(target=worker_main, args=(child, os.getpid(), int(self.ctx["cpus_per_trial"]), self.target),
                             daemon=True, name="binbench-worker")
         p.start()
         child.close()
@@ -219,24 +225,24 @@ class Pool:
 
 
 # -- inside a worker ----------------------------------------------------------------------------------------
-def worker_main(conn: Any, cpus: int) -> None:
+def worker_main(conn: Any, driver: int, cpus: int, target: str = TARGET) -> None:
     """A worker's life: run the trials the driver sends until it sends None, closes the pipe or stops it."""
-    _die_with_parent()
+    _die_with_driver(driver)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the driver decides
     signal.signal(signal.SIGTERM, _interrupt)  # the driver stops this worker: end the run KILLED, not FAILED
     try:
-        _serve(conn, cpus)
+        _serve(conn, cpus, target)
     except KeyboardInterrupt:  # stopped between trials or while starting: nothing to end, and no traceback
         pass
 
 
-def _serve(conn: Any, cpus: int) -> None:
+def _serve(conn: Any, cpus: int, target: str) -> None:
     """Receive (trial, ctx), run it, send its epochs' metrics and its end; exit on None or EOF."""
     import torch
 
     from bench.data import keep_in_memory
-    from bench.trial import run_trial
 
+    run_trial = _resolve(target)
     torch.set_num_threads(cpus)
     keep_in_memory(True)
     send: Callable[[tuple], None] = conn.send
@@ -256,26 +262,61 @@ def _serve(conn: Any, cpus: int) -> None:
         send(("done", status))
 
 
+def _resolve(target: str) -> Callable[..., str]:
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _die_with_parent() -> None:
-    """End this worker when its parent (the forkserver, which ends with the driver) dies, even by SIGKILL."""
+def _die_with_driver(driver: int) -> None:
+    """End this worker when the driver dies, even by SIGKILL: when its parent (the forkserver, which ends once no
+    process holds its "alive" pipe) dies, and, as a fallback, when a poll finds the driver gone."""
     parent = os.getppid()
+    _release_forkserver()
     if sys.platform.startswith("linux"):
         import ctypes
 
         PR_SET_PDEATHSIG = 1
-        with_errno = ctypes.CDLL(None, use_errno=True)
-        with_errno.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent or parent == 1:  # it died before the line above
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent or not _alive(driver):  # it died before the lines above
         os._exit(1)
     import threading
 
-    def watch() -> None:  # where prctl is missing: a poll of the parent, once a second
-        while os.getppid() == parent:
+    def watch() -> None:
+        while os.getppid() == parent and _alive(driver):
             time.sleep(1.0)
         os._exit(1)
 
-    threading.Thread(target=watch, name="binbench-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="binbench-driver-watch", daemon=True).start()
+
+
+def _release_forkserver() -> None:
+    """Close this worker's copy of the driver's end of the forkserver's "alive" pipe: multiprocessing hands it to
+    every child, and while a worker holds it the forkserver outlives a killed driver (and the worker with it)."""
+    with contextlib.suppress(Exception):  # a private attribute: without it, the driver poll still ends us
+        from multiprocessing import forkserver
+
+        fd = forkserver._forkserver._forkserver_alive_fd
+        if fd is not None:
+            forkserver._forkserver._forkserver_alive_fd = None
+            os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: a signal 0 tells at least whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
