@@ -303,21 +303,26 @@ def measure_suite(data_root: str, n_trials: int, epochs: int, subset: int, rows:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
                                                         os.environ.get("PYTHONPATH", "")])}
     cores = os.cpu_count() or 1
-    wall_ray, driver_rss = _peak_rss_of([sys.executable, "-m", "bench.cli", "suite", "run", str(path),
-                                         "--results-dir", str(tmp / "suite"), "--cpus-per-trial", "1",
-                                         "--data-root", data_root], env)
+    walls, rss = {}, {}
+    for executor in ("ray", "local"):  # the same suite under each executor, each into a fresh results folder
+        walls[executor], rss[executor] = _peak_rss_of(
+            [sys.executable, "-m", "bench.cli", "suite", "run", str(path), "--results-dir",
+             str(tmp / f"suite-{executor}"), "--cpus-per-trial", "1", "--data-root", data_root, "--executor", executor],
+            env)
     t0 = time.perf_counter()
     for t in trials:
         train({**t.config, "threads": cores})
     wall_seq = time.perf_counter() - t0
-    log(f"  suite: {len(trials)} trials, Ray parallel {wall_ray:.1f}s, sequential {wall_seq:.1f}s")
-    rows.append({"measure": "suite", "workload": "mnist trials",
-                 "variant": f"Ray, {cores} x 1-CPU trials / sequential with {cores} threads "
-                            f"({len(trials)} MLP trials, {body['defaults']['epochs']} epoch(s), {subset} images)",
-                 "ratio": wall_ray / wall_seq, "median": wall_ray, "unit": "s", "target": 1.0,
-                 "met": wall_ray / wall_seq <= 1.0})
-    rows.append({"measure": "memory", "workload": "suite driver", "variant": "peak RSS", "median": driver_rss / 2**20,
-                 "unit": "MiB"})
+    log(f"  suite: {len(trials)} trials, Ray parallel {walls['ray']:.1f}s, local parallel {walls['local']:.1f}s, "
+        f"sequential {wall_seq:.1f}s")
+    what = f"({len(trials)} MLP trials, {body['defaults']['epochs']} epoch(s), {subset} images)"
+    for executor, name in (("ray", "Ray"), ("local", "local executor")):
+        rows.append({"measure": "suite", "workload": "mnist trials",
+                     "variant": f"{name}, {cores} x 1-CPU trials / sequential with {cores} threads {what}",
+                     "ratio": walls[executor] / wall_seq, "median": walls[executor], "unit": "s", "target": 1.0,
+                     "met": walls[executor] / wall_seq <= 1.0})
+        rows.append({"measure": "memory", "workload": f"suite driver ({executor})", "variant": "peak RSS",
+                     "median": rss[executor] / 2**20, "unit": "MiB"})
 
 
 def measure_trial_memory(data_root: str, rows: list[dict], log) -> None:

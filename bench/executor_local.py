@@ -143,9 +143,11 @@ class Pool:
 
     def _start_worker(self) -> Worker:
         parent, child = self.mp.Pipe()
-        p = self.mp.Process(target=worker_main, args=(child, os.getpid(), int(self.ctx["cpus_per_trial"]), self.target),
-                            daemon=True, name="binbench-worker")
-        p.start()
+        cpus = int(self.ctx["cpus_per_trial"])
+        p = self.mp.Process(target=worker_main, args=(child, os.getpid(), cpus, self.target), daemon=True,
+                            name="binbench-worker")
+        with _thread_env(cpus):
+            p.start()
         child.close()
         w = Worker(p, parent)
         self.workers.append(w)
@@ -169,6 +171,8 @@ class Pool:
 
     def _assign(self, book: Book) -> None:
         """Give every idle worker (starting one where the pool is short) the next trial."""
+        for w in [w for w in self.workers if w.job is None and not w.process.is_alive()]:
+            self.workers.remove(w)  # died between trials (the OOM killer, a kill): its place is started anew
         while True:
             idle = [w for w in self.workers if w.job is None]
             if not idle and len(self.workers) >= self.size:
@@ -177,9 +181,15 @@ class Pool:
             if job is None:
                 return
             w = idle[0] if idle else self._start_worker()
-            w.job = job
             book.started(job)
-            w.conn.send((job.trial, self.ctx))
+            try:
+                w.conn.send((job.trial, self.ctx))
+            except OSError:  # it died just now: a lost attempt, as a death mid-trial (bounded by the retries)
+                w.process.join(timeout=5)
+                self.workers.remove(w)
+                book.errored(job)
+                continue
+            w.job = job
 
     def _receive(self, w: Worker, book: Book) -> None:
         """Read what a busy worker sent; a worker that died loses its trial to a retry in a new worker."""
@@ -222,6 +232,23 @@ class Pool:
                 w.process.join(timeout=5)
             w.conn.close()
         self.workers.clear()
+
+
+@contextlib.contextmanager
+def _thread_env(cpus: int):
+    """OpenMP/BLAS thread counts = the trial's CPUs for the forkserver (started with the first worker, whose
+    libraries read them as torch loads), unless the user set them: as Ray does for its workers, so parallel
+    trials do not oversubscribe the cores. The driver's own environment is left as it was."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    old = {k: os.environ.get(k) for k in names}
+    for k in names:
+        os.environ.setdefault(k, str(cpus))
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
 
 
 # -- inside a worker ----------------------------------------------------------------------------------------
