@@ -325,7 +325,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     load_suite(args.suite, data_root=args.data_root, check_data=True, max_trials=args.max_trials)
     out = run_suite(suite, results_dir, resume=args.resume, address=args.address,
                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                    tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent)
+                    tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent, executor=args.executor)
     counts: dict[str, int] = {}
     for st in out.statuses.values():
         counts[st] = counts.get(st, 0) + 1
@@ -525,7 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("suite", nargs="?", help="a suite name (binbench suite list) or a path to a .yaml file")
     su.add_argument("--resume", action="store_true", help="skip trials that already ended; continue unfinished ones")
     su.add_argument("--dry-run", action="store_true", help="validate and print the trials; start nothing")
-    su.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT (default: a local Ray)")
+    su.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT (default: this machine)")
+    su.add_argument("--executor", choices=["auto", "local", "ray"], default="auto",
+                    help="local: worker processes on this machine that start once (faster for short trials); ray: "
+                         "Ray Tune (clusters, search suites); auto (default): ray for --address, search suites and "
+                         "GPU trials, local otherwise")
     su.add_argument("--cpus-per-trial", type=int, default=1)
     su.add_argument("--gpus-per-trial", type=float, default=0.0)
     su.add_argument("--max-concurrent", type=int, help="at most this many trials at once")

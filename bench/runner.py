@@ -41,111 +41,23 @@ def _space(spec: dict[str, Any]):
 
 
 def _trial_fn(config: dict[str, Any]) -> None:
-    """Runs inside a Ray worker: one training run, tracked in MLflow, reported to Tune."""
-    import torch
+    """Runs inside a Ray worker: one trial (bench.trial.run_trial), its epochs reported to Tune."""
+    import ray
     from ray import tune
 
-    from bench import record as recording
-    from bench.env import describe
-    from bench.tracking import STATUS_TAG, TrialRun
-    from bench.train import train
+    from bench.trial import run_trial
 
-    trial, ctx = dict(config["trial"]), config["ctx"]
-    spec = trial["spec"]
-    sampled = {k: v for k, v in config.items() if k not in ("trial", "ctx")}  # a search point's values
-    if sampled:
-        spec = spec.with_values(**sampled)
-    cpus = int(ctx["cpus_per_trial"])
-    torch.set_num_threads(cpus)
-    ckpt_dir = Path(ctx["results_dir"]) / "checkpoints" / spec.key
-    restored = tune.get_checkpoint()  # set when Ray retries this trial after a crash
-    # which execution wrote the checkpoints: a retry within this one (a lost node or worker, possibly before Tune
-    # registered its checkpoint) continues from them, a fresh execution trains from scratch
-    marker = ckpt_dir / "execution"
-    same_execution = marker.exists() and marker.read_text() == str(ctx["parent_run_id"])
-    if not ctx["resume"] and restored is None and not same_execution and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)  # only --resume (or a retry) continues old checkpoints
-    if restored is not None and not (ckpt_dir / "last.pt").exists():
-        with restored.as_directory() as d:
-            if (Path(d) / "last.pt").exists():
-                ckpt_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy(Path(d) / "last.pt", ckpt_dir / "last.pt")
-    continued = (ckpt_dir / "last.pt").exists()
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(str(ctx["parent_run_id"]))
-    execution: dict[str, Any] = {"threads": cpus, "checkpoint_dir": str(ckpt_dir), "resume": True}
-    if ctx.get("gpus_per_trial", 0) == 0 and spec.config.device == "auto":
-        execution["device"] = "cpu"
-    spec = spec.with_execution(**execution)
-    cfg = spec.config.to_dict()
-    os.environ.update(ctx.get("mlflow_env", {}))  # a lost tracking server fails the trial in seconds, not minutes
-    import socket
-
-    from bench.tracking import ATTEMPT_TAG, RESULTS_TAG, TRIAL_TAG
-
-    info = describe()
-    import ray
-
-    tags = {RESULTS_TAG: ctx["results_dir"], ATTEMPT_TAG: ckpt_dir.name, TRIAL_TAG: trial["key"],
-            "worker": f"pid {os.getpid()} on host {socket.gethostname()}",
-            "ray_node": ray.get_runtime_context().get_node_id(), "continued_from_checkpoint": str(continued).lower(),
-            "git_commit": info["git_commit"],
-            **{f"version.{k}": v for k, v in info["versions"].items()},
-            **{f"hardware.{k}": v for k, v in info["hardware"].items()}, "w_bits": str(cfg.get("w_bits")),
-            "a_bits": str(cfg.get("a_bits")), "role": _role(trial["estimator"])}
-    run = TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], {**trial, "key": spec.key}, tags)
-
-    logged: set[int] = set()
-
-    def on_epoch(record: dict[str, Any]) -> None:
-        step = int(record["global_epoch"])
-        run.log_metrics(record, step)
-        logged.add(step)
-        # metrics only: the checkpoints stay in the trial's own folder (one copy; a retry within this execution
-        # continues from it, see the "execution" marker above), not copied to Ray every epoch
-        tune.report({k: v for k, v in record.items() if isinstance(v, (int, float)) and "/" not in k})
-
-    final_model = recording.FinalModel()
-    monitor = None
-    try:
-        resolved = cfg
-        params, exec_tags = recording.split_config(resolved)
-        run.log_params(params)
-        run.set_tags(exec_tags)
-        monitor = recording.start_system_metrics(run.run_id, ctx["tracking_uri"])
-        res = train(spec, callbacks=[on_epoch], stage_hooks=[final_model])
-        recording.stop_system_metrics(monitor)
-    except SystemExit:  # Ray ends a trial its scheduler stops (ASHA) this way: not a failure, not a result
-        recording.stop_system_metrics(monitor)
-        run.set_tags({STATUS_TAG: "stopped"})
-        run.end("KILLED")
-        raise
-    except BaseException as exc:
-        recording.stop_system_metrics(monitor)
-        run.set_tags({STATUS_TAG: "failed", "error": f"{type(exc).__name__}: {exc}"})
-        run.end("FAILED")
-        raise
-    for record in res.history:  # epochs restored from a checkpoint: their metrics belong in this run too
-        if int(record["global_epoch"]) not in logged:
-            run.log_metrics(record, int(record["global_epoch"]))
-    run.log_metrics(recording.final_metrics(res), len(res.history))
-    run.set_tags(recording.final_tags(res))
-    recording.log_run_record(run.client, run.run_id, resolved, res, final_model.state_dict(ckpt_dir / "model.pt"),
-                             final_model.latent_histogram(len(res.history)))
-    run.end("FINISHED" if res.status == "finished" else "FAILED")
-
-
-def _role(estimator: str) -> str:
-    """How tables treat a trial: "baseline" (the FP network), "control" or "method" (the estimator's role)."""
-    from bench.estimator import get_estimator_class
-
-    return "baseline" if estimator == "fp" else get_estimator_class(estimator).role
+    sampled = {k: v for k, v in config.items() if k not in ("trial", "ctx")}  # search-space values
+    run_trial(dict(config["trial"]), config["ctx"], tune.report, sampled=sampled,
+              restored=tune.get_checkpoint(),  # set when Ray retries this trial after a crash
+              tags={"executor": "ray", "ray_node": ray.get_runtime_context().get_node_id()})
 
 
 def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = False, address: str | None = None,
               cpus_per_trial: int = 1, gpus_per_trial: float = 0.0, tracking_uri: str | None = None,
-              max_concurrent: int | None = None, log=print) -> SuiteOutcome:
-    """Check everything that can be checked in seconds, then run the suite's unfinished trials on Ray Tune.
+              max_concurrent: int | None = None, executor: str = "auto", log=print) -> SuiteOutcome:
+    """Check everything that can be checked in seconds, then run the suite's unfinished trials on Ray Tune or
+    the local executor (``executor``: local, ray, or auto, see :func:`pick_executor`).
 
     Before anything starts (no folder, no Ray, no MLflow run): the arguments, the trials' data roots, the Ray
     address (a socket probe), the results folder (a folder, writable), its lock (one suite execution per folder),
@@ -155,6 +67,7 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
     from bench import tracking
 
     check_arguments(cpus_per_trial, gpus_per_trial, max_concurrent, address)
+    executor = pick_executor(executor, suite, address, gpus_per_trial)
     check_trial_data(suite)
     if address:
         probe_address(address)
@@ -162,11 +75,11 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
     with results_lock(results, suite.name):
         return _run_locked(suite, results, resume=resume, address=address, cpus_per_trial=cpus_per_trial,
                            gpus_per_trial=gpus_per_trial, tracking_uri=tracking_uri, max_concurrent=max_concurrent,
-                           log=log, tracking=tracking)
+                           executor=executor, log=log, tracking=tracking)
 
 
 def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial, gpus_per_trial, tracking_uri,
-                max_concurrent, log, tracking) -> SuiteOutcome:
+                max_concurrent, executor, log, tracking) -> SuiteOutcome:
     from bench.env import describe
 
     uri = tracking_uri or tracking.default_tracking_uri(results)
@@ -186,13 +99,13 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
         log(f"resume: {len(done & set(keys))} of {len(keys)} trials already ended, {len(todo)} to run")
     if stale:
         log(f"{stale} run(s) left RUNNING by an interrupted execution marked KILLED")
-    ray_tmp = _start_ray(address, cpus_per_trial, gpus_per_trial) if todo else None
+    ray_tmp = _start_ray(address, cpus_per_trial, gpus_per_trial) if todo and executor == "ray" else None
     info = describe()
     parent = _tracked(uri, lambda: tracking.start_parent(uri, exp_id, suite.name, {
         "suite_file": suite.path, "description": " ".join(suite.description.split())[:4000],
         "command": " ".join(["binbench", *sys.argv[1:]]) if sys.argv else "",
         "git_commit": info["git_commit"], "cpus_per_trial": str(cpus_per_trial),
-        "gpus_per_trial": str(gpus_per_trial), "resume": str(resume), "trials": str(len(keys)),
+        "gpus_per_trial": str(gpus_per_trial), "executor": executor, "resume": str(resume), "trials": str(len(keys)),
         "submitted": str(len(todo)), tracking.RESULTS_TAG: str(results), "driver": _holder_text(),
         **{f"version.{k}": v for k, v in info["versions"].items()},
         **{f"hardware.{k}": v for k, v in info["hardware"].items()}}))
@@ -202,14 +115,18 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
         return SuiteOutcome(results, uri, exp_id, parent, 0, len(keys),
                             _tracked(uri, lambda: tracking.trial_statuses(uri, exp_id, keys)))
     try:
-        _fit(suite, todo, results, uri, exp_id, parent, resume, cpus_per_trial, gpus_per_trial, max_concurrent, log)
+        ctx = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "results_dir": str(results),
+               "resume": resume, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
+               "mlflow_env": tracking.suite_http_env()}
+        fit = _fit if executor == "ray" else _fit_local
+        fit(suite, todo, ctx, max_concurrent, log)
     except BaseException:  # Ctrl-C, a lost server, a Ray failure: no run of this execution stays RUNNING
         with contextlib.suppress(Exception):
             tracking.end_children(uri, exp_id, parent)
             tracking.end_run(uri, parent, "KILLED", {tracking.STATUS_TAG: "interrupted"})
         raise
     finally:  # also after Ctrl-C: the session folder of a Ray started here goes with it
-        if ray_tmp is not None:
+        if ray_tmp is not None:  # (the local executor stopped its workers itself)
             import ray
 
             ray.shutdown()
@@ -311,7 +228,8 @@ class _StoreWatch:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, log=print)
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """After a trial failed: does the server still take a connection? If not, stop (``lost``)."""
         import socket
         from urllib.parse import urlparse
 
@@ -347,10 +265,10 @@ class _StoreWatch:
 
         class _Cb(tune.Callback):
             def on_trial_error(self, iteration, trials, trial, **info):
-                watch._check()
+                watch.check()
 
             def on_trial_recover(self, iteration, trials, trial, **info):
-                watch._check()
+                watch.check()
 
         return _Cb()
 
@@ -369,15 +287,12 @@ class _OneLineTrialErrors:
         return True
 
 
-def _fit(suite: Suite, todo: list, results: Path, uri: str, exp_id: str, parent: str, resume: bool,
-         cpus_per_trial: int, gpus_per_trial: float, max_concurrent: int | None, log) -> None:
+def _fit(suite: Suite, todo: list, ctx: dict[str, Any], max_concurrent: int | None, log) -> None:
+    """Run ``todo`` as one Ray Tune experiment (the search space and ASHA of a search suite included)."""
     from ray import tune
 
-    from bench import tracking
-
-    ctx = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "results_dir": str(results),
-           "resume": resume, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-           "mlflow_env": tracking.suite_http_env()}
+    uri, results = ctx["tracking_uri"], Path(ctx["results_dir"])
+    cpus_per_trial, gpus_per_trial = ctx["cpus_per_trial"], ctx["gpus_per_trial"]
     space: dict[str, Any] = {"trial": tune.grid_search([_absolute_data_root(t.as_dict()) for t in todo]), "ctx": ctx}
     tune_cfg: dict[str, Any] = {"max_concurrent_trials": max_concurrent, "reuse_actors": True,
                                 "trial_name_creator": lambda t: t.config["trial"]["label"],
@@ -415,11 +330,57 @@ def _fit(suite: Suite, todo: list, results: Path, uri: str, exp_id: str, parent:
     del grid
 
 
+def _fit_local(suite: Suite, todo: list, ctx: dict[str, Any], max_concurrent: int | None, log) -> None:
+    """Run ``todo`` on this machine without Ray (bench.executor_local): start-up paid once, not per trial."""
+    from bench.executor_local import run_local
+    from bench.progress import SuiteLines
+
+    workers = local_workers(ctx["cpus_per_trial"], ctx["gpus_per_trial"], max_concurrent, len(todo))
+    where = "in this process" if workers == 1 else f"in {workers} worker processes"
+    log(f"suite {suite.name}: {len(todo)} trial(s) on this machine {where} ({ctx['cpus_per_trial']} CPU"
+        f"{', ' + format(ctx['gpus_per_trial'], 'g') + ' GPU' if ctx['gpus_per_trial'] else ''} each); "
+        f"tracking {ctx['tracking_uri']}")
+    run_local([_absolute_data_root(t.as_dict()) for t in todo], ctx, workers, SuiteLines(len(todo)),
+              _StoreWatch(ctx["tracking_uri"], log))
+
+
+def local_workers(cpus_per_trial: int, gpus_per_trial: float, max_concurrent: int | None, trials: int) -> int:
+    """How many trials the local executor runs at once: as many as the CPUs hold (as Ray would place them),
+    capped by --max-concurrent and the trial count; GPU trials one at a time (every GPU visible to it)."""
+    if gpus_per_trial > 0:
+        return 1
+    fit = max(1, (os.cpu_count() or 1) // cpus_per_trial)
+    return max(1, min(fit, max_concurrent or fit, trials))
+
+
+EXECUTORS = ("auto", "local", "ray")
+
+
+def pick_executor(executor: str, suite: Suite, address: str | None, gpus_per_trial: float) -> str:
+    """local or ray for ``--executor`` (auto: local unless the suite needs Ray or Ray helps; see the README).
+
+    Ray for a cluster (``--address``), for a search suite (its samplers and ASHA are Ray Tune's) and for GPU
+    trials (Ray places fractional GPUs; a GPU trial's minutes dwarf Ray's seconds of start-up); local otherwise,
+    where it measured faster (start-up once instead of per worker and trial).
+    """
+    if executor not in EXECUTORS:
+        raise BinbenchError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "local" and suite.search:
+        raise BinbenchError(f"suite {suite.name} has a search: block (samplers, ASHA): it runs on Ray Tune only; "
+                            "use --executor ray (or leave --executor out)")
+    if executor == "local" and address:
+        raise BinbenchError("--address joins a Ray cluster: use --executor ray with it (or drop --address to run "
+                            "on this machine with --executor local)")
+    if executor != "auto":
+        return executor
+    return "ray" if address or suite.search or gpus_per_trial > 0 else "local"
+
+
 def _absolute_data_root(trial: dict[str, Any]) -> dict[str, Any]:
     """Trials run in Ray's working folder, not the driver's: a relative data root is made absolute here."""
-    root = trial["config"].get("data_root")
+    root = trial["spec"].config.data_root
     if root:
-        trial = {**trial, "config": {**trial["config"], "data_root": str(Path(root).expanduser().resolve())}}
+        trial = {**trial, "spec": trial["spec"].with_execution(data_root=str(Path(root).expanduser().resolve()))}
     return trial
 
 

@@ -115,8 +115,14 @@ def assert_each_trial_finished_once(uri: str, keys: set[str], suite: str = "faul
 
 
 # -- item 1 and 2: a second driver, a killed worker, a killed driver, then --resume --------------------------
-@pytest.mark.slow  # ~110 s on 2 cores
-def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tmp_path):
+# the local executor with one trial at a time runs it in the driver's own process: two workers, so that a worker
+# can be killed alone
+CONCURRENCY = {"local": "2", "ray": "1"}
+
+
+@pytest.mark.slow  # ~110 s on 2 cores (each executor)
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tmp_path, executor):
     body = {**TINY_SUITE, "grid": {**TINY_SUITE["grid"], "estimators": ["ste", "clipped_ste", "approx_sign"],
                                    "seeds": [0, 1]}, "defaults": {"epochs": 40, "model_args": {"hidden": [128, 128]}}}
     path = write_suite(tmp_path, body)
@@ -125,7 +131,8 @@ def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tm
     from bench.suite import load_suite
 
     keys = {t.key for t in load_suite(str(path)).trials}
-    proc = start_cli("suite", "run", str(path), "--results-dir", str(res), "--max-concurrent", "1")
+    proc = start_cli("suite", "run", str(path), "--results-dir", str(res), "--max-concurrent", CONCURRENCY[executor],
+                     "--executor", executor)
     try:
         wait_for(lambda: [r for r in trials(uri) if r.info.status == "RUNNING" and r.data.metrics],
                  240, "a trial logged an epoch", proc)
@@ -137,7 +144,8 @@ def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tm
         assert "Traceback" not in second.stderr and len(err.splitlines()) == 1, second.stderr
         assert f"is in use by `binbench suite run` of suite 'faults' (pid {proc.pid} on host " in err
         assert "since 20" in err and "pass another --results-dir" in err
-        # 2a. a trial worker dies (SIGKILL): Ray retries the trial from its checkpoint, the retry ends the lost run
+        # 2a. a trial worker dies (SIGKILL): the executor retries the trial from its checkpoint (in a new worker),
+        # the retry ends the lost run
         victim = wait_for(lambda: [r for r in trials(uri) if r.info.status == "RUNNING" and r.data.metrics], 120,
                           "a trial running", proc)[0]
         os.kill(int(victim.data.tags["worker"].split()[1]), signal.SIGKILL)
@@ -158,7 +166,7 @@ def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tm
     assert 1 <= len(done_before) < 6
     # the lock file still names the dead driver: it holds nothing, --resume proceeds
     assert str(proc.pid) in (res / ".binbench.lock").read_text()
-    out = cli("suite", "run", str(path), "--results-dir", str(res), "--resume", timeout=500)
+    out = cli("suite", "run", str(path), "--results-dir", str(res), "--resume", "--executor", executor, timeout=500)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "left RUNNING by an interrupted execution marked KILLED" in out.stdout
     assert_each_trial_finished_once(uri, keys)
@@ -168,13 +176,15 @@ def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tm
     assert (res / ".binbench.lock").read_text() == ""  # released and cleared on a normal exit
 
 
-@pytest.mark.slow  # ~85 s on 2 cores
-def test_ctrl_c_ends_every_run_and_resume_completes(tmp_path):
+@pytest.mark.slow  # ~85 s on 2 cores (each executor)
+@pytest.mark.parametrize("executor, concurrent", [("local", "1"), ("local", "2"), ("ray", "1")])
+def test_ctrl_c_ends_every_run_and_resume_completes(tmp_path, executor, concurrent):
     body = {**TINY_SUITE, "defaults": {"epochs": 25, "model_args": {"hidden": [128, 128]}}}
     path = write_suite(tmp_path, body)
     res = tmp_path / "res"
     uri = f"sqlite:///{res / 'mlflow.db'}"
-    proc = start_cli("suite", "run", str(path), "--results-dir", str(res), "--max-concurrent", "1")
+    proc = start_cli("suite", "run", str(path), "--results-dir", str(res), "--max-concurrent", concurrent,
+                     "--executor", executor)
     try:
         wait_for(lambda: [r for r in trials(uri) if r.info.status == "RUNNING" and r.data.metrics], 240,
                  "a trial logged an epoch", proc)
@@ -188,7 +198,7 @@ def test_ctrl_c_ends_every_run_and_resume_completes(tmp_path):
     assert not [r.info.run_name for r in all_runs if r.info.status == "RUNNING"]
     parent = [r for r in all_runs if r.data.tags.get("binbench.kind") == "suite"]
     assert [r.info.status for r in parent] == ["KILLED"]
-    out = cli("suite", "run", str(path), "--results-dir", str(res), "--resume", timeout=500)
+    out = cli("suite", "run", str(path), "--results-dir", str(res), "--resume", "--executor", executor, timeout=500)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     from bench.suite import load_suite
 

@@ -1,5 +1,5 @@
-"""A trial that crashes is retried by Ray and continues from its own last checkpoint, not from scratch
-(binbench no longer hands Ray a copy of every epoch's checkpoint)."""
+"""A trial that crashes is retried (by Ray, or by the local executor in its own process) and continues from its
+own last checkpoint, not from scratch (binbench no longer hands Ray a copy of every epoch's checkpoint)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from .conftest import REPO
@@ -46,7 +47,8 @@ def _plugin_site(root):
     return root
 
 
-def test_crashed_trial_continues_from_its_own_checkpoint(tmp_path):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_crashed_trial_continues_from_its_own_checkpoint(tmp_path, executor):
     site = _plugin_site(tmp_path / "site")
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({
@@ -56,7 +58,8 @@ def test_crashed_trial_continues_from_its_own_checkpoint(tmp_path):
     log = tmp_path / "epochs.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "CRASH_ONCE_LOG": str(log)}
     out = subprocess.run([sys.executable, "-m", "bench.cli", "suite", "run", str(suite), "--results-dir",
-                          str(tmp_path / "res")], capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
+                          str(tmp_path / "res"), "--executor", executor], capture_output=True, text=True, cwd=REPO,
+                         env=env, timeout=400)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     # epoch 0 trained once: the retry started at epoch 1 from the trial's last.pt
     assert log.read_text().split() == ["0", "1", "1", "2"]

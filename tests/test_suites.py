@@ -46,9 +46,13 @@ def test_broken_suites_report_every_problem(name):
         assert needle in msg, f"{needle!r} missing from: {msg}"
 
 
+EXECUTORS = ["local", "ray"]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("name", ["unknown_names.yaml", "impossible.yaml"])
-def test_broken_suite_starts_nothing(tmp_path, name):
-    out = cli("suite", "run", str(BROKEN / name), "--results-dir", str(tmp_path / "res"))
+def test_broken_suite_starts_nothing(tmp_path, name, executor):
+    out = cli("suite", "run", str(BROKEN / name), "--results-dir", str(tmp_path / "res"), "--executor", executor)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "problem" in out.stderr.splitlines()[0]
     assert not (tmp_path / "res").exists()
@@ -119,7 +123,25 @@ def _runs(db: Path) -> list[tuple[str, str, str]]:
         con.close()
 
 
-def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
+def _group_alive(pgid: int) -> list[int]:
+    """Processes of a process group still running (zombies, dead but not yet reaped, do not count)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+# local: two worker processes (the driver's kill must take them along); ray: one trial at a time, as before
+SIGKILL_CONCURRENCY = {"local": "2", "ray": "1"}
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_sigkill_then_resume_runs_each_trial_once(tmp_path, executor):
     body = {"name": "killme", "grid": {"estimators": ["ste", "clipped_ste", "approx_sign"], "models": ["mlp"],
                                        "datasets": ["digits"], "seeds": [0, 1]},
             "defaults": {"epochs": 12, "model_args": {"hidden": [128, 128]}}}
@@ -127,7 +149,7 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
     res = tmp_path / "res"
     db = res / "mlflow.db"
     args = [sys.executable, "-m", "bench.cli", "suite", "run", str(path), "--results-dir", str(res),
-            "--max-concurrent", "1"]
+            "--max-concurrent", SIGKILL_CONCURRENCY[executor], "--executor", executor]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 240
@@ -142,6 +164,11 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
             pytest.fail("no trial finished within 240 s")
         proc.send_signal(signal.SIGKILL)  # the driver, as a crash would
         proc.wait()
+        if executor == "local" and sys.platform.startswith("linux"):  # its workers die with it, unaided
+            deadline = time.time() + 20
+            while _group_alive(proc.pid) and time.time() < deadline:
+                time.sleep(0.2)
+            assert not _group_alive(proc.pid), "a worker outlived the killed driver"
     finally:
         time.sleep(1)
         try:
@@ -150,7 +177,7 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
             pass
     before = {r[3]: r for r in _runs(db) if r[1] == "FINISHED"}
     assert 1 <= len(before) < 6
-    out = cli("suite", "run", str(path), "--results-dir", str(res), "--resume", timeout=400)
+    out = cli("suite", "run", str(path), "--results-dir", str(res), "--resume", "--executor", executor, timeout=400)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"{len(before)} of 6 trials already ended" in out.stdout
     after = _runs(db)
@@ -162,13 +189,16 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path):
     assert not any(r[1] == "RUNNING" for r in after)
 
 
-def test_diverging_trial_recorded_while_others_finish(tmp_path):
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_diverging_trial_recorded_while_others_finish(tmp_path, executor):
     body = {"name": "diverge", "grid": {"estimators": ["ste", "clipped_ste"], "models": ["mlp"],
                                         "datasets": ["digits"], "seeds": [0]},
             "defaults": {"epochs": 2, "model_args": {"hidden": [64]}}, "overrides": {"ste": {"lr": 1e30}}}
     path = _write(tmp_path, body)
-    out = cli("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), timeout=300)
+    out = cli("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), "--executor", executor,
+              timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "(diverged) in" in out.stdout and "(finished) in" in out.stdout  # the same progress lines for both
     runs = {r[0]: r for r in _runs(tmp_path / "res" / "mlflow.db")}
     by_est = {t.estimator: runs[t.key] for t in load_suite(str(path)).trials}
     assert by_est["ste"][1:3] == ("FAILED", "diverged")
@@ -199,8 +229,22 @@ def _trial_runs(db: Path) -> list[dict]:
         con.close()
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["--executor", "local"], "has a search: block (samplers, ASHA): it runs on Ray Tune only; use --executor ray"),
+    (["--executor", "local", "--address", "127.0.0.1:1"], None)])
+def test_local_executor_refuses_what_needs_ray(tmp_path, capsys, argv, needle):
+    from bench.cli import main
+
+    body = SEARCH if needle else {k: v for k, v in SEARCH.items() if k != "search"}
+    code = main(["suite", "run", str(_write(tmp_path, body)), "--results-dir", str(tmp_path / "res"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert (needle or "--address joins a Ray cluster: use --executor ray with it") in err
+    assert not (tmp_path / "res").exists()
+
+
 def test_search_suite_asha_per_cell(tmp_path):
-    path = _write(tmp_path, SEARCH)
+    path = _write(tmp_path, SEARCH)  # the default executor (auto) picks Ray for a search suite
     out = cli("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), timeout=400)
     assert out.returncode == 0, out.stderr[-2000:]
     runs = _trial_runs(tmp_path / "res" / "mlflow.db")
@@ -350,13 +394,14 @@ def _suite_file(tmp_path, body, stem="suite") -> Path:
     return p
 
 
+@pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_malformed_suite_is_one_line_before_anything_starts(tmp_path, capsys, case):
+def test_malformed_suite_is_one_line_before_anything_starts(tmp_path, capsys, case, executor):
     from bench.cli import main
 
     body, needle = MALFORMED[case]
     path = _suite_file(tmp_path, body)
-    for action in (["show"], ["run", "--results-dir", str(tmp_path / "res")]):
+    for action in (["show"], ["run", "--results-dir", str(tmp_path / "res"), "--executor", executor]):
         t0 = time.perf_counter()
         code = main(["suite", *action[:1], str(path), *action[1:]])
         err = capsys.readouterr().err

@@ -97,15 +97,36 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
     return cache_dir() / "data"
 
 
+#: datasets kept in this process's memory, newest last; None: every load reads and decodes again (one run per
+#: process). Long-lived suite workers turn it on, so trials on the same data decode it once per worker.
+_IN_MEMORY: dict[tuple[str, str], DatasetTensors] | None = None
+_IN_MEMORY_MAX = 2  # a suite's trials mostly share one or two datasets; more would hold gigabytes for nothing
+
+
+def keep_in_memory(on: bool = True) -> None:
+    """Keep loaded datasets in this process for later loads (the trials only read the tensors, never write)."""
+    global _IN_MEMORY
+    _IN_MEMORY = {} if on else None
+
+
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = False) -> DatasetTensors:
     spec = get_dataset(name)
     if spec.loader is None:
         from bench.errors import BinbenchError
 
         raise BinbenchError(f"{name} is streamed from disk, not loaded whole: train on it with binbench run / train()")
-    data = spec.loader(resolve_data_root(data_root), download=download)
+    root = resolve_data_root(data_root)
+    key = (spec.name, str(root))
+    if _IN_MEMORY is not None and key in _IN_MEMORY:
+        _IN_MEMORY[key] = _IN_MEMORY.pop(key)  # most recently used last
+        return _IN_MEMORY[key]
+    data = spec.loader(root, download=download)
     if not data.source:  # a plugin's loader that does not say: at least name the dataset
         data.source = spec.name
+    if _IN_MEMORY is not None:
+        while len(_IN_MEMORY) >= _IN_MEMORY_MAX:
+            _IN_MEMORY.pop(next(iter(_IN_MEMORY)))
+        _IN_MEMORY[key] = data
     return data
 
 
@@ -121,5 +142,5 @@ def dataset_source(name: str, data_root: str | os.PathLike | None = None) -> tup
     return spec.identify(resolve_data_root(data_root))
 
 
-__all__ = ["DATASETS", "DatasetSpec", "DatasetTensors", "dataset_source", "get_dataset", "list_datasets",
-           "load_dataset", "register_dataset", "resolve_data_root"]
+__all__ = ["DATASETS", "DatasetSpec", "DatasetTensors", "dataset_source", "get_dataset", "keep_in_memory",
+           "list_datasets", "load_dataset", "register_dataset", "resolve_data_root"]

@@ -1,0 +1,122 @@
+"""The local executor (bench.executor_local) on fake trials: retries after an exception and after a worker's
+death, as Ray Tune's FailureConfig(max_failures=2) does; a killed or interrupted driver leaves no worker behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.executor_local import MAX_FAILURES, run_local
+from bench.progress import SuiteLines
+
+from .conftest import REPO
+
+FAKE = "tests.executor_fakes:trial"
+
+
+class NoWatch:
+    lost = False
+
+    def check(self) -> None:
+        pass
+
+
+def run(tmp_path: Path, modes: list[str], workers: int) -> None:
+    trials = [{"key": f"k{i}", "label": f"t{i}", "mode": m} for i, m in enumerate(modes)]
+    run_local(trials, {"cpus_per_trial": 1, "log": str(tmp_path)}, workers, SuiteLines(len(trials), tty=False),
+              NoWatch(), target=FAKE)
+
+
+def attempts(tmp_path: Path, key: str) -> list[int]:
+    return [int(p) for p in (tmp_path / key).read_text().split()]
+
+
+def ends(out: str) -> dict[str, str]:
+    return dict(re.findall(r" end (t\d) \(k\d\) top-1 \S+ \((\w+)\)", out))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_exception_is_retried_then_failed_and_divergence_is_a_result(tmp_path, capsys, workers):
+    run(tmp_path, ["raise", "ok", "diverge"], workers)
+    out = capsys.readouterr().out
+    assert len(attempts(tmp_path, "k0")) == 1 + MAX_FAILURES and len(attempts(tmp_path, "k2")) == 1
+    assert out.count("retry t0 (k0) after an error") == MAX_FAILURES
+    assert ends(out) == {"t0": "failed", "t1": "finished", "t2": "diverged"}
+    assert "top-1 50.00" in out
+    if workers == 1:  # in the driver's own process: nothing started
+        assert set(attempts(tmp_path, "k1")) == {os.getpid()}
+
+
+@pytest.mark.parametrize("mode, status, tries", [("die_once", "finished", 2), ("die", "failed", 1 + MAX_FAILURES)])
+def test_dead_worker_is_replaced_and_its_trial_retried(tmp_path, capsys, mode, status, tries):
+    run(tmp_path, [mode, "ok", "ok"], 2)
+    out = capsys.readouterr().out
+    pids = attempts(tmp_path, "k0")
+    assert len(pids) == tries and len(set(pids)) == tries  # each attempt in a new worker
+    assert ends(out) == {"t0": status, "t1": "finished", "t2": "finished"}
+    assert out.count("retry t0") == tries - 1
+
+
+DRIVER = """
+import sys
+from bench.executor_local import run_local
+from bench.progress import SuiteLines
+
+class NoWatch:
+    lost = False
+    def check(self): pass
+
+trials = [{"key": f"k{i}", "label": f"t{i}", "mode": "sleep"} for i in range(3)]
+try:
+    run_local(trials, {"cpus_per_trial": 1, "log": sys.argv[1]}, 2, SuiteLines(3, tty=False), NoWatch(),
+              target="tests.executor_fakes:trial")
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_no_worker_outlives_its_driver(tmp_path, sig):
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not all((tmp_path / k).exists() for k in ("k0", "k1")):
+            assert driver.poll() is None, driver.stderr.read()[-2000:]
+            time.sleep(0.2)
+        workers = [attempts(tmp_path, k)[0] for k in ("k0", "k1")]
+        forkserver = {_ppid(p) for p in workers}
+        assert driver.pid not in forkserver  # workers fork from the forkserver, not from the driver
+        driver.send_signal(sig)
+        driver.wait(timeout=60)
+        deadline = time.time() + 20
+        while time.time() < deadline and any(_alive(p) for p in [*workers, *forkserver]):
+            time.sleep(0.2)
+        assert not [p for p in [*workers, *forkserver] if _alive(p)], "a worker outlived its driver"
+        if sig == signal.SIGINT:
+            err = driver.stderr.read()
+            assert "interrupted" in err and "Traceback" not in err, err[-2000:]  # workers stopped quietly
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
