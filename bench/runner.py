@@ -80,8 +80,6 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
 
 def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial, gpus_per_trial, tracking_uri,
                 max_concurrent, executor, log, tracking) -> SuiteOutcome:
-    from bench.env import describe
-
     uri = tracking_uri or tracking.default_tracking_uri(results)
     if uri.startswith("sqlite:///") and not uri[len("sqlite:///"):].startswith("/"):
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # trials run in another working folder
@@ -100,16 +98,9 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
     if stale:
         log(f"{stale} run(s) left RUNNING by an interrupted execution marked KILLED")
     ray_tmp = _start_ray(address, cpus_per_trial, gpus_per_trial) if todo and executor == "ray" else None
-    info = describe()
-    parent = _tracked(uri, lambda: tracking.start_parent(uri, exp_id, suite.name, {
-        "suite_file": suite.path, "description": " ".join(suite.description.split())[:4000],
-        "command": " ".join(["binbench", *sys.argv[1:]]) if sys.argv else "",
-        "git_commit": info["git_commit"], "cpus_per_trial": str(cpus_per_trial),
-        "gpus_per_trial": str(gpus_per_trial), "executor": executor, "resume": str(resume), "trials": str(len(keys)),
-        "submitted": str(len(todo)), tracking.RESULTS_TAG: str(results), "driver": _holder_text(),
-        **{f"version.{k}": v for k, v in info["versions"].items()},
-        **{f"hardware.{k}": v for k, v in info["hardware"].items()}}))
-    _tracked(uri, lambda: recording.log_suite_file(tracking._client(uri), parent, suite.path))
+    parent = _open_parent(suite, results, uri, exp_id, {
+        "cpus_per_trial": str(cpus_per_trial), "gpus_per_trial": str(gpus_per_trial), "executor": executor,
+        "resume": str(resume), "trials": str(len(keys)), "submitted": str(len(todo))})
     if not todo:
         _tracked(uri, lambda: tracking.end_run(uri, parent))
         return SuiteOutcome(results, uri, exp_id, parent, 0, len(keys),
@@ -131,6 +122,31 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
 
             ray.shutdown()
             shutil.rmtree(ray_tmp, ignore_errors=True)
+    statuses = _close_parent(suite, uri, exp_id, parent, keys, log)
+    return SuiteOutcome(results, uri, exp_id, parent, len(todo), len(keys) - len(todo), statuses)
+
+
+def _open_parent(suite: Suite, results: Path, uri: str, exp_id: str, tags: dict[str, str]) -> str:
+    """The suite execution's parent run: the command, the code, versions and hardware, the suite file."""
+    from bench import record as recording
+    from bench import tracking
+    from bench.env import describe
+
+    info = describe()
+    parent = _tracked(uri, lambda: tracking.start_parent(uri, exp_id, suite.name, {
+        "suite_file": suite.path, "description": " ".join(suite.description.split())[:4000],
+        tracking.COMMAND_TAG: " ".join(["binbench", *sys.argv[1:]]) if sys.argv else "",
+        tracking.COMMIT_TAG: info["git_commit"], **tags, tracking.RESULTS_TAG: str(results),
+        "driver": _holder_text(), **{f"version.{k}": v for k, v in info["versions"].items()},
+        **{f"hardware.{k}": v for k, v in info["hardware"].items()}}))
+    _tracked(uri, lambda: recording.log_suite_file(tracking.client(uri), parent, suite.path))
+    return parent
+
+
+def _close_parent(suite: Suite, uri: str, exp_id: str, parent: str, keys: list[str], log) -> dict[str, str]:
+    """End the runs this execution left RUNNING, count what the trials came to, end the parent run."""
+    from bench import tracking
+
     # a run still RUNNING now lost its process without ending it: a trial the scheduler stopped at its last report
     # (Ray drops the function without raising in it), or an attempt whose retries ran out
     why = "stopped" if suite.search and suite.search.get("asha") is not None else "interrupted"
@@ -146,7 +162,7 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
         {"finished": str(sum(s == "finished" for s in statuses.values())),
          "diverged": str(sum(s == "diverged" for s in statuses.values())), "failed": str(failed),
          "unfinished": str(unfinished)}))
-    return SuiteOutcome(results, uri, exp_id, parent, len(todo), len(keys) - len(todo), statuses)
+    return statuses
 
 
 def _tracked(uri: str, fn):
