@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from bench import Estimator, register_estimator
-from bench.functional import channel_dims, channel_view, sign, standardize
+from bench.functional import channel_dims, channel_view, sign, standardize, standardize_backward
 from bench.recipes import Rule
 
 
@@ -21,8 +21,8 @@ class _IrNetSign(torch.autograd.Function):
         g_hat = g s_c k t (1 - tanh^2(t w_hat))
         dL/dw = (g_hat - mean_c g_hat) / std_c - w_hat sum_c(g_hat w_hat) / ((n - 1) std_c)
     Activations use it with std = scale = False (EDE alone). w_hat and s come from the same floating-point operations
-    as the unfused code (bit-identical forward); the backward's standardisation is two per-channel reductions and
-    two fused multiply-adds instead of eight elementwise passes.
+    as the unfused code (bit-identical forward), and so does the backward (bit-identical gradients), with the
+    surrogate computed into one buffer in place.
     """
 
     @staticmethod
@@ -53,11 +53,7 @@ class _IrNetSign(torch.autograd.Function):
         if ctx.scaled:
             gh = gh.mul_(s)
         if ctx.std:
-            # (g_hat - mean g_hat)/sigma - w_hat sum(g_hat w_hat)/((n - 1) sigma) as a g_hat + b + d w_hat per channel
-            a = 1.0 / sigma
-            gm = gh.mean(dim=ctx.dims, keepdim=True)
-            gw = (gh * w_hat).sum(dim=ctx.dims, keepdim=True)
-            gh = torch.addcmul(-a * gm, gh, a).addcmul_(w_hat, gw / ((ctx.n - 1) * sigma), value=-1.0)
+            gh = standardize_backward(gh, w_hat, sigma, 1.0, ctx.dims, ctx.n)
         return gh, None, None, None, None
 
 

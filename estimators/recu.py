@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from bench import Estimator, register_estimator
-from bench.functional import channel_dims, sign, standardize
+from bench.functional import channel_dims, sign, standardize, standardize_backward
 from bench.recipes import Rule
 
 C = 2 * math.sqrt(2)
@@ -25,7 +25,8 @@ class _ReCUSign(torch.autograd.Function):
         dL/dw = (C / sigma_c) (g1 - mean_c g1) - w1 sum_c(g1 w1) / ((n - 1) sigma_c C)
     The statistics (mu, sigma, w1, the mask) are computed once, in the forward, from the same floating-point
     operations as the unfused code (so the mask and the output are bit-identical); the backward reads only the
-    saved w1, mask and sigma and makes two per-channel reductions and two fused multiply-adds.
+    saved w1, mask and sigma, and its arithmetic is the unfused one too (bit-identical gradients, so a run's whole
+    trajectory is unchanged), with its temporaries reused in place.
     """
 
     @staticmethod
@@ -52,13 +53,7 @@ class _ReCUSign(torch.autograd.Function):
         g1 = g * mask.to(g.dtype)
         if not ctx.std:
             return g1, None, None
-        dims, n = ctx.dims, ctx.n
-        # (C/sigma)(g1 - mean g1) - w1 * sum(g1 w1) / ((n - 1) sigma C) as  a g1 + b + d w1  with per-channel a, b, d
-        a = C / sigma
-        gm = g1.mean(dim=dims, keepdim=True)
-        gw = (g1 * w1).sum(dim=dims, keepdim=True)
-        out = torch.addcmul(-a * gm, g1, a)
-        return out.addcmul_(w1, gw / ((n - 1) * sigma * C), value=-1.0), None, None
+        return standardize_backward(g1, w1, sigma, C, ctx.dims, ctx.n), None, None
 
 
 def tau_schedule(fraction: float, tau_min: float, tau_max: float) -> float:
