@@ -29,7 +29,7 @@ class _IrNetSign(torch.autograd.Function):
     def forward(ctx, w: Tensor, k: float, t: float, std: bool, scale: bool) -> Tensor:  # type: ignore[override]
         if std:
             dims = channel_dims(w)
-            n = w.numel() // w.shape[0] if w.dim() > 1 else w.numel()
+            n = math.prod(w.shape[d] for d in dims)
             var, mean = torch.var_mean(w, dim=dims, keepdim=True)
             sigma = torch.sqrt(var)
             w_hat = (w - mean).div_(sigma)  # 1.0 * (w - mean) / sigma as ``standardize``, in one buffer

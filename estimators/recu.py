@@ -33,7 +33,7 @@ class _ReCUSign(torch.autograd.Function):
     def forward(ctx, w: Tensor, tau: float, std: bool) -> Tensor:  # type: ignore[override]
         if std:
             dims = channel_dims(w)
-            n = w.numel() // w.shape[0] if w.dim() > 1 else w.numel()
+            n = math.prod(w.shape[d] for d in dims)
             var, mean = torch.var_mean(w, dim=dims, keepdim=True)
             sigma = torch.sqrt(var + 1e-5)
             # C (w - mean) / sigma, evaluated in that order (bit-identical to ``standardize``), in place: one buffer
