@@ -76,7 +76,8 @@ def standardize_backward(g: Tensor, w1: Tensor, sigma: Tensor, c: float, dims: t
     (c/sigma)(g - mean g) - w1 * sum(g w1) / ((n - 1) sigma c)."""
     gm = g.mean(dim=dims, keepdim=True)
     gw = (g * w1).sum(dim=dims, keepdim=True)
-    return (c / sigma) * (g - gm) - w1 * gw / ((n - 1) * sigma * c)
+    # the expression above, operation for operation (so bit-identical), with the full-size temporaries reused in place
+    return (g - gm).mul_(c / sigma).sub_((w1 * gw).div_((n - 1) * sigma * c))
 
 
 def standardize(w: Tensor, c: float, eps: float) -> tuple[Tensor, Tensor, tuple[int, ...], int]:

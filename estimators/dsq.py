@@ -12,19 +12,31 @@ GRAD_SCALE = ("sqrt", "none")
 
 
 class _DsqSign(torch.autograd.Function):
-    """u sign(x) forward; backward of the soft quantizer Q_S(x) = u s tanh(k x) on |x| <= u (u sign(x) outside),
-    s = 1/(1 - alpha), k = c/u, c = ln(2/alpha - 1)/2, with respect to x, alpha and u. The gradients of the
-    per-layer scalars alpha and u (sums over every element) are multiplied by ``grad_scale``."""
+    r"""DSQ at 1 bit in one Function (Gong et al., ICCV 2019, eqs. 3-5, symmetric range l = -u, one interval).
+
+    With alpha in [1e-3, 0.999] (clamped), u = |u_raw| + 1e-8, s = 1/(1 - alpha), c = ln(2/alpha - 1)/2, k = c/u,
+    th = tanh(k x), sech2 = 1 - th^2 and the indicator i = 1{|x| <= u}:
+        Forward:   y = |u_raw| sign(x)                        (the hard quantizer)
+        Backward:  dL/dx     = g i s c sech2                  (the soft quantizer Q_S(x) = u s tanh(k x) on |x| <= u,
+                                                               u sign(x) outside)
+                   dL/dalpha = grad_scale 1{1e-3 <= alpha_raw <= 0.999} sum(g i u (s^2 th + s sech2 x dk/dalpha)),
+                               dk/dalpha = -1/(u alpha (2 - alpha))
+                   dL/du_raw = grad_scale sign(u_raw) sum(g (i s (th - k x sech2) + (1 - i) sign(x)))
+    The two scalar gradients are sums over every element of a per-element combination of g i th and
+    g i x sech2 = (dL/dx) x / (s c), built from the tensors the dL/dx pass already holds (and sign(x), kept from the
+    forward), in fused multiply-adds: no selects, no second sign, no recomputed tanh.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, u: Tensor, grad_scale: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, alpha, u)
+        sx = sign(x)
+        ctx.save_for_backward(x, alpha, u, sx)
         ctx.grad_scale = grad_scale
-        return u.abs() * sign(x)
+        return u.abs() * sx
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        x, alpha_raw, u_raw = ctx.saved_tensors
+        x, alpha_raw, u_raw, sx = ctx.saved_tensors
         alpha = alpha_raw.clamp(1e-3, 0.999)
         u = u_raw.abs() + 1e-8
         s = 1.0 / (1.0 - alpha)
@@ -32,19 +44,39 @@ class _DsqSign(torch.autograd.Function):
         k = c / u
         inside = (x.abs() <= u).to(g.dtype)
         th = torch.tanh(k * x)
-        sech2 = 1.0 - th * th
+        sech2 = th * th
+        sech2.neg_().add_(1.0)  # 1 - th^2 (bit-identical to the subtraction)
         gi = g * inside
         grad_x = gi * (s * c * sech2)
         grad_alpha = grad_u = None
-        if ctx.needs_input_grad[1]:
-            ds = s * s
-            dk = -1.0 / (u * alpha * (2.0 - alpha))
-            in_range = ((alpha_raw >= 1e-3) & (alpha_raw <= 0.999)).to(g.dtype)  # clamp: no gradient outside
-            grad_alpha = (gi * u * (ds * th + s * sech2 * x * dk)).sum() * in_range * ctx.grad_scale
-        if ctx.needs_input_grad[2]:
-            d_u = torch.where(inside.bool(), s * (th - k * x * sech2), sign(x))
-            grad_u = (g * d_u).sum() * torch.sign(u_raw) * ctx.grad_scale
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # per element g i th and g i x sech2 = (dL/dx) x / (s c), from the tensors in hand; each scalar gradient
+            # is the sum of its per-element combination (summing the terms separately would cancel badly)
+            gith = gi * th
+            gx = grad_x * x
+            if ctx.needs_input_grad[1]:
+                ds = s * s
+                dk = -1.0 / (u * alpha * (2.0 - alpha))
+                in_range = ((alpha_raw >= 1e-3) & (alpha_raw <= 0.999)).to(g.dtype)  # clamp: no gradient outside
+                term = torch.addcmul(gith * ds, gx, dk / c)
+                grad_alpha = u * term.sum() * in_range * ctx.grad_scale
+            if ctx.needs_input_grad[2]:
+                # dQ/du = s (th - k x sech2) inside, sign(x) outside (g - g i is g outside the range, 0 inside)
+                term = torch.addcmul(gith * s, gx, -k / c).addcmul_(g - gi, sx)
+                grad_u = term.sum() * torch.sign(u_raw) * ctx.grad_scale
         return grad_x, grad_alpha, grad_u, None
+
+
+def _range_ready(q) -> bool:
+    """``bool(q.range_ready)``, read from the buffer (a host sync) only when the buffer changed since the last read:
+    the flag changes only through in-place writes (the first batch's ``fill_``, ``load_state_dict``'s ``copy_``),
+    which bump the tensor's version counter."""
+    flag = q.range_ready
+    seen = q.__dict__.get("_range_ready_seen")  # (the buffer itself, its version, its value)
+    if seen is None or seen[0] is not flag or seen[1] != flag._version:
+        seen = (flag, flag._version, bool(flag))
+        q.__dict__["_range_ready_seen"] = seen
+    return seen[2]
 
 
 @register_estimator("dsq")
@@ -111,7 +143,7 @@ class DsqSign(Estimator):
             q.u.copy_(w.detach().abs().max().clamp_min(1e-8))
 
     def quantize(self, x: Tensor, q) -> Tensor:
-        if q.training and not bool(q.range_ready):  # one host sync, on the first training batch only
+        if q.training and not _range_ready(q):
             with torch.no_grad():
                 q.u.copy_(x.detach().abs().max().clamp_min(1e-8))
                 q.range_ready.fill_(True)

@@ -11,13 +11,28 @@ from bench.recipes import Rule
 
 
 class _IrNetSign(torch.autograd.Function):
-    """sign(w_hat) * s, w_hat the Libra-PB standardised w (or w itself), s the detached power-of-two scale;
-    backward: EDE at w_hat (times s), then through the standardisation."""
+    r"""IR-Net's binarizer in one Function (Qin et al., CVPR 2020, eqs. 7, 10-12; htqin/IR-Net ``binaryfunction.py``).
+
+    Forward, per output channel c over the n elements of its filter:
+        w_hat = (w - mean_c w) / std_c(w)                          (Libra-PB, unbiased std; ``std``, else w_hat = w)
+        s_c   = 2^round(log2(mean_c |w_hat|))                      (detached; ``scale``, else s = 1)
+        y     = s_c sign(w_hat)
+    Backward (EDE, then the standardisation):
+        g_hat = g s_c k t (1 - tanh^2(t w_hat))
+        dL/dw = (g_hat - mean_c g_hat) / std_c - w_hat sum_c(g_hat w_hat) / ((n - 1) std_c)
+    Activations use it with std = scale = False (EDE alone). w_hat and s come from the same floating-point operations
+    as the unfused code (bit-identical forward), and so does the backward (bit-identical gradients), with the
+    surrogate computed into one buffer in place.
+    """
 
     @staticmethod
     def forward(ctx, w: Tensor, k: float, t: float, std: bool, scale: bool) -> Tensor:  # type: ignore[override]
         if std:
-            w_hat, sigma, dims, n = standardize(w, 1.0, 0.0)
+            dims = channel_dims(w)
+            n = math.prod(w.shape[d] for d in dims)
+            var, mean = torch.var_mean(w, dim=dims, keepdim=True)
+            sigma = torch.sqrt(var)
+            w_hat = (w - mean).div_(sigma)  # 1.0 * (w - mean) / sigma as ``standardize``, in one buffer
         else:
             w_hat, sigma, dims, n = w, w.new_empty(0), (), 1
         s = None
@@ -27,14 +42,16 @@ class _IrNetSign(torch.autograd.Function):
         ctx.save_for_backward(w_hat, sigma, s if s is not None else w.new_empty(0))
         ctx.k, ctx.t, ctx.std, ctx.dims, ctx.n, ctx.scaled = k, t, std, dims, n, s is not None
         out = sign(w_hat)
-        return out * s if s is not None else out
+        return out.mul_(s) if s is not None else out
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
         w_hat, sigma, s = ctx.saved_tensors
-        gh = g * ede_grad(w_hat, ctx.k, ctx.t)
+        # k t (1 - tanh^2(t w_hat)) with the unfused expression's rounding, in one buffer
+        th = torch.tanh(w_hat * ctx.t)
+        gh = th.mul_(th).neg_().add_(1.0).mul_(ctx.k * ctx.t).mul_(g)
         if ctx.scaled:
-            gh = gh * s
+            gh = gh.mul_(s)
         if ctx.std:
             gh = standardize_backward(gh, w_hat, sigma, 1.0, ctx.dims, ctx.n)
         return gh, None, None, None, None

@@ -6,33 +6,54 @@ import torch
 from torch import Tensor
 
 from bench import Estimator, register_estimator
-from bench.functional import sign, standardize, standardize_backward
+from bench.functional import channel_dims, sign, standardize, standardize_backward
 from bench.recipes import Rule
 
 C = 2 * math.sqrt(2)
 
 
 class _ReCUSign(torch.autograd.Function):
-    """sign(clamp(w1, -Q, Q)), w1 the standardised w; backward 1{|w1| <= Q} then through the standardisation."""
+    r"""ReCU's weight binarizer in one Function (Xu et al., ICCV 2021, eqs. 6-8; z-hXu/ReCU ``binarized_modules.py``).
+
+    Forward, per output channel c over the n = |dims| elements of its filter (``std``; else w1 = w):
+        mu_c, var_c = mean_c(w), unbiased Var_c(w);   sigma_c = sqrt(var_c + 1e-5)
+        w1 = C (w - mu_c) / sigma_c,                     C = 2 sqrt 2 (Laplace b = 2)
+        Q  = -mean(|w1|) ln(2 - 2 tau)                  (over the whole tensor, detached)
+        y  = sign(clamp(w1, -Q, Q)) = sign(w1)          (Q > 0: the clamp never changes a sign)
+    Backward (identity STE through the sign, the clamp's gradient, then the standardisation):
+        g1 = g 1{|w1| <= Q}
+        dL/dw = (C / sigma_c) (g1 - mean_c g1) - w1 sum_c(g1 w1) / ((n - 1) sigma_c C)
+    The statistics (mu, sigma, w1, the mask) are computed once, in the forward, from the same floating-point
+    operations as the unfused code (so the mask and the output are bit-identical); the backward reads only the
+    saved w1, mask and sigma, and its arithmetic is the unfused one too (bit-identical gradients, so a run's whole
+    trajectory is unchanged), with its temporaries reused in place.
+    """
 
     @staticmethod
     def forward(ctx, w: Tensor, tau: float, std: bool) -> Tensor:  # type: ignore[override]
         if std:
-            w1, sigma, dims, n = standardize(w, C, 1e-5)
+            dims = channel_dims(w)
+            n = math.prod(w.shape[d] for d in dims)
+            var, mean = torch.var_mean(w, dim=dims, keepdim=True)
+            sigma = torch.sqrt(var + 1e-5)
+            # C (w - mean) / sigma, evaluated in that order (bit-identical to ``standardize``), in place: one buffer
+            w1 = (w - mean).mul_(C).div_(sigma)
         else:
-            w1, sigma, dims, n = w, None, (), 1
-        q = -w1.abs().mean() * math.log(2 - 2 * tau)
-        ctx.save_for_backward(w1, q, sigma if sigma is not None else w1.new_empty(0))
+            w1, sigma, dims, n = w, w.new_empty(0), (), 1
+        a = w1.abs()
+        q = a.mean().mul_(-math.log(2 - 2 * tau))  # -mean|w1| ln(2 - 2 tau): the unfused expression's rounding
+        mask = a.le_(q)  # 1{|w1| <= Q}, reusing |w1|'s buffer (a float 0/1: the backward multiplies by it)
+        ctx.save_for_backward(w1, mask, sigma)
         ctx.dims, ctx.n, ctx.std = dims, n, std
-        return sign(w1)  # clamping at Q > 0 never changes a sign
+        return sign(w1)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        w1, q, sigma = ctx.saved_tensors
-        g1 = g * (w1.abs() <= q).to(g.dtype)
-        if ctx.std:
-            g1 = standardize_backward(g1, w1, sigma, C, ctx.dims, ctx.n)
-        return g1, None, None
+        w1, mask, sigma = ctx.saved_tensors
+        g1 = g * mask.to(g.dtype)
+        if not ctx.std:
+            return g1, None, None
+        return standardize_backward(g1, w1, sigma, C, ctx.dims, ctx.n), None, None
 
 
 def tau_schedule(fraction: float, tau_min: float, tau_max: float) -> float:

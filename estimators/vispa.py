@@ -13,19 +13,28 @@ M_INIT = ("model", "xavier")
 
 
 class _VispaSign(torch.autograd.Function):
-    """sign(m_n + eps . z_n / sqrt(S)) forward, where (m_n, z_n) = (M, Z) / sqrt(A) (or M, Z themselves when
-    ``normalise`` is False); backward as the official code: dL/dM = g, dL/dZ = eps g (no chain rule through the
-    normalisation, identity STE through the sign). One Function so that normalisation, sampling and sign are one
-    pass with nothing but eps kept for the backward."""
+    r"""VISPA's sampled binarizer in one Function (Orecchia et al., NeurIPS 2024, Theorem 1 and Algorithm 1; the
+    official snownus/bnn_vi ``BinarizeConv2dSDP``, which normalises a copy in every forward).
+
+    Forward:   A = M^2 + sum_k Z_k^2 / S,  (m_n, z_n) = (M, Z) / sqrt(A)   (``normalise``; else A = 1)
+               y = sign(m_n + eps . z_n / sqrt(S)) = sign((M + eps . Z / sqrt(S)) / sqrt(A))
+                 = sign(M + eps . Z / sqrt(S))                              (sqrt(A) > 0 scales every weight by a
+                                                                              positive number: no sign changes)
+    Backward:  dL/dM = g,  dL/dZ_k = eps_k g            (identity STE, no chain rule through the normalisation)
+
+    So the normalisation, which the official code computes on every forward, changes neither output nor gradient and
+    costs nothing here: the forward is one sampling pass (eps . Z, then / sqrt(S) and + M in place) and the sign;
+    only eps is kept for the backward. (The one case where multiplying by rsqrt(A) first could differ: a negative w
+    with |w| / sqrt(A) below the smallest subnormal (~1e-45) underflows to -0.0 and reads +1; that needs
+    |w| < 1e-45 sqrt(A), which finite weights at any training scale never reach. ``normalise`` stays in the
+    signature for the callers and is unused.)
+    """
 
     @staticmethod
     def forward(ctx, m: Tensor, z: Tensor, eps: Tensor, scale: float, normalise: bool) -> Tensor:  # type: ignore[override]
-        zs = torch.tensordot(eps, z, dims=1)  # eps . z, shape of m
-        w = m + zs / scale**0.5
-        if normalise:
-            w = w * torch.rsqrt((m * m + (z * z).sum(0) / scale).clamp_min(1e-12))
+        w = torch.tensordot(eps, z, dims=1)  # eps . z, shape of m
+        w = w.div_(scale**0.5).add_(m)  # m + (eps . z) / sqrt(S), the unfused rounding, in one buffer
         ctx.save_for_backward(eps)
-        ctx.z_shape = z.shape
         return sign(w)
 
     @staticmethod
