@@ -348,7 +348,9 @@ def test_search_suite_hands_tune_one_scheduler_per_cell(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tune, "Tuner", FakeTuner)
     suite = load_suite(str(_write(tmp_path, SEARCH)))
-    runner._fit(suite, suite.trials, tmp_path, "sqlite:///x.db", "0", "parent", False, 1, 0, None, lambda m: None)
+    ctx = {"tracking_uri": "sqlite:///x.db", "experiment_id": "0", "parent_run_id": "parent",
+           "results_dir": str(tmp_path), "resume": False, "cpus_per_trial": 1, "gpus_per_trial": 0}
+    runner._fit(suite, suite.trials, ctx, None, lambda m: None)
     points = seen["space"]["trial"]["grid_search"]
     assert [(p["key"], p["cell"]) for p in points] == [(t.key, t.cell) for t in suite.trials]
     assert len({p["cell"] for p in points}) == 2
