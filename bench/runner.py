@@ -80,8 +80,6 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
 
 def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial, gpus_per_trial, tracking_uri,
                 max_concurrent, executor, log, tracking) -> SuiteOutcome:
-    from bench.env import describe
-
     uri = tracking_uri or tracking.default_tracking_uri(results)
     if uri.startswith("sqlite:///") and not uri[len("sqlite:///"):].startswith("/"):
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # trials run in another working folder
@@ -95,20 +93,11 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
     keys = [t.key for t in suite.trials]
     done = _tracked(uri, lambda: tracking.finished_keys(uri, exp_id)) if resume else set()
     todo = [t for t in suite.trials if t.key not in done]
-    if resume:
-        log(f"resume: {len(done & set(keys))} of {len(keys)} trials already ended, {len(todo)} to run")
-    if stale:
-        log(f"{stale} run(s) left RUNNING by an interrupted execution marked KILLED")
+    _log_start(log, resume, len(done & set(keys)), len(keys), len(todo), stale)
     ray_tmp = _start_ray(address, cpus_per_trial, gpus_per_trial) if todo and executor == "ray" else None
-    info = describe()
-    parent = _tracked(uri, lambda: tracking.start_parent(uri, exp_id, suite.name, {
-        "suite_file": suite.path, "description": " ".join(suite.description.split())[:4000],
-        "command": " ".join(["binbench", *sys.argv[1:]]) if sys.argv else "",
-        "git_commit": info["git_commit"], "cpus_per_trial": str(cpus_per_trial),
-        "gpus_per_trial": str(gpus_per_trial), "executor": executor, "resume": str(resume), "trials": str(len(keys)),
-        "submitted": str(len(todo)), tracking.RESULTS_TAG: str(results), "driver": _holder_text(),
-        **{f"version.{k}": v for k, v in info["versions"].items()},
-        **{f"hardware.{k}": v for k, v in info["hardware"].items()}}))
+    parent = _tracked(uri, lambda: tracking.start_parent(uri, exp_id, suite.name, _parent_tags(
+        suite, results, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, executor=executor,
+        resume=resume, trials=len(keys), submitted=len(todo))))
     _tracked(uri, lambda: recording.log_suite_file(tracking._client(uri), parent, suite.path))
     if not todo:
         _tracked(uri, lambda: tracking.end_run(uri, parent))
@@ -117,9 +106,8 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
     try:
         ctx = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "results_dir": str(results),
                "resume": resume, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-               "mlflow_env": tracking.suite_http_env()}
-        fit = _fit if executor == "ray" else _fit_local
-        fit(suite, todo, ctx, max_concurrent, log)
+               "mlflow_env": tracking.suite_http_env()}  # what every trial gets, whichever executor runs it
+        (_fit if executor == "ray" else _fit_local)(suite, todo, ctx, max_concurrent, log)
     except BaseException:  # Ctrl-C, a lost server, a Ray failure: no run of this execution stays RUNNING
         with contextlib.suppress(Exception):
             tracking.end_children(uri, exp_id, parent)
@@ -147,6 +135,26 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
          "diverged": str(sum(s == "diverged" for s in statuses.values())), "failed": str(failed),
          "unfinished": str(unfinished)}))
     return SuiteOutcome(results, uri, exp_id, parent, len(todo), len(keys) - len(todo), statuses)
+
+
+def _parent_tags(suite: Suite, results: Path, **execution: Any) -> dict[str, str]:
+    """The suite execution's run tags: the suite, the command, the code and machine, how it executes."""
+    from bench import tracking
+    from bench.env import describe
+
+    info = describe()
+    return {"suite_file": suite.path, "description": " ".join(suite.description.split())[:4000],
+            "command": " ".join(["binbench", *sys.argv[1:]]) if sys.argv else "", "git_commit": info["git_commit"],
+            **{k: str(v) for k, v in execution.items()}, tracking.RESULTS_TAG: str(results),
+            "driver": _holder_text(), **{f"version.{k}": v for k, v in info["versions"].items()},
+            **{f"hardware.{k}": v for k, v in info["hardware"].items()}}
+
+
+def _log_start(log, resume: bool, ended: int, trials: int, todo: int, stale: int) -> None:
+    if resume:
+        log(f"resume: {ended} of {trials} trials already ended, {todo} to run")
+    if stale:
+        log(f"{stale} run(s) left RUNNING by an interrupted execution marked KILLED")
 
 
 def _tracked(uri: str, fn):
