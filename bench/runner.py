@@ -93,10 +93,7 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
     keys = [t.key for t in suite.trials]
     done = _tracked(uri, lambda: tracking.finished_keys(uri, exp_id)) if resume else set()
     todo = [t for t in suite.trials if t.key not in done]
-    if resume:
-        log(f"resume: {len(done & set(keys))} of {len(keys)} trials already ended, {len(todo)} to run")
-    if stale:
-        log(f"{stale} run(s) left RUNNING by an interrupted execution marked KILLED")
+    _log_start(log, resume, len(done & set(keys)), len(keys), len(todo), stale)
     ray_tmp = _start_ray(address, cpus_per_trial, gpus_per_trial) if todo and executor == "ray" else None
     parent = _open_parent(suite, results, uri, exp_id, {
         "cpus_per_trial": str(cpus_per_trial), "gpus_per_trial": str(gpus_per_trial), "executor": executor,
@@ -108,9 +105,8 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
     try:
         ctx = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "results_dir": str(results),
                "resume": resume, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
-               "mlflow_env": tracking.suite_http_env()}
-        fit = _fit if executor == "ray" else _fit_local
-        fit(suite, todo, ctx, max_concurrent, log)
+               "mlflow_env": tracking.suite_http_env()}  # what every trial gets, whichever executor runs it
+        (_fit if executor == "ray" else _fit_local)(suite, todo, ctx, max_concurrent, log)
     except BaseException:  # Ctrl-C, a lost server, a Ray failure: no run of this execution stays RUNNING
         with contextlib.suppress(Exception):
             tracking.end_children(uri, exp_id, parent)
@@ -163,6 +159,13 @@ def _close_parent(suite: Suite, uri: str, exp_id: str, parent: str, keys: list[s
          "diverged": str(sum(s == "diverged" for s in statuses.values())), "failed": str(failed),
          "unfinished": str(unfinished)}))
     return statuses
+
+
+def _log_start(log, resume: bool, ended: int, trials: int, todo: int, stale: int) -> None:
+    if resume:
+        log(f"resume: {ended} of {trials} trials already ended, {todo} to run")
+    if stale:
+        log(f"{stale} run(s) left RUNNING by an interrupted execution marked KILLED")
 
 
 def _tracked(uri: str, fn):
