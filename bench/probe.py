@@ -28,7 +28,8 @@ def probe(name: str, x: Iterable[float] | Tensor, kind: str = "weight", progress
     est.set_progress(Progress.at(progress, index, stage_name))
     pts = as_tensor_points(x)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # per-layer random state (VISPA's Z) and draws: both from the seed
+        # per-layer random state (a sampled low-rank factor) and draws: both from the seed
+        torch.manual_seed(seed)
         q = est.quantizer(kind, tuple(pts.shape) if kind == "weight" else None, internal_scale=False)
         q.train()
         xin = pts.clone().requires_grad_(True)

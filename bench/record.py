@@ -126,7 +126,8 @@ def _pooled_latents(model: nn.Module) -> torch.Tensor:
     from bench.layers import binary_layers
 
     ws = []
-    with torch.no_grad():  # what each quantizer binarizes (ReCU/IR-Net: the standardized weight; BiPer: sin(w0 w))
+    # what each quantizer binarizes (ReCU/IR-Net: the standardized weight; BiPer: sin(w0 w))
+    with torch.no_grad():
         for _, m in binary_layers(model):
             q = m.weight_quantizer
             ws.append(q.estimator.latent(m.weight, q).detach().float().flatten().cpu())

@@ -78,7 +78,8 @@ def build_estimators(cfg: RunConfig) -> tuple[Estimator | None, Estimator | None
         return weight, None
     act_name = cfg.activation_estimator or cfg.estimator
     if weight is not None and act_name == cfg.estimator and cfg.activation_hparams in ({}, cfg.estimator_hparams):
-        return weight, weight  # one estimator binarizes both (ReSTE, IR-Net, DSQ in their own recipes)
+        # one estimator binarizes both (as several methods do in their own recipes)
+        return weight, weight
     return weight, create_estimator(act_name, **cfg.activation_hparams)
 
 

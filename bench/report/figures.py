@@ -283,7 +283,8 @@ def _surrogate_panel(ax: Any, est: str, label: str, hist: dict[str, Any] | None,
         ax.plot(x, g, lw=1.2, label=text or None)
     if len(drawn) > 1:
         ax.legend(fontsize=5, loc="lower right")
-    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))  # a flat surrogate (STE) at its true height over 0
+    # a flat surrogate (a straight-through one) at its true height over 0
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
     ax.set_title(label, fontsize=8)
     ax.set_xlabel("latent weight")
 
