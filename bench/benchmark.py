@@ -312,6 +312,33 @@ def _peak_rss_of(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     return time.perf_counter() - t0, peak[0]
 
 
+def suite_phases(results_dir: Path, started: float, ended: float) -> str:
+    """Where a ``binbench suite run``'s wall time went, from its own store: process start to the first trial,
+    the trials' span against the training time their epochs report (the rest of each trial is its MLflow records
+    and set-up), and what follows the last trial. ``started``/``ended``: the process's epoch seconds."""
+    import sqlite3
+
+    con = sqlite3.connect(results_dir / "mlflow.db")
+    try:
+        trials = con.execute(
+            "select r.run_uuid, r.start_time, r.end_time from runs r join tags t on t.run_uuid = r.run_uuid "
+            "where t.key = 'binbench.kind' and t.value = 'trial'").fetchall()
+        train = {rid: con.execute("select coalesce(sum(value), 0) from metrics where run_uuid = ? and key in "
+                                  "('epoch_seconds', 'eval_seconds')", (rid,)).fetchone()[0] for rid, _, _ in trials}
+    finally:
+        con.close()
+    if not trials:
+        return "no trial ran"
+    first, last = min(t[1] for t in trials) / 1e3, max(t[2] or t[1] for t in trials) / 1e3
+    busy = sum(((end or start) - start) / 1e3 for _, start, end in trials)
+    trained = sum(train.values())
+    return (f"process start to the first trial {first - started:.1f} s (imports, the store, workers); trials "
+            f"{last - first:.1f} s wall, {busy:.1f} s summed over {len(trials)} trials of which {trained:.1f} s "
+            f"train and evaluate ({(busy - trained) / len(trials):.2f} s per trial outside training: its MLflow "
+            f"run, params, per-epoch metrics, records, model artifact and set-up); after the last trial "
+            f"{ended - last:.1f} s")
+
+
 def _mnist_case(data_root: str, n_trials: int, epochs: int, subset: int, tmp: Path) -> Path:
     """A suite file of ``n_trials`` short MNIST MLP trials (the issue's "6 short MNIST trials" case)."""
     import yaml
@@ -356,15 +383,19 @@ def measure_suite(case: str, suite_path: Path, data_root: str, repeats: int, row
                                  f"{data_root!r}, {cores})"]
     walls: dict[str, list[float]] = {"sequential": [], "local": [], "ray": []}
     peak: dict[str, int] = {}
+    phases: dict[str, str] = {}
     for r in range(repeats):
         for variant in walls:
             cmd = seq if variant == "sequential" else [
                 sys.executable, "-m", "bench.cli", "suite", "run", str(suite_path), "--results-dir",
                 str(tmp / f"{case}-{variant}-{r}"), "--cpus-per-trial", "1", "--data-root", data_root,
                 "--executor", variant]
+            started = time.time()
             wall, rss = _peak_rss_of(cmd, env)
             walls[variant].append(wall)
             peak[variant] = max(peak.get(variant, 0), rss)
+            if variant != "sequential" and r == repeats - 1:  # the last repeat's breakdown, from its store
+                phases[variant] = suite_phases(tmp / f"{case}-{variant}-{r}", started, started + wall)
     base = statistics.median(walls["sequential"])
     log(f"  {case}: {n} trials, " + ", ".join(f"{v} {statistics.median(w):.1f}s" for v, w in walls.items()))
     rows.append({"measure": "suite", "workload": case, "variant": f"sequential, one process, {cores} threads "
@@ -377,6 +408,10 @@ def measure_suite(case: str, suite_path: Path, data_root: str, repeats: int, row
                      "met": None if target is None else ratio <= target})
         rows.append({"measure": "memory", "workload": f"{case} driver ({variant})", "variant": "peak RSS",
                      "median": peak[variant] / 2**20, "unit": "MiB"})
+        if ratio > (target or float("inf")) or variant == "ray":
+            rows.append({"measure": "profile", "workload": case, "variant": f"{variant} executor",
+                         "profile": f"{phases.get(variant, '?')}; the same trials in sequence in one process: "
+                                    f"{base:.1f} s"})
 
 
 def measure_trial_memory(data_root: str, rows: list[dict], log) -> None:
