@@ -49,14 +49,14 @@ def find_run(ref: str, tracking_uri: str | None = None) -> Recorded:
         return _from_folder(Path(ref))
     from mlflow.exceptions import MlflowException
 
-    from bench.tracking import _client
+    from bench.tracking import mlflow_client
 
     searched = []
     for uri in _stores(tracking_uri):
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             continue
         searched.append(uri)
-        client = _client(uri)
+        client = mlflow_client(uri)
         try:
             run = client.get_run(ref)
         except MlflowException:

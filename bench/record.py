@@ -313,9 +313,9 @@ def log_report(uri: str, suite: str, files: list[Path]) -> str | None:
     """
     from mlflow.exceptions import MlflowException
 
-    from bench.tracking import KIND_TAG, _client
+    from bench.tracking import KIND_TAG, mlflow_client
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(suite)
     if exp is None:
         return None

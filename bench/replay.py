@@ -110,7 +110,7 @@ def replay_suite(uri: str, suite: str, epochs: int = 1, per_estimator: int = 1, 
     """Replay ``per_estimator`` finished trials of each estimator (and the FP baseline) of ``suite`` in ``uri``."""
     from bench import tracking
 
-    client = tracking.client(uri)
+    client = tracking.mlflow_client(uri)
     exp = client.get_experiment_by_name(suite)
     if exp is None:
         raise BinbenchError(f"no runs of suite {suite!r} in {uri}: pass --results-dir where it ran")

@@ -135,7 +135,7 @@ def _open_parent(suite: Suite, results: Path, uri: str, exp_id: str, tags: dict[
         tracking.COMMIT_TAG: info["git_commit"], **tags, tracking.RESULTS_TAG: str(results),
         "driver": _holder_text(), **{f"version.{k}": v for k, v in info["versions"].items()},
         **{f"hardware.{k}": v for k, v in info["hardware"].items()}}))
-    _tracked(uri, lambda: recording.log_suite_file(tracking.client(uri), parent, suite.path))
+    _tracked(uri, lambda: recording.log_suite_file(tracking.mlflow_client(uri), parent, suite.path))
     return parent
 
 

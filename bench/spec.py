@@ -158,10 +158,10 @@ def _other_activation(chosen: str | None, recipes: str | None) -> bool:
     """Whether the user chose an activation estimator other than the recipe's."""
     from bench.estimator import COMMON_ACTIVATION, common_activation_estimator
 
-    if chosen is None or recipes is None:
-        return False
-    resolved = {n: common_activation_estimator() if n == COMMON_ACTIVATION else n for n in (chosen, recipes)}
-    return resolved[chosen] != resolved[recipes]
+    def named(n: str) -> str:
+        return common_activation_estimator() if n == COMMON_ACTIVATION else n
+
+    return chosen is not None and recipes is not None and named(chosen) != named(recipes)
 
 
 def _check_combinations(v: dict[str, Any]) -> None:

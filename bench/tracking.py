@@ -39,12 +39,8 @@ def default_tracking_uri(results_dir: str | os.PathLike) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
-def client(uri: str):
+def mlflow_client(uri: str):
     """The MLflow client of a store: every binbench module asks here."""
-    return _client(uri)
-
-
-def _client(uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
@@ -53,7 +49,7 @@ def _client(uri: str):
 
 def prepare(uri: str, suite: str, artifact_root: str | None = None) -> str:
     """Create the store and the suite's experiment once, in the driver; return the experiment id."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(suite)
     if exp is not None:
         return exp.experiment_id
@@ -87,14 +83,14 @@ def source_tags(git_commit: str | None) -> dict[str, str]:
 
 
 def start_parent(uri: str, exp_id: str, suite: str, tags: dict[str, str]) -> str:
-    client = _client(uri)
+    client = mlflow_client(uri)
     run = client.create_run(exp_id, run_name=f"{suite} {time.strftime('%Y-%m-%d %H:%M:%S')}",
                             tags={KIND_TAG: "suite", **source_tags(tags.get(COMMIT_TAG)), **tags})
     return run.info.run_id
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
-    client = _client(uri)
+    client = mlflow_client(uri)
     for k, v in (tags or {}).items():
         client.set_tag(run_id, k, v)
     client.set_terminated(run_id, status)
@@ -146,7 +142,7 @@ def trial_runs(uri: str, exp_id: str, status: str | None = None) -> list:
     flt = f"tags.`{KIND_TAG}` = 'trial'"
     if status:
         flt += f" and attributes.status = '{status}'"
-    return _search_all(_client(uri), exp_id, flt)
+    return _search_all(mlflow_client(uri), exp_id, flt)
 
 
 def _search_all(client, exp_id: str, flt: str) -> list:
@@ -173,7 +169,7 @@ def end_stale(uri: str, exp_id: str, results_dir: str, exclusive_store: bool) ->
     of it is stale. ``exclusive_store``: the store belongs to this folder alone (the default SQLite file), so its
     runs from before the folder tag existed count too.
     """
-    client = _client(uri)
+    client = mlflow_client(uri)
     flt = "attributes.status = 'RUNNING'"
     if not exclusive_store:
         flt += f" and tags.`{RESULTS_TAG}` = '{results_dir}'"
@@ -182,7 +178,7 @@ def end_stale(uri: str, exp_id: str, results_dir: str, exclusive_store: bool) ->
 
 def end_children(uri: str, exp_id: str, parent_id: str, why: str = "interrupted") -> int:
     """Mark KILLED the trial runs of one suite execution still RUNNING (their process is gone or stopped)."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     runs = _search_all(client, exp_id, f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{parent_id}'")
     return _kill(client, runs, why)
 
@@ -202,7 +198,7 @@ class TrialRun:
     def __init__(self, uri: str, exp_id: str, parent_id: str | None, trial: dict[str, Any], tags: dict[str, str]):
         from mlflow.entities import Param, RunTag
 
-        self.client = _client(uri)
+        self.client = mlflow_client(uri)
         self.Param, self.RunTag = Param, RunTag
         base = {KIND_TAG: "trial", KEY_TAG: trial["key"], SUITE_TAG: trial["suite"], ESTIMATOR_TAG: trial["estimator"],
                 RECIPE_TAG: trial["recipe"], MODEL_TAG: trial["model"], DATASET_TAG: trial["dataset"],

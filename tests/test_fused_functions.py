@@ -97,18 +97,29 @@ def _assert_grads(fused: list[Tensor | None], plain: list[Tensor | None], rtol: 
         assert b.abs().max() > 0
 
 
+def _at(name: str, progress: float):
+    est = bench.create_estimator(name)
+    est.set_progress(bench.Progress.at(progress))
+    return est
+
+
+def _fused_against_plain(q, x, plain):
+    """The quantizer ``q`` against plain autograd through ``plain``: the same forward, bit for bit, and gradients
+    equal within rounding; returns q's gradients."""
+    fo, fg = _grads(q, x)
+    po, pg = _grads(plain, x)
+    assert torch.equal(fo, po)
+    _assert_grads(fg, pg)
+    return fg
+
+
 @pytest.mark.parametrize("progress", [0.0, 0.6, 1.0])
 @pytest.mark.parametrize("shape", [(6, 4, 3, 3), (48, 40)])
 def test_recu_fused_equals_autograd(progress, shape):
     torch.manual_seed(0)
     w = torch.randn(*shape) * 0.05 + 0.01
-    est = bench.create_estimator("recu")
-    est.set_progress(bench.Progress.at(progress))
-    q = est.quantizer("weight", tuple(w.shape))
-    fo, fg = _grads(q, w)
-    po, pg = _grads(lambda x: _plain_recu(x, est.tau), w)
-    assert torch.equal(fo, po)
-    _assert_grads(fg, pg)
+    est = _at("recu", progress)
+    _fused_against_plain(est.quantizer("weight", tuple(w.shape)), w, lambda x: _plain_recu(x, est.tau))
     # the clamp's mask is active: without the standardisation, some gradients are exactly zero and the rest are not
     q = est.quantizer("weight", tuple(w.shape))
     est.standardize = False
@@ -121,28 +132,19 @@ def test_recu_fused_equals_autograd(progress, shape):
 def test_irnet_fused_equals_autograd(progress, scale):
     torch.manual_seed(0)
     w = torch.randn(5, 3, 3, 3) * 0.1
-    est = bench.create_estimator("irnet")
-    est.set_progress(bench.Progress.at(progress))
-    q = est.quantizer("weight", tuple(w.shape), internal_scale=scale)
+    est = _at("irnet", progress)
     k, t = est.kt
-    fo, fg = _grads(q, w)
-    po, pg = _grads(lambda x: _plain_irnet(x, k, t, scale), w)
-    assert torch.equal(fo, po)
-    _assert_grads(fg, pg)
+    _fused_against_plain(est.quantizer("weight", tuple(w.shape), internal_scale=scale), w,
+                         lambda x: _plain_irnet(x, k, t, scale))
 
 
 @pytest.mark.parametrize("progress", [0.0, 1.0])
 def test_irnet_activation_is_ede_alone(progress):
     torch.manual_seed(0)
     x = torch.randn(8, 20)
-    est = bench.create_estimator("irnet")
-    est.set_progress(bench.Progress.at(progress))
-    q = est.quantizer("activation", (20,))
+    est = _at("irnet", progress)
     k, t = est.kt
-    fo, fg = _grads(q, x)
-    po, pg = _grads(lambda v: _ste(sign(v), k * torch.tanh(t * v)), x)
-    assert torch.equal(fo, po)
-    _assert_grads(fg, pg)
+    _fused_against_plain(est.quantizer("activation", (20,)), x, lambda v: _ste(sign(v), k * torch.tanh(t * v)))
 
 
 @pytest.mark.parametrize(("alpha", "u"), [(0.2, 1.0), (0.4, 0.7), (0.05, 1.3), (0.4, 0.05), (1.5, -0.6)])
@@ -165,13 +167,8 @@ def test_reste_fused_equals_autograd(progress):
     torch.manual_seed(0)
     x = torch.randn(40, 30) * 0.8
     x[0, :4] = torch.tensor([0.0, 0.1, -1.5, 1.6])  # the chord's edge, the clip's edge, beyond it
-    est = bench.create_estimator("reste")
-    est.set_progress(bench.Progress.at(progress))
-    q = est.quantizer("weight", tuple(x.shape))
-    fo, fg = _grads(q, x)
-    po, pg = _grads(lambda v: _plain_reste(v, est.o), x)
-    assert torch.equal(fo, po)
-    _assert_grads(fg, pg)
+    est = _at("reste", progress)
+    fg = _fused_against_plain(est.quantizer("weight", tuple(x.shape)), x, lambda v: _plain_reste(v, est.o))
     assert fg[0][0, 3] == 0 and fg[0][0, 2] != 0
 
 

@@ -131,7 +131,7 @@ def collect(uri: str, suite: str, search_keys: tuple[str, ...] = (), trials: set
     in the notes. None: every trial in the store counts."""
     from bench import tracking
 
-    client = tracking.client(uri)
+    client = tracking.mlflow_client(uri)
     exp = client.get_experiment_by_name(suite)
     if exp is None:
         raise BinbenchError(f"no runs of suite {suite!r} in {uri}: run `binbench suite run {suite}` first, or pass "
