@@ -17,6 +17,7 @@ Digests, as recorded in :class:`bench.data.DatasetTensors` (``digest``):
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -199,11 +200,15 @@ def extract_archive(archive: Path, digest: str) -> Path:
         kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         try:
             tmp.mkdir(parents=True)
+            # the whole gzip stream first: a cut archive must fail as one, whichever tar header the cut lands in
+            with gzip.open(archive) as whole:
+                while whole.read(1 << 22):
+                    pass
             with tarfile.open(archive, "r|gz") as tar:  # one sequential pass: no seeking back in the gzip stream
                 for m in tar:
                     _check_member(m, archive)
                     tar.extract(m, tmp, **kw)
-        except (tarfile.TarError, EOFError, zlib.error) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise BinbenchError(f"CIFAR-10 archive {archive} is truncated or corrupt ({exc}): replace it with a "
                                 "complete copy (see the data folder's README for its md5)") from None
         except OSError as exc:
