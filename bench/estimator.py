@@ -14,7 +14,7 @@ What an estimator can do, each by overriding one method (all optional but :meth:
 * ``set_progress(p)``      training progress (stage, epoch fraction) for schedules;
 * ``extra_loss(qs)``       a loss term added to the task loss;
 * ``stages()``             training stages (e.g. real sine weights, then the square wave);
-* ``init_latent_(w, q)``   re-initialise (or read) the layer's latent weight once, at construction;
+* ``init_latent_(w, q)``   re-initialise (or read) the layer's latent weight once, after the model's own init;
 * ``constrain_(w, q)``     an in-place projection of the latent weights after each optimizer step;
 * ``eval_modes``/``predict`` how evaluation runs (e.g. an ensemble of sampled networks);
 * ``layer_diagnostics``    extra per-layer diagnostics (e.g. a fitting error).
@@ -225,8 +225,10 @@ class Estimator:
             self.set_hparams(**stage.overrides)
 
     def init_latent_(self, w: Tensor, q: Quantizer) -> None:
-        """Called once per binary layer, under no_grad, after ``init_state``: may re-initialise the latent weight
-        ``w`` in place (a xavier init of its own) or read its statistics into ``q`` (a clipping range)."""
+        """Called once per binary layer, under no_grad, after the whole model is built and initialised
+        (``bench.layers.init_latents_``, from ``create_model``): ``w`` is the weight the optimizer will train.
+        May re-initialise it in place (a xavier init of its own) or read its statistics into ``q`` (a clipping
+        range). Not called for a checkpoint's weights: state derived here is saved with the model."""
 
     def constrain_(self, w: Tensor, q: Quantizer) -> None:
         """Project latent weights in place (under no_grad) after an optimizer step."""

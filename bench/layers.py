@@ -41,9 +41,10 @@ class _Binary:
             if weight_est is not None
             else None
         )
-        if self.weight_quantizer is not None:
-            with torch.no_grad():
-                weight_est.init_latent_(self.weight, self.weight_quantizer)
+        # the estimator reads (or re-initialises) the weight in ``init_latents_``, after the model's own init:
+        # a model that re-initialises its convs after building them (resnet, vgg) would otherwise leave the
+        # estimator holding statistics of weights that were thrown away
+        self.latent_ready = False
         # the input's channel count (conv in_channels, linear in_features): per-channel activation state such as
         # ReActNet's learnable thresholds is created at construction, not lazily on the first batch
         self.input_quantizer = (act_est.quantizer("activation", (self._in_channels(),))
@@ -141,6 +142,23 @@ class BinarySpec:
 
 
 FP = BinarySpec()
+
+
+def init_latents_(model: nn.Module) -> nn.Module:
+    """Let every binary layer's weight estimator derive its state from the weight the optimizer will train
+    (``Estimator.init_latent_``: a clipping range from max|w|, an init of its own), once per layer, in module order.
+
+    ``bench.models.create_model`` calls it after the model function returns, so it runs after whatever
+    initialisation the model (built-in or a plugin's) applies to its layers. Layers built outside
+    ``create_model`` need this call before training; a layer already initialised is left alone, so calling it
+    again (``train`` does, after lazy parameters are materialised) changes nothing.
+    """
+    with torch.no_grad():
+        for _, layer in binary_layers(model):
+            if not layer.latent_ready and not isinstance(layer.weight, nn.parameter.UninitializedParameter):
+                layer.weight_quantizer.estimator.init_latent_(layer.weight, layer.weight_quantizer)
+                layer.latent_ready = True
+    return model
 
 
 def binary_layers(model: nn.Module) -> list[tuple[str, _Binary]]:

@@ -31,7 +31,7 @@ from bench.diagnostics import DiagnosticsTracker
 from bench.env import describe
 from bench.errors import ConfigError
 from bench.estimator import Estimator, Progress, Stage, create_estimator, estimator_quantizers
-from bench.layers import BinarySpec
+from bench.layers import BinarySpec, init_latents_
 from bench.models import create_model
 from bench.progress import Reporter
 from bench.spec import RunSpec, StagePlan
@@ -310,6 +310,7 @@ def setup(spec: RunSpec, callbacks: list[EpochCallback], reporter: Reporter, sta
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
 
     materialize_lazy(model, loaders.train, autocast)
+    init_latents_(model)  # layers whose weights were lazy get their estimator state now
     constrained = [(q, w) for q, w in quantized_weights(model) if q.estimator.has_constraint]
     with torch.no_grad():
         for q, w in constrained:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import bench
 from bench.diagnostics import surrogate_grad
-from bench.layers import BinarySpec, binary_layers
+from bench.layers import BinarySpec, binary_layers, init_latents_
 from bench.spec import resolve
 from bench.train import train
 
@@ -47,7 +47,7 @@ def _reference_vispa_step(m, z, alpha, x, target, eps):
 def _binbench_vispa_layer(normalize: str):
     torch.manual_seed(0)
     est = bench.create_estimator("vispa", rank=K, scale=S, normalize=normalize)
-    layer = BinarySpec(est, None, "alpha").conv(3, 8, 3, 1, 1).double()
+    layer = init_latents_(BinarySpec(est, None, "alpha").conv(3, 8, 3, 1, 1)).double()
     return layer
 
 
@@ -120,7 +120,7 @@ def test_vispa_run_flips_signs_after_one_epoch():
 def test_vispa_xavier_init_and_rank0_without_clamp():
     torch.manual_seed(0)
     est = bench.create_estimator("vispa", m_init="xavier")
-    layer = BinarySpec(est, None, "alpha").conv(64, 64, 3, 1, 1)
+    layer = init_latents_(BinarySpec(est, None, "alpha").conv(64, 64, 3, 1, 1))
     fan = 64 * 9
     assert abs(layer.weight.std().item() - math.sqrt(2.0 / (2 * fan))) < 0.05 * math.sqrt(1.0 / fan)
     free = bench.create_estimator("vispa", rank=0)
@@ -133,7 +133,7 @@ def test_vispa_xavier_init_and_rank0_without_clamp():
 
 def _edge_and_peak(est) -> tuple[float, float]:
     torch.manual_seed(0)
-    layer = BinarySpec(est, None, "alpha").conv(32, 64, 3, 1, 1)  # PyTorch's kaiming-uniform init
+    layer = init_latents_(BinarySpec(est, None, "alpha").conv(32, 64, 3, 1, 1))  # PyTorch's kaiming-uniform init
     edge = layer.weight.detach().abs().max()
     g = surrogate_grad(layer.weight_quantizer, torch.stack([torch.zeros(()), edge]))
     return float(g[1]), float(g[0])

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from bench.errors import ConfigError, did_you_mean
-from bench.layers import BinarySpec
+from bench.layers import BinarySpec, init_latents_
 from bench.registry import Registry
 
 ModelFn = Callable[..., nn.Module]
@@ -48,7 +48,9 @@ def create_model(name: str, spec: BinarySpec | None = None, num_classes: int = 1
         if key not in valid:
             raise ConfigError(f"unknown argument {key!r} for model {name!r}{did_you_mean(key, valid)}; "
                               f"valid: {', '.join(valid)}")
-    return fn(spec=spec or BinarySpec(), num_classes=num_classes, in_shape=tuple(in_shape), **kwargs)
+    model = fn(spec=spec or BinarySpec(), num_classes=num_classes, in_shape=tuple(in_shape), **kwargs)
+    # after the model function's own initialisation: estimators derive their state from the trained weights
+    return init_latents_(model)
 
 
 def make_act(name: str, channels: int | None = None) -> nn.Module:
