@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.estimator import Progress, as_tensor_points, create_estimator
+from bench.estimator import Estimator, Progress, Quantizer, as_tensor_points, create_estimator
 
 
 def probe(name: str, x: Iterable[float] | Tensor, kind: str = "weight", progress: float = 0.0,
@@ -20,6 +20,12 @@ def probe(name: str, x: Iterable[float] | Tensor, kind: str = "weight", progress
     is the elementwise surrogate derivative for elementwise estimators). ``progress`` in [0, 1] is e/E for
     scheduled estimators; ``stage`` names a training stage (one of ``Estimator.stages()``). The quantizer runs in
     training mode with the random state seeded by ``seed`` and restored afterwards.
+
+    A probe is a probe of one layer holding the points: weights are the layer's weight (the quantizer has
+    their shape and the estimator derives its state from them, as ``init_latent_`` does in a model: DSQ's range is
+    their max |x|); activations are a layer's input with a channel dimension (1-D points become a batch of
+    shape (N, 1), one channel; a tensor of 2 or more dimensions keeps its shape, channels in dimension 1), so a
+    per-channel activation estimator sees the shape a layer gives it. The results have the points' shape.
     """
     est = create_estimator(name, **hparams)
     stages = est.stages()
@@ -30,11 +36,22 @@ def probe(name: str, x: Iterable[float] | Tensor, kind: str = "weight", progress
     with torch.random.fork_rng(devices=[]):
         # per-layer random state (a sampled low-rank factor) and draws: both from the seed
         torch.manual_seed(seed)
-        q = est.quantizer(kind, tuple(pts.shape) if kind == "weight" else None, internal_scale=False)
+        q, xin = _layer_quantizer(est, kind, pts)
         q.train()
-        xin = pts.clone().requires_grad_(True)
+        xin.requires_grad_(True)
         y = q(xin)
         if not y.requires_grad:  # no gradient reaches x at all (the frozen control): the surrogate is 0
-            return y.detach(), torch.zeros_like(pts)
+            return y.detach().reshape(pts.shape), torch.zeros_like(pts)
         y.backward(torch.ones_like(y))
-    return y.detach(), xin.grad.detach()
+    return y.detach().reshape(pts.shape), xin.grad.detach().reshape(pts.shape)
+
+
+def _layer_quantizer(est: Estimator, kind: str, pts: Tensor) -> tuple[Quantizer, Tensor]:
+    """The quantizer a layer holding ``pts`` would have, and the points shaped as that layer hands them over."""
+    if kind == "weight":
+        q = est.quantizer(kind, tuple(pts.shape), internal_scale=False)
+        with torch.no_grad():
+            est.init_latent_(pts.clone(), q)  # a copy: an estimator that re-initialises w must not move the points
+        return q, pts.clone()
+    x = pts.reshape(-1, 1) if pts.dim() < 2 else pts.clone()
+    return est.quantizer(kind, (int(x.shape[1]),), internal_scale=False), x

@@ -336,7 +336,8 @@ def materialize_lazy(model: nn.Module, loader, autocast) -> None:
         return
     xb, _ = next(iter(loader.batches(0, 0, 0)))
     model.eval()
-    with torch.no_grad(), autocast():
+    # the random state is the run's: a stochastic estimator's draws here must not shift its training
+    with torch.no_grad(), autocast(), torch.random.fork_rng(devices=[xb.device] if xb.is_cuda else []):
         model(xb[:2])
     model.train()
 

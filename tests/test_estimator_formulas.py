@@ -60,10 +60,13 @@ CASES = [
     ("clipped_ste", "activation", {"t": 1.5}, 0.0, None, sgn, lambda x: float(abs(x) <= 1.5)),
     ("approx_sign", "activation", {}, 0.0, None, sgn, lambda x: max(0.0, 2 - 2 * abs(x))),
     ("approx_sign", "weight", {}, 0.0, None, sgn, lambda x: max(0.0, 2 - 2 * abs(x))),
-    ("dsq", "weight", {"alpha": 0.2}, 0.0, None, sgn, lambda x: dsq_g(x, 0.2)),
+    ("dsq", "weight", {"alpha": 0.2, "range_init": "fixed"}, 0.0, None, sgn, lambda x: dsq_g(x, 0.2)),
+    # the default range: a layer holding X takes u = max |X| = 2 (forward +-2, the surrogate spread over [-2, 2])
+    ("dsq", "weight", {"alpha": 0.2}, 0.0, None, lambda x: 2.0 * sgn(x), lambda x: dsq_g(x, 0.2, 2.0)),
     ("dsq", "activation", {"alpha": 0.4, "learnable_alpha": False, "range_init": "fixed"}, 0.0, None, sgn,
      lambda x: dsq_g(x, 0.4)),
-    ("dsq", "weight", {"alpha": 0.1, "u": 1.5}, 0.0, None, lambda x: 1.5 * sgn(x), lambda x: dsq_g(x, 0.1, 1.5)),
+    ("dsq", "weight", {"alpha": 0.1, "u": 1.5, "range_init": "fixed"}, 0.0, None,
+     lambda x: 1.5 * sgn(x), lambda x: dsq_g(x, 0.1, 1.5)),
     *[("reste", k, {}, p, None, sgn, reste_at(p)) for p in (0.0, 0.3, 0.7, 1.0) for k in ("weight", "activation")],
     ("reste", "weight", {"o_end": 2.0, "t": 1.0}, 1.0, None, sgn, lambda x: reste_g(x, 2.0, t=1.0)),
     ("biper", "weight", {}, 0.0, None, lambda x: sgn(math.sin(20 * x)), lambda x: 20 * math.cos(20 * x)),
@@ -95,7 +98,7 @@ def test_reste_reference_values_at_o3():
 
 @pytest.mark.parametrize(("alpha", "peak"), [(0.4, 1.155), (0.2, 1.373), (0.1, 1.636), (0.01, 2.673)])
 def test_dsq_peak_slopes(alpha, peak):
-    _, g = bench.probe("dsq", [0.0], alpha=alpha)
+    _, g = bench.probe("dsq", [0.0], alpha=alpha, range_init="fixed")
     assert g[0] == pytest.approx(peak, abs=1e-3)
 
 

@@ -56,6 +56,26 @@ def test_one_digits_epoch_learns_above_chance(name):
     assert res.top1 > 30.0, f"{name}: {res.top1:.1f}% after 2 digits epochs (chance is 10%)"
 
 
+@pytest.mark.parametrize("name", [n for n in list_estimators() if "activation" in get_estimator_class(n).kinds])
+def test_digits_w1a1_with_it_as_activation_estimator(name):
+    """Every activation estimator binarizes the inputs of real layers (per-channel state sized by each layer,
+    whether made in init_state or from the input's x.shape[1]) and every parameter it holds is trained."""
+    from bench.estimator import estimator_quantizers, reference_estimator
+
+    cfg = {**TINY, "estimator": reference_estimator(), "activation_estimator": name, "a_bits": 1, "epochs": 2,
+           "seed": 0, "diagnostics": False, "model_args": {"hidden": [64, 48], "binarize_first_last": True}}
+    hooks = []
+    res = train(resolve(cfg), stage_hooks=[lambda when, i, model: hooks.append(model)])
+    assert res.status == "finished"
+    if get_estimator_class(name).role != "control":
+        assert res.top1 > 30.0, f"{name}: {res.top1:.1f}% after 2 digits epochs (chance is 10%)"
+    model = hooks[-1]
+    for q in estimator_quantizers(model, "activation"):
+        for pname, p in q.named_parameters():
+            assert not isinstance(p, torch.nn.parameter.UninitializedParameter), f"{name}: {pname} never materialised"
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: {pname} got no gradient"
+
+
 @pytest.mark.parametrize("name", [n for n in list_estimators() if "weight" in get_estimator_class(n).kinds])
 @pytest.mark.parametrize("recipe", ["common", "published"])
 def test_recipes_resolve(name, recipe):

@@ -22,7 +22,7 @@ from .conftest import REPO
 
 #: what the example package promises: its estimators and the kinds each binarizes
 PLUGIN_KINDS = {"sign_swish": ("weight", "activation"), "rsign": ("activation",),
-                "rbnn_sign": ("weight", "activation")}
+                "rbnn_sign": ("weight", "activation"), "rsign_lazy": ("activation",)}
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +176,8 @@ def test_w1a1_digits_mlp_with_rsign_activations(plugin_site, tmp_path, weight):
 def _expected_registry_tests(name, kinds):
     ids = {f"test_forward_is_binary_and_gradient_finite[{name}-{k}]" for k in kinds}
     ids.add(f"test_sign_of_zero_is_plus_one[{name}]")
+    if "activation" in kinds:
+        ids.add(f"test_digits_w1a1_with_it_as_activation_estimator[{name}]")
     if "weight" in kinds:
         ids |= {f"test_one_digits_epoch_learns_above_chance[{name}]",
                 f"test_recipes_resolve[common-{name}]", f"test_recipes_resolve[published-{name}]",

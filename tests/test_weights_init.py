@@ -128,3 +128,28 @@ def test_vispa_xavier_m_on_resnet18():
         fan_in, fan_out = w[0].numel(), w.shape[0] * w[0, 0].numel()
         xavier = math.sqrt(2.0 / (fan_in + fan_out))
         assert w.std().item() == pytest.approx(xavier, rel=0.1), f"{path}: std {w.std():.4f}, xavier {xavier:.4f}"
+
+
+def _deterministic_weight_estimators() -> list[str]:
+    return [n for n in bench.list_estimators()
+            if "weight" in get_estimator_class(n).kinds and not get_estimator_class(n).stochastic]
+
+
+@pytest.mark.parametrize("name", _deterministic_weight_estimators())
+def test_probe_of_weights_is_the_conv_layer_holding_them(name):
+    """``bench.probe(name, w)`` on kaiming conv weights gives the forward and surrogate of a conv layer holding w
+    (before: DSQ was probed at u = 1 whatever the points, a layer uses max |w|)."""
+    from bench.diagnostics import surrogate_grad
+    from bench.estimator import Progress
+    from bench.layers import init_latents_
+
+    torch.manual_seed(0)
+    est = bench.create_estimator(name)
+    layer = init_latents_(BinarySpec(est, None, "alpha").conv(32, 64, 3, 1, 1))  # PyTorch's kaiming-uniform init
+    stages = est.stages()
+    est.set_progress(Progress.at(0.0, len(stages) - 1, stages[-1].name))  # the probe's default: last stage, e/E = 0
+    q, w = layer.weight_quantizer, layer.weight.detach()
+    fwd, grad = bench.probe(name, w)
+    with torch.no_grad():
+        assert torch.equal(fwd, q(w)), name
+    assert torch.equal(grad, surrogate_grad(q, w)), name
