@@ -125,3 +125,38 @@ class DiagnosticsTracker:
         for k, vs in sums.items():
             out[f"diag/{k}"] = sum(vs) / len(vs)
         return out
+
+
+def nonfinite(model: nn.Module) -> str:
+    """"" when every parameter and buffer of ``model`` is finite; else one line naming the first layer (in module
+    order, by its readable path) that holds a NaN or inf, the tensor and the count, and how many layers do.
+
+    Why it is needed: a binarizer maps NaN and inf to +-1 (sign(NaN) = +1), so a non-finite latent weight or a
+    quantizer's non-finite state (DSQ's range after one inf input) can leave the loss finite while the network is
+    no longer the one being trained. Checked before the first epoch and after every epoch (one host sync), never
+    per step.
+    """
+    tensors = [(name, tname, t) for name, module in model.named_modules()
+               for tname, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+               if t is not None and t.is_floating_point() and not isinstance(t, nn.parameter.UninitializedParameter)]
+    if not tensors:
+        return ""
+    with torch.no_grad():
+        ok = torch.stack([torch.isfinite(t).all() for _, _, t in tensors]).tolist()
+    bad = [(name, tname, t) for (name, tname, t), fine in zip(tensors, ok, strict=True) if not fine]
+    if not bad:
+        return ""
+    paths = layer_paths(model)
+
+    def owner(name: str, tname: str) -> tuple[str, str]:
+        if isinstance(model.get_submodule(name), Quantizer):  # a quantizer's state belongs to its layer
+            parent, _, attr = name.rpartition(".")
+            return paths.get(parent, parent), f"{attr}.{tname}"
+        return paths.get(name, name) or "(model)", tname
+
+    layers = list(dict.fromkeys(owner(n, tn)[0] for n, tn, _ in bad))
+    layer, tname = owner(*bad[0][:2])
+    t = bad[0][2].detach()
+    more = f"; {len(layers) - 1} more layer(s) hold non-finite values" if len(layers) > 1 else ""
+    return (f"non-finite values in layer {layer!r}: {tname} holds {int(t.isnan().sum())} NaN and "
+            f"{int(t.isinf().sum())} inf of {t.numel()}{more}")

@@ -10,6 +10,7 @@ diagnostics are collected, a checkpoint is written. A NaN/inf loss ends the run 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import time
@@ -27,7 +28,7 @@ from bench import checkpoint as ckpt
 from bench.config import RunConfig
 from bench.data import DatasetSpec, get_dataset, load_dataset
 from bench.data.loader import ResidentLoader
-from bench.diagnostics import DiagnosticsTracker
+from bench.diagnostics import DiagnosticsTracker, nonfinite
 from bench.env import describe
 from bench.errors import ConfigError
 from bench.estimator import Estimator, Progress, Stage, create_estimator, estimator_quantizers
@@ -323,6 +324,8 @@ def setup(spec: RunSpec, callbacks: list[EpochCallback], reporter: Reporter, sta
     if cfg.resume:
         run.state = _restore(run)
         run.status = run.state.pop("status")
+    if run.status == "running" and (bad := nonfinite(model)):  # a plugin's init, a resumed checkpoint
+        run.status, run.message = "diverged", f"{bad} before the first epoch; check the model's and estimator's init"
     run.params = count_params(model)
     reporter.start(cfg, run.params, device)
     return run
@@ -344,6 +347,10 @@ def materialize_lazy(model: nn.Module, loader, autocast) -> None:
 
 def fit(run: _Run) -> RunResult:
     """Every stage from where the run stands, then the result and the final checkpoint."""
+    if run.status == "diverged" and not run.history:  # before the first epoch: one record says so (trackers, Ray)
+        run.history.append({"stage": 0, "stage_name": run.spec.stages[0].name, "epoch": 0, "global_epoch": 0,
+                            "train_loss": float("nan"), "diverged": True})
+        _publish(run, run.history[-1])
     for stage in run.spec.stages:
         if run.status == "running" and stage.index >= run.state["stage"]:
             run_stage(run, stage)
@@ -390,11 +397,17 @@ def run_epoch(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler) -> 
     progress = Progress(stage.index, stage.name, epoch, stage.epochs)
     for e in run.estimators:
         e.set_progress(progress)
+    start = EpochStart.take(run.model, optimizer, scheduler)
     record = train_epoch(run, stage, epoch, optimizer, scheduler)
-    if not math.isfinite(record["train_loss"]):
+    bad = nonfinite(run.model)  # a binarizer maps NaN/inf to +-1: the loss alone can miss them
+    if bad or not math.isfinite(record["train_loss"]):
+        # the epoch again from its start, checked step by step: the layer where it went non-finite, not the first
+        # of the many that hold NaN once it has spread
+        where = locate_nonfinite(run, stage, epoch, optimizer, scheduler, start)
+        what = where or bad or f"loss became {record['train_loss']}"
         run.status = "diverged"
-        run.message = (f"loss became {record['train_loss']} in stage {stage.name} epoch {epoch}; lower the learning "
-                       f"rate (lr={stage.lr}) or check the estimator's hyperparameters")
+        run.message = (f"{what} in stage {stage.name} epoch {epoch + 1}; lower the learning rate (lr={stage.lr}) or "
+                       "check the estimator's hyperparameters")
         record["diverged"] = True
         run.history.append(record)
         _publish(run, record)
@@ -412,6 +425,67 @@ def run_epoch(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler) -> 
         _save(run, optimizer, scheduler, stage.index, epoch + 1)
     _publish(run, record)  # after the checkpoint: a callback may hand it on (Ray Tune)
     return True
+
+
+@dataclass(frozen=True)
+class EpochStart:
+    """The state an epoch starts from (model, optimizer, schedule, random state), kept in memory for one epoch so
+    that a diverged epoch can be replayed step by step. A copy of the parameters per epoch, no per-step cost."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: torch.Tensor
+    cuda_rng: list[torch.Tensor]
+
+    @classmethod
+    def take(cls, model: nn.Module, optimizer, scheduler) -> EpochStart:
+        return cls({k: v.detach().clone() for k, v in model.state_dict().items()},
+                   copy.deepcopy(optimizer.state_dict()), scheduler.state_dict(), torch.get_rng_state(),
+                   torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+    def restore(self, model: nn.Module, optimizer, scheduler) -> None:
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(self.optimizer)
+        scheduler.load_state_dict(self.scheduler)
+        torch.set_rng_state(self.rng)
+        if self.cuda_rng:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def locate_nonfinite(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler, start: EpochStart) -> str:
+    """Replay the epoch from ``start``, one host sync per step, and say where a NaN/inf first appeared: the input or
+    the weight a binary layer binarized, or a tensor the step's update made non-finite. "" if the replay finds none
+    (a GPU's non-deterministic kernels may not repeat it)."""
+    from bench.diagnostics import layer_paths
+    from bench.layers import binary_layers
+
+    start.restore(run.model, optimizer, scheduler)
+    paths, found = layer_paths(run.model), []
+
+    def check(name: str):
+        def hook(layer, args):
+            for what, t in (("input", args[0]), ("weight", layer.weight)):
+                if not found and not bool(torch.isfinite(t).all()):
+                    found.append(f"the {what} of layer {paths.get(name, name)!r} holds {int(t.isnan().sum())} NaN "
+                                 f"and {int(t.isinf().sum())} inf of {t.numel()}")
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(check(name)) for name, layer in binary_layers(run.model)]
+    try:
+        run.model.train()
+        for step, (xb, yb) in enumerate(run.loaders.train.batches(run.cfg.seed, stage.index, epoch)):
+            if step >= run.steps_per_epoch:
+                break
+            loss, _ = training_step(run.model, run.est, run.weight_qs, run.constrained, optimizer, scheduler, xb, yb,
+                                    run.autocast)
+            after = found[0] if found else nonfinite(run.model) or ("" if bool(torch.isfinite(loss)) else "the loss")
+            if after:
+                return f"{after} at step {step + 1}" if found else f"{after} after the update of step {step + 1}"
+    finally:
+        for h in hooks:
+            h.remove()
+    return ""
 
 
 def _publish(run: _Run, record: dict[str, Any]) -> None:
@@ -504,7 +578,7 @@ def _result(run: _Run) -> RunResult:
     last = evals[-1] if evals else {}
     best = run.state["best"]
     modes = {m: last.get(f"test_{m}_top1", last.get("test_top1", float("nan"))) for m in run.spec.eval_modes}
-    timed = [h["epoch_seconds"] for h in run.history]
+    timed = [h["epoch_seconds"] for h in run.history if "epoch_seconds" in h]
     return RunResult(
         selected_top1=best.get("selected_top1"), selected_epoch=_one_based(best.get("selected_epoch")),
         late_gain=late_gain([h["test_top1"] for h in evals]),
