@@ -235,7 +235,12 @@ def dry_run_plan(values: dict[str, Any]) -> dict[str, Any]:
             prov.append({"key": key, "value": default, "source": f"dataset {cfg.dataset!r} default",
                          "extrapolated": False, "overridden_by_user": by_user(key)})
     published = has_published_recipe(cfg.estimator)
+    source = {p["key"]: "set by you" if p["overridden_by_user"] else p["source"] for p in prov}
     return {"dry_run": True, "config": cfg.to_dict(), "stages": [s.to_dict() for s in spec.stages], "key": spec.key,
+            "precision": {"value": "bf16" if cfg.amp else "float32", "source": source.get("amp", "set by you"),
+                          "note": "bf16 is autocast on CUDA only: a CPU run computes in float32"},
+            "warmup": {"epochs": cfg.warmup_epochs, "per": cfg.schedule_unit,
+                       "source": source.get("schedule_unit", "set by you")},
             "recipe": {"name": cfg.recipe, "estimator_has_published_recipe": published,
                        "note": NO_PUBLISHED if cfg.recipe == "published" and not published else "",
                        "provenance": prov}}
@@ -259,7 +264,11 @@ def _dry_run(values: dict[str, Any], as_json: bool) -> int:
     for st in out["stages"]:
         print(f"  {st['index']} {st['name']}: {st['epochs']} epochs, {st['optimizer']} lr {st['lr']:g} momentum "
               f"{st['momentum']:g} weight decay {st['weight_decay']:g}, {st['lr_schedule']} schedule, warm-up "
-              f"{st['warmup_epochs']} epochs" + (f", estimator {st['estimator']}" if st["estimator"] else ""))
+              f"{st['warmup_epochs']} epochs, stepped per {st['schedule_unit']}"
+              + (f", estimator {st['estimator']}" if st["estimator"] else ""))
+    prec, warm = out["precision"], out["warmup"]
+    print(f"\nprecision: {prec['value']} ({prec['note']})  <- {prec['source']}")
+    print(f"warm-up: {warm['epochs']} epochs, the learning rate stepped per {warm['per']}  <- {warm['source']}")
     print(f"\nrecipe {rec['name']}: where each value comes from" + (f" ({rec['note']})" if rec["note"] else ""))
     for p in rec["provenance"]:
         flags = (" [extrapolated]" if p["extrapolated"] else "") + (" [overridden by you]" if p["overridden_by_user"]

@@ -60,14 +60,17 @@ class RunConfig:
     weight_decay: float | None = None
     lr_schedule: str | None = None  # cosine | step | constant
     warmup_epochs: int | None = None
+    #: how the learning rate moves: "iteration" (every step: binbench's default) or "epoch" (held for an epoch, as
+    #: the official ReCU/BiPer/ReSTE/IR-Net scripts step their warm-up and cosine); None: the recipe's
+    schedule_unit: str | None = None
     stages: list[dict[str, Any]] | None = None  # per-stage overrides, in the estimator's stage order
     stage_handoff: str | None = None  # last | best: weights handed from one stage to the next
     # execution
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:N]
     threads: int | None = None
-    amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # CUDA only
+    amp: bool | None = None  # bf16 autocast, CUDA only; None: the recipe's (published: float32, as the official code)
+    channels_last: bool | None = None  # CUDA only; None: the recipe's
     compile: bool = False
     diagnostics: bool = True
     eval_modes: list[str] | None = None  # None: all of the estimator's
@@ -90,6 +93,7 @@ CHOICES = {
     "scaling": SCALING_CHOICES,
     "optimizer": ("sgd", "adam"),
     "lr_schedule": ("cosine", "step", "constant"),
+    "schedule_unit": ("iteration", "epoch"),
     "stage_handoff": ("last", "best"),
     "w_bits": tuple(sorted({w for w, _ in BITS.values()})),
     "a_bits": tuple(sorted({a for _, a in BITS.values()})),

@@ -40,6 +40,9 @@ EXECUTION_KEYS = frozenset({"threads", "device", "data_root", "download", "check
 #: what a stage of the config's ``stages`` list may set
 STAGE_KEYS = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "warmup_epochs", "estimator",
               "name")
+#: keys added after runs were recorded, left out of the key at the value every earlier run had, so that the stores
+#: of those runs keep their keys (their runs computed exactly that)
+KEY_LEGACY = {"schedule_unit": "iteration"}
 NESTED = ("estimator_hparams", "activation_hparams", "model_args")
 
 
@@ -58,6 +61,7 @@ class StagePlan:
     lr_schedule: str
     warmup_epochs: int
     estimator: Mapping[str, Any]
+    schedule_unit: str = "iteration"  # "epoch": the lr holds for a whole epoch (see bench.train.lr_factor)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "estimator": dict(self.estimator)}
@@ -93,7 +97,8 @@ class RunSpec:
 
 def run_key(config: RunConfig, suite: str | None = None) -> str:
     """The run's identity: a digest of its suite and its resolved config without execution settings."""
-    ident = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_KEYS}
+    ident = {k: v for k, v in config.to_dict().items()
+             if k not in EXECUTION_KEYS and not (k in KEY_LEGACY and v == KEY_LEGACY[k])}
     blob = json.dumps({"suite": suite, "config": ident}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -250,5 +255,5 @@ def plan_stages(cfg: RunConfig, est: Any) -> tuple[StagePlan, ...]:
             weight_decay=float(ov.get("weight_decay", cfg.weight_decay)),
             lr_schedule=ov.get("lr_schedule", cfg.lr_schedule),
             warmup_epochs=int(ov.get("warmup_epochs", cfg.warmup_epochs)),
-            estimator={**s.overrides, **ov.get("estimator", {})}))
+            estimator={**s.overrides, **ov.get("estimator", {})}, schedule_unit=cfg.schedule_unit))
     return tuple(plan)

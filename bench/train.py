@@ -148,12 +148,32 @@ def make_optimizer(model: nn.Module, stage: StagePlan) -> torch.optim.Optimizer:
 
 
 def lr_factor(step: int, steps_per_epoch: int, stage: StagePlan) -> float:
-    """Per-iteration learning-rate factor: linear warm-up, then cosine to 0 / step decay / constant."""
+    """Learning-rate factor at a step: linear warm-up, then cosine to 0 / step decay / constant.
+
+    ``schedule_unit="iteration"``: it moves every step. ``"epoch"``: it is held for each epoch e (0-based) as the
+    official ReCU, BiPer and ReSTE scripts step it (``lr (e + 1) / W`` for e < W, then ``CosineAnnealingLR`` with
+    T_max = E - (W - 1) stepped once per epoch, so e = W - 1 has the full lr both ways); W = 0 is IR-Net's plain
+    per-epoch cosine."""
+    if stage.schedule_unit == "epoch":
+        return _epoch_factor(step // max(1, steps_per_epoch), stage)
     total = max(1, stage.epochs * steps_per_epoch)
     warm = min(stage.warmup_epochs * steps_per_epoch, total - 1)
     if step < warm:
         return (step + 1) / (warm + 1)
     t = (step - warm) / max(1, total - warm)
+    if stage.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if stage.lr_schedule == "step":
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return 1.0
+
+
+def _epoch_factor(epoch: int, stage: StagePlan) -> float:
+    warm = stage.warmup_epochs
+    if epoch < warm:
+        return (epoch + 1) / warm
+    start = max(warm - 1, 0)
+    t = (epoch - start) / max(1, stage.epochs - start)
     if stage.lr_schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * t))
     if stage.lr_schedule == "step":

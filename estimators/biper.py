@@ -43,6 +43,11 @@ class BiPer(Estimator):
     # the official scripts are for ResNet-18 (CIFAR-10 and ImageNet, W1A1); the ResNet-20 and VGG-small configs
     # are Google-Drive links in the official README, so those settings, W1A32 and other datasets are extrapolated
     published = [
+        Rule({}, {"amp": False, "channels_last": False, "schedule_unit": "epoch"},
+             "edmav4/BiPer @0c07fdd: float32 (cifar10/utils/options.py:61 --type torch.cuda.FloatTensor, "
+             "cifar10/main.py:117 model.type, no amp anywhere); warm-up and cosine per epoch (cifar10/main.py:157 "
+             "CosineAnnealingLR, :189-191 lr (e+1)/5 for e < 5, :206-207 stepped once per epoch; "
+             "main_stage2.py:194,235-237,252-253; imagenet/main.py:207,239-241,256-257)"),
         Rule({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5,
                   "stage_handoff": "best", "estimator_hparams": {"w0": 20.0}},
              "edmav4/BiPer cifar10/run_stg1.sh:11-12,15 (cos, --warm_up, freq 20), cifar10/run_stg2.sh:10-11,14 "

@@ -90,6 +90,10 @@ class IrNetEde(Estimator):
     native_scaling = "internal"
     native_activation = None  # EDE for activations too
     published = [
+        Rule({}, {"amp": False, "channels_last": False, "schedule_unit": "epoch"},
+             "htqin/IR-Net @f63a590: float32 (--half is opt-in and off: CIFAR-10/ResNet20/1w1a/trainer.py:49-50); "
+             "cosine per epoch, no warm-up (trainer.py:119 CosineAnnealingLR(T_max=epochs), :165 stepped once per "
+             "epoch; VGG-Small/main.py:121,157)"),
         # CIFAR: the ResNet-20 trainers (no warm-up in any of them); ResNet-18 has a model file but no trainer
         Rule({"dataset": "cifar*"},
              {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "epochs": 400, "batch_size": 128,

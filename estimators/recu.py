@@ -86,6 +86,10 @@ class ReCU(Estimator):
     native_activation = "approx_sign"
     native_activation_hparams = {"std_normalize": True}
     published = [
+        Rule({}, {"amp": False, "channels_last": False, "schedule_unit": "epoch"},
+             "z-hXu/ReCU @9a73bed: float32 (cifar/utils/options.py:59-62 --type torch.cuda.FloatTensor, cifar/main.py"
+             ":107 model.type, no amp anywhere); warm-up and cosine per epoch (cifar/main.py:147 CosineAnnealingLR, "
+             ":179-181 lr (e+1)/5 for e < 5, :196-197 stepped once per epoch; imagenet/main.py:201,233,250-251)"),
         Rule({"dataset": "cifar*"},
              {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine",
               "warmup_epochs": 5, "epochs": 600, "batch_size": 256,

@@ -75,6 +75,10 @@ class ReSte(Estimator):
     native_scaling = "internal"
     native_activation = None  # the same estimator binarizes activations
     published = [
+        Rule({}, {"amp": False, "channels_last": False, "schedule_unit": "epoch"},
+             "DravenALG/ReSTE @0d3c36a: float32 (main.py:97-99 model.cuda(), :319 inputs.cuda(); no cast, no amp); "
+             "warm-up and cosine per epoch (main.py:180-181 CosineAnnealingLR, :212-214 lr (e+1)/5 for e < 5, "
+             ":234-235 stepped once per epoch)"),
         Rule({"dataset": "cifar*"},
              {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "cosine",
               "warmup_epochs": 5, "epochs": 1000, "batch_size": 256, "estimator_hparams": {"o_end": 3.0}},

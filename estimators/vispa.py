@@ -90,6 +90,10 @@ class Vispa(Estimator):
     stochastic = True
     step_cost_target = 1.3  # K noise values per layer and the normalisation of M and Z in every step
     published = [
+        Rule({}, {"amp": False, "channels_last": False, "schedule_unit": "iteration"},
+             "snownus/bnn_vi @835a7a3: float32 (main_sdp_cifar.py:63 --type torch.cuda.FloatTensor, :205 model.type; "
+             "main_sdp_imagenet.py:106 --fp16-mode off, :109 --channels-last off); warm-up and cosine per iteration "
+             "(main_sdp_cifar.py:338-340 adjust_learning_rate_cos every batch, :429-439)"),
         Rule({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5,
                   "estimator_hparams": {"scale": 100.0, "samples": 40, "normalize": "forward", "m_init": "xavier"}},
              "snownus/bnn_vi main_sdp_cifar.py, main_sdp_imagenet.py (SGD momentum 0.9; cos, 5 warm-up epochs); "
