@@ -273,7 +273,7 @@ class SingleRun:
                  "dataset": config["dataset"], "bits": bits, "seed": config["seed"], "cell": "", "label": label}
         info = describe()
         tags = {tracking.KIND_TAG: "run", tracking.COMMIT_TAG: info["git_commit"],
-                **{f"version.{k}": v for k, v in info["versions"].items()}}
+                **{f"version.{k}": v for k, v in info["versions"].items()}, **tracking.code_tags(spec)}
         self.run = tracking.TrialRun(uri, exp_id, None, trial, tags)
         params, exec_tags = split_config(config)
         self.run.log_params(params)

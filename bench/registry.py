@@ -22,6 +22,8 @@ class Entry(Generic[T]):
     name: str
     obj: T
     source: str  # "builtin", "entry point NAME (DIST VERSION)" or "module MOD"
+    package: str = ""  # the distribution that holds it ("binbench" for a built-in); "" for a local module
+    version: str = ""  # that distribution's version
 
 
 class Registry(Generic[T]):
@@ -39,6 +41,7 @@ class Registry(Generic[T]):
         self._loaded = False
         self._loading = False
         self._source = "builtin"
+        self._dist = ("", "")  # (name, version) of the distribution whose entry point is being loaded
         self.plugin_errors: list[str] = []
 
     # -- registration ---------------------------------------------------------------------------
@@ -61,7 +64,9 @@ class Registry(Generic[T]):
                 f"rename the one in {_where(obj)}"
             )
         source = self._source if self._source != "builtin" or _is_builtin(obj) else f"module {obj.__module__}"
-        self._entries[name] = Entry(name, obj, source)
+        package, ver = self._dist if self._source != "builtin" else (("binbench", _binbench_version())
+                                                                     if _is_builtin(obj) else ("", ""))
+        self._entries[name] = Entry(name, obj, source, package, ver)
         with contextlib.suppress(AttributeError, TypeError):
             obj.name = name  # type: ignore[attr-defined]
 
@@ -84,6 +89,7 @@ class Registry(Generic[T]):
             dist = getattr(ep, "dist", None)
             label = f"entry point {ep.name}" + (f" ({dist.name} {dist.version})" if dist else "")
             self._source = label
+            self._dist = (dist.name, dist.version) if dist else ("", "")
             try:
                 obj = ep.load()
                 if not inspect.ismodule(obj) and ep.name not in self._entries:
@@ -95,7 +101,7 @@ class Registry(Generic[T]):
                 self.plugin_errors.append(msg)
                 warnings.warn(msg, stacklevel=2)
             finally:
-                self._source = "builtin"
+                self._source, self._dist = "builtin", ("", "")
 
     # -- queries ----------------------------------------------------------------------------------
     def names(self, pattern: str = "*") -> list[str]:
@@ -127,6 +133,15 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         """Remove a name (tests and interactive sessions that redefine a plugin)."""
         self._entries.pop(name, None)
+
+
+def _binbench_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("binbench")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "source"
 
 
 def _is_builtin(obj: Any) -> bool:

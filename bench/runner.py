@@ -91,7 +91,8 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
     stale = _tracked(uri, lambda: tracking.end_stale(uri, exp_id, str(results),
                                                      exclusive_store=uri == tracking.default_tracking_uri(results)))
     keys = [t.key for t in suite.trials]
-    done = _tracked(uri, lambda: tracking.finished_keys(uri, exp_id)) if resume else set()
+    codes = {t.key: t.spec.code for t in suite.trials if t.spec is not None}
+    done = _tracked(uri, lambda: tracking.finished_keys(uri, exp_id, codes)) if resume else set()
     todo = [t for t in suite.trials if t.key not in done]
     _log_start(log, resume, len(done & set(keys)), len(keys), len(todo), stale)
     ray_tmp = _start_ray(address, cpus_per_trial, gpus_per_trial) if todo and executor == "ray" else None

@@ -33,6 +33,7 @@ from bench.config import (
     check_values,
 )
 from bench.errors import ConfigError
+from bench.origin import code_digest
 
 #: keys that change where/how a run executes, not what it computes: left out of its key
 EXECUTION_KEYS = frozenset({"threads", "device", "data_root", "download", "checkpoint_dir", "resume",
@@ -76,6 +77,18 @@ class RunSpec:
     eval_modes: tuple[str, ...]
     key: str
     suite: str | None = None
+    #: a digest of the source of the estimators it uses (``bench.origin``): with the key, what ``--resume`` compares
+    code: str = ""
+
+    @property
+    def estimators(self) -> dict[str, str]:
+        """The estimators the run uses by role: {"weight": ..., "activation": ...} (binary ones only)."""
+        cfg, out = self.config, {}
+        if cfg.w_bits == 1:
+            out["weight"] = cfg.estimator
+        if cfg.a_bits == 1:
+            out["activation"] = cfg.activation_estimator or cfg.estimator
+        return out
 
     def with_execution(self, **values: Any) -> RunSpec:
         """The same run with other execution settings (:data:`EXECUTION_KEYS`); the key stays."""
@@ -92,7 +105,7 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "stages": [s.to_dict() for s in self.stages],
-                "eval_modes": list(self.eval_modes), "key": self.key, "suite": self.suite}
+                "eval_modes": list(self.eval_modes), "key": self.key, "suite": self.suite, "code": self.code}
 
 
 def run_key(config: RunConfig, suite: str | None = None) -> str:
@@ -119,7 +132,8 @@ def resolve(config: RunConfig | Mapping[str, Any], suite: str | None = None) -> 
     est_cls = None if cfg.w_bits == 32 else get_estimator_class(cfg.estimator)
     stages = plan_stages(cfg, est_cls(**cfg.estimator_hparams) if est_cls is not None else None)
     modes = tuple(cfg.eval_modes or (est_cls.eval_modes if est_cls is not None else ("default",)))
-    return RunSpec(cfg, stages, modes, run_key(cfg, suite), suite)
+    spec = RunSpec(cfg, stages, modes, run_key(cfg, suite), suite)
+    return dataclasses.replace(spec, code=code_digest(tuple(spec.estimators.values())))
 
 
 def _default(key: str) -> Any:

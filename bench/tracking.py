@@ -18,6 +18,8 @@ KIND_TAG, KEY_TAG, STATUS_TAG = "binbench.kind", "binbench.key", "binbench.statu
 #: the grid trial a run belongs to (its spec's key before a search point's values were applied): what
 #: ``--resume`` skips once ended; equal to the run's key outside a search. Older stores lack it: their key is.
 TRIAL_TAG = "binbench.trial"
+#: the run's code (``RunSpec.code``, a digest of its estimators' sources) and each estimator's origin by role
+CODE_TAG, ORIGIN_TAG_PREFIX = "binbench.code", "binbench.origin."
 #: the results folder a run belongs to, and one trial attempt's identity (its checkpoint folder's name)
 RESULTS_TAG, ATTEMPT_TAG = "binbench.results_dir", "binbench.attempt"
 #: tags every trial run carries (``TrialRun``), named once here and read by reports
@@ -119,9 +121,19 @@ def trial_of(run: Any) -> str | None:
     return run.data.tags.get(TRIAL_TAG) or run.data.tags.get(KEY_TAG)
 
 
-def finished_keys(uri: str, exp_id: str) -> set[str]:
-    """Grid trial keys that already ended (finished or diverged): a resumed suite does not run them again."""
-    return {trial_of(r) for r in trial_runs(uri, exp_id) if run_status(r) in ENDED}
+def finished_keys(uri: str, exp_id: str, codes: dict[str, str] | None = None) -> set[str]:
+    """Grid trial keys that already ended (finished or diverged): a resumed suite does not run them again. With
+    ``codes`` (trial key -> ``RunSpec.code``), only runs of the same estimator code count: a trial whose
+    estimator changed since (or that ran before the code was recorded) is trained again."""
+    return {k for r in trial_runs(uri, exp_id) if run_status(r) in ENDED
+            if (k := trial_of(r)) and (codes is None or r.data.tags.get(CODE_TAG) == codes.get(k))}
+
+
+def code_tags(spec: Any) -> dict[str, str]:
+    """``binbench.code`` and the origin (package, version, source digest) of each estimator of a resolved run."""
+    from bench.origin import origin_tags
+
+    return {CODE_TAG: spec.code, **origin_tags(spec.estimators)}
 
 
 def trial_statuses(uri: str, exp_id: str, keys: list[str]) -> dict[str, str]:

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -378,8 +379,8 @@ def fit(run: _Run) -> RunResult:
         run.status = "finished"
     result = _result(run)
     if run.ckpt_dir is not None:
-        ckpt.save(run.ckpt_dir / "final.pt", {"key": run.spec.key, "status": run.status, "history": run.history,
-                                              "best": run.state["best"]})
+        ckpt.save(run.ckpt_dir / "final.pt", {"key": run.spec.key, "code": run.spec.code, "status": run.status,
+                                              "history": run.history, "best": run.state["best"]})
         _final_model(run.ckpt_dir, run.model)
     run.reporter.finish(result)
     return result
@@ -625,9 +626,9 @@ def late_gain(top1_per_epoch: list[float]) -> float | None:
 
 def _save(run: _Run, optimizer, scheduler, stage: int, epoch: int) -> None:
     ckpt.save(run.ckpt_dir / "last.pt", {
-        "key": run.spec.key, "model": run.model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "stage": stage, "epoch": epoch, "history": run.history,
-        "best": run.state["best"], "status": "running", "rng": torch.get_rng_state(),
+        "key": run.spec.key, "code": run.spec.code, "model": run.model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "stage": stage, "epoch": epoch,
+        "history": run.history, "best": run.state["best"], "status": "running", "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "diag": run.diag.state_dict() if run.diag is not None else {},
     })
@@ -693,6 +694,10 @@ def _restore(run: _Run) -> dict[str, Any]:
     if _field(saved, "key", last) != run.spec.key:
         raise ConfigError(f"the checkpoint in {run.ckpt_dir} was written by a different configuration; "
                           "drop --resume or use another --checkpoint-dir")
+    if saved.get("code") != run.spec.code:  # the same experiment, other estimator code: its epochs do not count
+        print(f"binbench: the checkpoint in {run.ckpt_dir} was written by other estimator code "
+              f"({', '.join(run.spec.estimators.values())}); training from scratch", file=sys.stderr)
+        return {**run.state, "status": "running"}
     try:
         run.model.load_state_dict(_field(saved, "model", last))
         torch.set_rng_state(_field(saved, "rng", last))

@@ -47,7 +47,7 @@ def poison():
                 w[0, 0] = float("nan")
 
     yield "poison_ste"
-    ESTIMATORS._entries.pop("poison_ste")
+    ESTIMATORS.unregister("poison_ste")
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def inf_input_model():
 
     register_model("inf_mlp")(inf_mlp)
     yield "inf_mlp"
-    MODELS._entries.pop("inf_mlp")
+    MODELS.unregister("inf_mlp")
 
 
 def _cfg(**kw):

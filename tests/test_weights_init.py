@@ -54,7 +54,7 @@ def plugin_model():
 
     register_model("reinit_net")(reinit_net)
     yield "reinit_net"
-    MODELS._entries.pop("reinit_net")
+    MODELS.unregister("reinit_net")
 
 
 def _build(name: str, est: Estimator, scaling: str = "alpha") -> nn.Module:
@@ -153,3 +153,44 @@ def test_probe_of_weights_is_the_conv_layer_holding_them(name):
     with torch.no_grad():
         assert torch.equal(fwd, q(w)), name
     assert torch.equal(grad, surrogate_grad(q, w)), name
+
+
+def test_a_run_names_its_code_and_resume_does_not_continue_other_code(tmp_path, capsys, monkeypatch):
+    """The run's code digest changes with its estimator's source; a checkpoint of other code is not continued."""
+    import bench.origin as origin
+    from bench.spec import resolve
+    from bench.train import train
+
+    cfg = {"estimator": "ste", "model": "mlp", "dataset": "digits", "epochs": 2, "threads": 1,
+           "model_args": {"hidden": [16]}, "diagnostics": False, "checkpoint_dir": str(tmp_path)}
+    spec = resolve(cfg)
+    assert spec.code and spec.estimators == {"weight": "ste", "activation": "approx_sign"}
+    first = train(spec)
+    assert train(resolve({**cfg, "resume": True})).history == first.history  # same code: the ended run is kept
+    capsys.readouterr()
+    real = origin._file_digest
+    monkeypatch.setattr(origin, "_file_digest", lambda path: real(path) + ("x" if path.endswith("ste.py") else ""))
+    changed = resolve({**cfg, "resume": True})
+    assert changed.key == spec.key and changed.code != spec.code
+    again = train(changed)
+    assert "other estimator code" in capsys.readouterr().err
+    assert len(again.history) == 2 and again.status == "finished"  # trained from scratch
+
+
+def test_resume_skips_only_trials_of_the_same_code(tmp_path):
+    from bench import tracking
+
+    class Run:
+        def __init__(self, key, code):
+            self.data = type("D", (), {"tags": {tracking.TRIAL_TAG: key, tracking.KEY_TAG: key,
+                                                tracking.CODE_TAG: code, tracking.STATUS_TAG: "finished"}})()
+            self.info = type("I", (), {"status": "FINISHED"})()
+
+    runs = [Run("a", "c1"), Run("b", "c1")]
+    orig = tracking.trial_runs
+    tracking.trial_runs = lambda uri, exp: runs
+    try:
+        assert tracking.finished_keys("u", "e", {"a": "c1", "b": "c2"}) == {"a"}
+        assert tracking.finished_keys("u", "e") == {"a", "b"}
+    finally:
+        tracking.trial_runs = orig
