@@ -109,6 +109,10 @@ class DsqSign(Estimator):
             elements of the tensor; ``sqrt`` divides them by sqrt(N) (the rule of LSQ, Esser et al., ICLR 2020:
             DSQ gives none, and unscaled they drive the last layer's u and alpha out of range within an epoch
             at lr 0.1), ``none`` keeps the raw sums.
+    At the bounds. alpha is clamped to [1e-3, 0.999] in the forward, and at exactly alpha = 1e-3 or 0.999 binbench
+    still passes alpha its gradient (the interval is closed), as ``torch.clamp`` did in the PyTorch of DSQ's era
+    (2019); current PyTorch's clamp passes none at a float bound. Likewise ``|x| <= u`` counts a value exactly at
+    the range's edge as inside. Both sets have measure zero in training.
     The hard forward with the soft backward follows MQBench and ricky40403 (the paper converts to the hard
     quantizer after training; both third-party codes run it hard forward, soft backward).
     """

@@ -74,6 +74,12 @@ class ReCU(Estimator):
     Schedule:  tau(e) = A e^(e/E) + (tau_min - A),  A = (tau_max - tau_min)/(e - 1),  0.85 -> 0.99.
     Activations: ApproxSign with std normalisation; learnable per-channel alpha scale.
 
+    At the bound. binbench passes the gradient at exactly |w1| = Q_tau (the mask is ``|w1| <= Q``), as
+    ``torch.clamp`` did when the official code ran (z-hXu/ReCU cifar/modules/binarized_modules.py:23-24 @9a73bed:
+    ``Q_tau = (...).item()``, ``torch.clamp(w1, -Q_tau, Q_tau)``; PyTorch 1.x passed the gradient at the bounds).
+    Current PyTorch's clamp passes none there for a float bound (0.5 for a tensor bound); the set |w1| = Q_tau
+    holds at most the few weights that define the bound's rounding, so the choice follows the code's era.
+
     Hyperparameters:
         tau_min (float, default 0.85), tau_max (float, default 0.99),
         standardize (bool, default True): False applies the clamp to w directly (used by probes/tests).

@@ -48,7 +48,8 @@ class _VispaSign(torch.autograd.Function):
 class Vispa(Estimator):
     r"""Gaussian variational inference with a low-rank SDP constraint, "VISPA" (Orecchia et al., NeurIPS 2024).
 
-    Official code: snownus/bnn_vi, `models/sdp_wo_entropy.py`, class BinarizeConv2dSDP.
+    Official code: snownus/bnn_vi, `models/sdp_wo_entropy.py`, class BinarizeConv2dSDP (@835a7a3: M and Z
+    initialised by ``xavier_normal_`` at lines 58-59; the forward normalises a copy at lines 68-74).
 
     Per binary layer: mean M (the latent weight), low-rank factor Z (K, *M.shape), variance scale S.
     Unit diagonal:  A_i = m_i^2 + ||z_i||^2 / S;  (m_n, z_n) = (M, Z) / sqrt(A)   (SDP, Burer-Monteiro rank K)
@@ -97,7 +98,8 @@ class Vispa(Estimator):
         Rule({}, {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine", "warmup_epochs": 5,
                   "estimator_hparams": {"scale": 100.0, "samples": 40, "normalize": "forward", "m_init": "xavier"}},
              "snownus/bnn_vi main_sdp_cifar.py, main_sdp_imagenet.py (SGD momentum 0.9; cos, 5 warm-up epochs); "
-             "benchmark/*.sh S=100 L=40; models/sdp_wo_entropy.py:59 xavier_normal_(M), :85-89 forward copy",
+             "benchmark/*.sh S=100 L=40; models/sdp_wo_entropy.py:58-59 xavier_normal_(M), (Z) (@835a7a3), "
+             ":68-74 the forward's normalised copy (.data of views of M and Z)",
              published_for=({"dataset": "cifar10", "model": "resnet18"}, {"dataset": "cifar10", "model": "vgg_small",
                                                                           "a_bits": 1},
                             {"dataset": "cifar10*", "model": "vgg16", "a_bits": 32},
@@ -128,18 +130,19 @@ class Vispa(Estimator):
              "-b 256)",
              published_for=({"dataset": "tiny-imagenet", "model": "resnet18", "a_bits": 32},)),
         Rule({"model": "vgg_small"}, {"model_args": {"act": "prelu"}},
-             "binbench's reading of VISPA's VGG-small (PReLU after each BN); note: snownus/bnn_vi "
-             "models/sdp_vgg_small.py:23 (@2dcb8e5) uses nn.Hardtanh: --set model.act=hardtanh for the code's choice",
+             "snownus/bnn_vi models/sdp_vgg_small.py:19,24,28,31,34,37 (@835a7a3): nn.PReLU(C) after every BN "
+             "(since 8e37a38, 2024-05-11; the first version 2dcb8e5 had one shared nn.Hardtanh: "
+             "--set model.act=hardtanh for it)",
              published_for=({"dataset": "cifar10", "a_bits": 1},)),
         # ImageNet: -b is per process (4 under torchrun) and main_sdp_imagenet.py scales lr by the global batch/256
         Rule({"dataset": "imagenet"},
              {"epochs": 200, "batch_size": 1024, "lr": 2.0, "weight_decay": 1e-5, "estimator_hparams": {"rank": 2}},
-             "snownus/bnn_vi benchmark/Benchmark_imagenet_birealnet1w1a.sh:4,7-8,11,14-16 (K=2, wd 1e-5, lr 0.5, 200 "
-             "ep, -b 256 x 4 processes); main_sdp_imagenet.py: lr x global batch/256 = 2.0",
+             "snownus/bnn_vi benchmark/Benchmark_imagenet_birealnet_1w1a.sh:4,7-8,11,14,16 (K=2, wd 1e-5, lr 0.5, 200 "
+             "ep, -b 256 x 4 processes); main_sdp_imagenet.py:80 -b per process, :275 lr x global batch/256 = 2.0",
              published_for=({"dataset": "imagenet", "model": "resnet18", "a_bits": 1},)),
         Rule({"dataset": "imagenet", "a_bits": 32}, {"lr": 0.4, "weight_decay": 5e-5, "estimator_hparams": {"rank": 4}},
-             "snownus/bnn_vi benchmark/Benchmark_imagenet_birealnet1w32a.sh:4,7-8 (K=4, wd 5e-5, lr 0.1); "
-             "main_sdp_imagenet.py: lr x global batch/256 = 0.4",
+             "snownus/bnn_vi benchmark/Benchmark_imagenet_resnet18_1w32a.sh:4,7-8,11,14,16 (K=4, wd 5e-5, lr 0.1, 200 "
+             "ep, -b 256 x 4 processes); main_sdp_imagenet.py:80, :275 lr x global batch/256 = 0.4",
              published_for=({"dataset": "imagenet", "model": "resnet18", "a_bits": 32},)),
     ]
 
