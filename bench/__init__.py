@@ -1,23 +1,24 @@
 """binbench: a benchmark harness for the binarization estimators of binary neural networks."""
 
 from bench.errors import BinbenchError, ConfigError, DataNotFoundError, UnknownNameError
-from bench.estimator import (
-    Estimator,
-    Progress,
-    Quantizer,
-    Stage,
-    create_estimator,
-    estimator_info,
-    list_estimators,
-    register_estimator,
-)
-from bench.probe import probe
 
 __version__ = "0.1.0"
 
+#: what ``from bench import X`` gives for the plugin API; loaded on first use (they import torch), so that
+#: ``import bench`` and the CLI's listings stay fast
+_ESTIMATOR_API = {"Estimator", "Progress", "Quantizer", "Stage", "create_estimator", "estimator_info",
+                  "list_estimators", "register_estimator"}
+
 
 def __getattr__(name: str):
-    # heavy submodules load on first use, so `import bench` stays cheap for plugins
+    if name in _ESTIMATOR_API:
+        import bench.estimator as _e
+
+        return getattr(_e, name)
+    if name == "probe":  # the function (its module is bench.probing, so no submodule shadows it)
+        from bench.probing import probe
+
+        return probe
     if name in {"RunConfig", "RunResult"}:
         import bench.train as _t
         from bench.config import RunConfig
@@ -31,7 +32,7 @@ def __getattr__(name: str):
         import bench.data as _d
 
         return getattr(_d, name)
-    if name in {"diagnostics", "layers", "config", "data", "models", "recipes", "train"}:
+    if name in {"diagnostics", "layers", "config", "data", "models", "recipes", "train", "functional"}:
         import importlib
 
         return importlib.import_module(f"bench.{name}")

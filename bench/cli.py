@@ -24,32 +24,57 @@ def _json_default(o: Any) -> Any:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Listings from ``bench.listing``'s cache: no torch import unless a source or a plugin changed."""
+    import fnmatch
+
+    from bench.listing import cached_listing
+
     pattern = args.pattern or "*"
-    if args.what == "estimators":
-        from bench.estimator import ESTIMATORS
-
-        names = ESTIMATORS.names(pattern)
-        width = max([len(n) for n in names] + [4])
-        for n in names:
-            cls = ESTIMATORS.get(n)
-            first = doc_summary(cls.__doc__)
-            role = "control" if cls.role == "control" else "method"
-            print(f"{n:<{width}}  {role:<7}  {ESTIMATORS.entry(n).source:<28}  {first}")
-        for err in ESTIMATORS.plugin_errors:
-            print(f"warning: {err}", file=sys.stderr)
-    elif args.what == "models":
-        from bench.models import MODELS
-
-        for n in MODELS.names(pattern):
-            print(f"{n:<10}  {MODELS.entry(n).source:<10}  {doc_summary(MODELS.get(n).__doc__)}")
-    else:
-        from bench.data import DATASETS
-
-        for n in DATASETS.names(pattern):
-            d = DATASETS.get(n)
-            print(f"{n:<14} {d.num_classes:>5} classes  {'x'.join(map(str, d.shape)):>9}  "
-                  f"default {d.default_epochs} epochs, batch {d.default_batch_size}")
+    rows = cached_listing(args.what, _LISTINGS[args.what])
+    shown = [r for r in rows if fnmatch.fnmatchcase(r["name"], pattern)]
+    if not shown:
+        raise BinbenchError(f"no {args.what[:-1]} matches {pattern!r}; `binbench list {args.what}` shows all "
+                            f"{len(rows)}")
+    width = max(len(r["name"]) for r in shown) if args.what == "estimators" else 0
+    for r in shown:
+        if args.what == "estimators":
+            print(f"{r['name']:<{max(width, 4)}}  {r['role']:<7}  {r['source']:<28}  {r['summary']}")
+        elif args.what == "models":
+            print(f"{r['name']:<10}  {r['source']:<10}  {r['summary']}")
+        else:
+            print(f"{r['name']:<14} {r['classes']:>5} classes  {r['shape']:>9}  default {r['epochs']} epochs, "
+                  f"batch {r['batch']}")
+    for err in rows and rows[0].get("plugin_errors", []):
+        print(f"warning: {err}", file=sys.stderr)
     return 0
+
+
+def _estimator_rows() -> list[dict[str, Any]]:
+    from bench.estimator import ESTIMATORS
+
+    rows = [{"name": n, "role": "control" if ESTIMATORS.get(n).role == "control" else "method",
+             "source": ESTIMATORS.entry(n).source, "summary": doc_summary(ESTIMATORS.get(n).__doc__)}
+            for n in ESTIMATORS.names()]
+    if rows and ESTIMATORS.plugin_errors:
+        rows[0]["plugin_errors"] = list(ESTIMATORS.plugin_errors)
+    return rows
+
+
+def _model_rows() -> list[dict[str, Any]]:
+    from bench.models import MODELS
+
+    return [{"name": n, "source": MODELS.entry(n).source, "summary": doc_summary(MODELS.get(n).__doc__)}
+            for n in MODELS.names()]
+
+
+def _dataset_rows() -> list[dict[str, Any]]:
+    from bench.data import DATASETS
+
+    return [{"name": n, "classes": d.num_classes, "shape": "x".join(map(str, d.shape)), "epochs": d.default_epochs,
+             "batch": d.default_batch_size} for n in DATASETS.names() for d in [DATASETS.get(n)]]
+
+
+_LISTINGS = {"estimators": _estimator_rows, "models": _model_rows, "datasets": _dataset_rows}
 
 
 def shorten(text: str, width: int) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from bench.estimator import get_estimator_class
-from bench.probe import probe
+from bench.probing import probe
 
 PROGRESS = (0.0, 0.5, 1.0)
 

@@ -156,3 +156,31 @@ def test_output_folder_that_is_a_file_fails_first(tmp_path, capsys, argv):
     code, _, err = run_cli(capsys, *[a.format(d=tmp_path, f=f) for a in argv])
     assert code == 2 and "is a file, not a folder" in err and err.count("\n") == 1
     assert f.read_text() == "mine"
+
+
+def test_listing_is_cached_without_torch_and_rebuilt_when_a_source_changes(tmp_path, monkeypatch):
+    """`binbench list` after the first run imports no torch (< 1 s); a changed source file rebuilds it."""
+    env = {**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    code = ("import sys; from bench.cli import main; rc = main(['list', 'estimators']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert first.stdout.strip().endswith("TORCH 0") and second.stdout.strip().endswith("NO-TORCH 0"), second
+    assert first.stdout.rsplit("\n", 2)[0] == second.stdout.rsplit("\n", 2)[0]  # the same listing
+    import bench.listing as listing
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c2"))
+    src = tmp_path / "plugin.py"
+    src.write_text("# v1\n")
+    monkeypatch.setattr(listing, "_source_files", lambda: [src])
+    calls = []
+    assert listing.cached_listing("estimators", lambda: calls.append(1) or [{"name": "a"}]) == [{"name": "a"}]
+    listing.cached_listing("estimators", lambda: calls.append(1) or [{"name": "a"}])
+    assert len(calls) == 1
+    src.write_text("# v2, longer\n")
+    assert listing.cached_listing("estimators", lambda: calls.append(1) or [{"name": "b"}]) == [{"name": "b"}]
+
+
+def test_list_with_no_match_is_an_error(capsys):
+    code, out, err = run_cli(capsys, "list", "estimators", "zz*")
+    assert code == 2 and out == "" and "no estimator matches 'zz*'" in err
