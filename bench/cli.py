@@ -148,9 +148,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     info = estimator_info(args.name)
     print(f"{info['name']}  ({info['class']}, {info['source']})\n")
     print(info["doc"])
-    print("\nhyperparameters:")
-    for k, v in info["hparams"].items():
-        print(f"  {k} = {v!r}")
+    undocumented = {k: v for k, v in info["hparams"].items() if k not in info["doc"]}
+    if undocumented:  # the docstring's own "Hyperparameters:" section lists the others with their meaning
+        print("\nhyperparameters (not in the docstring):")
+        for k, v in undocumented.items():
+            print(f"  {k} = {v!r}")
     print(f"\nbinarizes: {', '.join(info['kinds'])}; native scaling: {info['native_scaling']}; native activation "
           f"estimator: {info['native_activation']}; stages: {', '.join(info['stages'])}; "
           f"eval modes: {', '.join(info['eval_modes'])}")
@@ -526,15 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--plot", metavar="FILE.png", help="draw forward function and surrogate gradient")
     sh.set_defaults(func=cmd_show)
 
-    r = sub.add_parser("run", help="train one configuration",
-                       epilog="config keys for --set: see bench/config.py (RunConfig); estimator.NAME=V sets an "
-                              "estimator hyperparameter, activation.NAME=V one of the activation estimator, "
-                              "model.NAME=V a model argument")
-    r.add_argument("--estimator", "-e")
-    r.add_argument("--model", "-m")
-    r.add_argument("--dataset", "-d")
-    r.add_argument("--epochs", type=int)
-    r.add_argument("--seed", type=int)
+    from bench.config import keys_help
+
+    r = sub.add_parser("run", help="train one configuration", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="config keys for --set KEY=VALUE (RunConfig in bench/config.py):\n" + keys_help())
+    r.add_argument("--estimator", "-e", metavar="NAME",
+                   help="the weight estimator (binbench list estimators; default: the reference, ste)")
+    r.add_argument("--model", "-m", metavar="NAME", help="binbench list models (default: mlp)")
+    r.add_argument("--dataset", "-d", metavar="NAME", help="binbench list datasets (default: digits, embedded)")
+    r.add_argument("--epochs", type=int, help="default: the recipe's or the dataset's")
+    r.add_argument("--seed", type=int, help="fixes the result (default 0)")
     r.add_argument("--recipe", choices=list(RECIPES))
     r.add_argument("--bits", help="W1A1 (default), W1A32 or FP32")
     r.add_argument("--data-root")

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from bench.errors import ConfigError, did_you_mean
+from bench.errors import ConfigError, did_you_mean, type_words
 from bench.recipes import RECIPES
 
 #: the bit widths a run can have: name -> (weight bits, activation bits)
@@ -158,18 +158,32 @@ def check_type(key: str, value: Any) -> Any:
             if not isinstance(value, list):
                 raise TypeError
     except (TypeError, ValueError, KeyError):
-        raise ConfigError(f"config key {key!r} must be {typ}, got {value!r}") from None
+        raise ConfigError(f"config key {key!r} must be {type_words(typ)}, got {value!r}") from None
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"config key {key!r} must be one of {', '.join(map(str, CHOICES[key]))}, got {value!r}")
     return value
+
+
+def keys_help() -> str:
+    """Every config key with what it takes, one per line (``binbench run --help``)."""
+    lines = []
+    for name, f in FIELDS.items():
+        what = " | ".join(map(str, CHOICES[name])) if name in CHOICES else type_words(str(f.type))
+        if f.default is None:
+            what += " (none: the recipe's or dataset's)" if "none" not in what else ""
+        lines.append(f"  {name:<22} {what}")
+    lines += ["  estimator.NAME         an estimator hyperparameter (binbench show estimator NAME lists them)",
+              "  activation.NAME        one of the activation estimator",
+              "  model.NAME             a model argument (e.g. model.hidden=[256,256])"]
+    return "\n".join(lines)
 
 
 def check_keys(values: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in values.items():
         if key not in FIELDS:
-            raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, FIELDS)}; "
-                              "`binbench run --help` lists the keys")
+            raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, FIELDS)}; valid: {', '.join(FIELDS)}, "
+                              "and estimator.NAME, activation.NAME, model.NAME (`binbench run --help` says more)")
         out[key] = check_type(key, value)
     return out
 
@@ -237,11 +251,15 @@ def check_model_args(model: str, args: dict[str, Any]) -> None:
 
 def check_hparam_types(est_cls, values: dict[str, Any], side: str = "estimator") -> None:
     """Hyperparameter values against the types of the estimator's declared defaults (no silent bool(5))."""
-    defaults = est_cls.hparam_defaults()
+    defaults, declared = est_cls.hparam_defaults(), est_cls.hparam_types()
     for key, value in values.items():
-        if key not in defaults or value is None or defaults[key] is None:
+        if key not in defaults or value is None:
             continue  # unknown names: coerce_hparams says so, with the valid ones
         d = defaults[key]
+        if d is None:  # the declared type tells ("float | None")
+            d = {"bool": False, "int": 0, "float": 0.0, "str": ""}.get(declared.get(key, "").split("|")[0].strip())
+            if d is None:
+                continue
         if isinstance(d, bool):
             ok = isinstance(value, bool) or (isinstance(value, str) and value.lower() in
                                              {"true", "false", "1", "0", "yes", "no"})
@@ -252,8 +270,9 @@ def check_hparam_types(est_cls, values: dict[str, Any], side: str = "estimator")
         else:
             ok = True
         if not ok:
-            raise ConfigError(f"hyperparameter {key!r} of estimator {est_cls.name!r} must be a "
-                              f"{type(d).__name__} (its default is {d!r}), got {value!r} (--set {side}.{key}=...)")
+            raise ConfigError(f"hyperparameter {key!r} of estimator {est_cls.name!r} must be "
+                              f"{type_words(declared.get(key) or type(d).__name__)} (its default is "
+                              f"{defaults[key]!r}), got {value!r} (--set {side}.{key}=...)")
 
 
 SPACE_ARITY = {"loguniform": 2, "uniform": 2, "randint": 2}

@@ -33,3 +33,16 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
 
 class DataCorruptError(BinbenchError, ValueError):
     """A data file exists but cannot be read: damaged, truncated or not what its name says."""
+
+
+#: how an error names a type: for a person, not Python's spelling ("float | None" -> "a number or none")
+_TYPE_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+               "list": "a list", "dict": "a mapping (key: value)", "tuple": "a list", "None": "none",
+               "NoneType": "none"}
+
+
+def type_words(annotation: str) -> str:
+    """'float | None' -> 'a number or none'; 'list[int]' -> 'a list'; unknown names are kept."""
+    parts = [p.strip().split("[")[0].split(".")[-1] for p in str(annotation).replace("Optional[", "").split("|")]
+    words = list(dict.fromkeys(_TYPE_WORDS.get(p.rstrip("]"), p) for p in parts if p))
+    return " or ".join(words)

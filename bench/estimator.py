@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from bench.errors import ConfigError, did_you_mean
+from bench.errors import ConfigError, did_you_mean, type_words
 from bench.recipes import COMMON_ACTIVATION
 from bench.registry import Registry
 
@@ -177,6 +177,15 @@ class Estimator:
             if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         }
 
+    @classmethod
+    def hparam_types(cls) -> dict[str, str]:
+        """The declared type of each hyperparameter as written in ``__init__``'s signature ("float | None"), "" where
+        none is declared: what a value is checked against when the default (None) does not tell."""
+        sig = inspect.signature(cls.__init__)
+        return {p.name: ("" if p.annotation is p.empty else getattr(p.annotation, "__name__", str(p.annotation)))
+                for p in sig.parameters.values()
+                if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
     @property
     def hparams(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.hparam_defaults()}
@@ -289,8 +298,20 @@ def coerce_hparams(cls: type[Estimator], values: Mapping[str, Any]) -> dict[str,
                 f"unknown hyperparameter {key!r} for estimator {cls.name!r}{did_you_mean(key, defaults)}; "
                 f"valid: {valid}"
             )
-        out[key] = _coerce(cls.name, key, value, defaults[key])
+        default = defaults[key]
+        if default is None:  # the declared type says what it takes ("float | None": a number, or none)
+            default = _example_of(cls.hparam_types().get(key, ""))
+        out[key] = _coerce(cls.name, key, value, default)
     return out
+
+
+def _example_of(annotation: str) -> Any:
+    """A value of the first basic type an annotation names (for _coerce), None where it names none."""
+    for part in str(annotation).split("|"):
+        example = {"bool": False, "int": 0, "float": 0.0, "str": ""}.get(part.strip())
+        if example is not None:
+            return example
+    return None
 
 
 def _coerce(est: str, key: str, value: Any, default: Any) -> Any:
@@ -318,7 +339,7 @@ def _coerce(est: str, key: str, value: Any, default: Any) -> Any:
             return str(value)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"hyperparameter {key!r} of estimator {est!r} must be a {type(default).__name__}, got {value!r}"
+            f"hyperparameter {key!r} of estimator {est!r} must be {type_words(type(default).__name__)}, got {value!r}"
         ) from None
     return value
 

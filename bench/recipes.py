@@ -30,7 +30,7 @@ COMMON_ACTIVATION = ":common"
 MATCH_KEYS = ("model", "dataset", "w_bits", "a_bits")
 #: config keys whose dict values merge key by key across rules
 NESTED = ("estimator_hparams", "activation_hparams", "model_args")
-NO_PUBLISHED = "no published recipe in its paper/code: --recipe published runs the common recipe"
+NO_PUBLISHED = "the estimator declares no published recipe (published = None): --recipe published runs the common one"
 
 
 def _matches(match: Mapping[str, Any], ctx: Mapping[str, Any]) -> bool:

@@ -103,7 +103,7 @@ def test_show_marks_extrapolated_values(capsys):
 def test_show_estimator_without_published_recipe_says_so(capsys, name):
     code, out, _ = run_cli(capsys, "show", "estimator", name)
     assert code == 0
-    assert "published: none: no published recipe in its paper/code: --recipe published runs the common recipe" in out
+    assert "published: none: the estimator declares no published recipe (published = None)" in out
     assert "  <- " not in out  # nothing is cited as published
 
 
@@ -126,7 +126,7 @@ def test_dry_run_text_and_user_overrides(capsys):
     code, out, _ = run_cli(capsys, "run", "-e", "ste", "-m", "resnet20", "-d", "cifar10", "--recipe", "published",
                            "--set", "lr=0.05", "--dry-run")
     assert code == 0
-    assert "nothing started" in out and "no published recipe in its paper/code" in out
+    assert "nothing started" in out and "declares no published recipe" in out
     assert "0 main: 600 epochs, sgd lr 0.05" in out
     assert "lr = 0.1  <- binbench common recipe" in out and "[overridden by you]" in out
 

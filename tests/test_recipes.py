@@ -189,7 +189,7 @@ def test_biper_imagenet_stage2_has_no_warmup():
 def test_vispa_published_initialises_m_as_the_official_code():
     cfg = resolve({"estimator": "vispa", "recipe": "published", "model": "resnet18", "dataset": "cifar10"}).config
     assert cfg.estimator_hparams["m_init"] == "xavier" and cfg.estimator_hparams["normalize"] == "forward"
-    assert "sdp_wo_entropy.py:59" in prov("vispa", model="resnet18")["estimator_hparams.m_init"].source
+    assert "sdp_wo_entropy.py:58-59" in prov("vispa", model="resnet18")["estimator_hparams.m_init"].source
     assert (cfg.lr, cfg.weight_decay, cfg.estimator_hparams["rank"], cfg.epochs) == (0.5, 1e-5, 4, 600)
     a32 = resolve({"estimator": "vispa", "recipe": "published", "model": "vgg16", "dataset": "cifar100",
                           "a_bits": 32}).config

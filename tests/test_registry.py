@@ -32,7 +32,7 @@ def test_unknown_hparam_is_clear():
 
 def test_hparam_type_checked_and_coerced():
     assert create_estimator("biper", w0="30").w0 == 30.0
-    with pytest.raises(ConfigError, match="must be a float"):
+    with pytest.raises(ConfigError, match="must be a number"):
         create_estimator("biper", w0="fast")
 
 

@@ -23,7 +23,7 @@ EXPECTED = {
                           "did you mean: seeds"],
     "unknown_names.yaml": ["unknown estimator 'bipper'", "did you mean: biper", "unknown model 'resnet'",
                            "unknown dataset 'digit'", "unknown 'W2A2'; valid: W1A1, W1A32, FP32"],
-    "wrong_types.yaml": ["grid.seeds must be a list of integers", "defaults.epochs", "must be int",
+    "wrong_types.yaml": ["grid.seeds must be a list of integers", "defaults.epochs", "must be an integer",
                          "unknown run-config key 'lrr'", "'fp_baseline' must be true or false"],
     "impossible.yaml": ["biper-mlp-digits-W1A1-common-s0", "trains in 2 stages", "cannot binarize activations"],
     "bad_search.yaml": ["search.mode must be max or min", "search.space.lr must be one of"],

@@ -164,7 +164,7 @@ def teardown_module(module):
 
 @pytest.mark.parametrize(("cfg", "match"), [
     ({"estimator": "ste", "lrr": 0.1}, r"unknown config key 'lrr'.*did you mean: lr"),
-    ({"estimator": "ste", "epochs": "many"}, r"'epochs' must be int"),
+    ({"estimator": "ste", "epochs": "many"}, r"'epochs' must be an integer"),
     ({"estimator": "ste", "optimizer": "rmsprop"}, r"'optimizer' must be one of sgd, adam"),
     ({"estimator": "ste", "estimator_hparams": {"t": 1}}, r"unknown hyperparameter 't' for estimator 'ste'"),
     ({"estimator": "biper", "epochs": 1}, r"trains in 2 stages.*--epochs >= 2"),

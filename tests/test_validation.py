@@ -33,11 +33,11 @@ RUN_CASES = {
     "model-arg-unknown": (["--set", "model.hiden=[8]"], "unknown argument 'hiden' for model 'mlp'"),
     "model-act": (["--set", "model.act=tanh"], "model.act must be hardtanh, relu, prelu or identity"),
     "hparam-bool-for-float": (["-e", "biper", "--set", "estimator.w0=true"],
-                              "hyperparameter 'w0' of estimator 'biper' must be a float"),
+                              "hyperparameter 'w0' of estimator 'biper' must be a number"),
     "hparam-list-for-float": (["-e", "biper", "--set", "estimator.w0=[1,2]"],
-                              "hyperparameter 'w0' of estimator 'biper' must be a float"),
+                              "hyperparameter 'w0' of estimator 'biper' must be a number"),
     "hparam-string-for-float": (["-e", "biper", "--set", "estimator.w0=big"],
-                                "hyperparameter 'w0' of estimator 'biper' must be a float"),
+                                "hyperparameter 'w0' of estimator 'biper' must be a number"),
     "bits-empty": (["--bits", ""], "--bits must be W1A1, W1A32 or FP32, got ''"),
     "epochs-0": (["--epochs", "0"], "epochs must be >= 1"),
 }
@@ -53,7 +53,7 @@ SUITE_CASES = {
     "grid-seed-negative": ({"grid": {**SUITE["grid"], "seeds": [-1]}}, [], "seed must be an integer in 0..2**32-1"),
     "override-hparam-type": ({"grid": {**SUITE["grid"], "estimators": ["biper"]}, "defaults": {
         **SUITE["defaults"], "epochs": 2}, "overrides": {"biper": {"estimator_hparams": {"w0": "fast"}}}}, [],
-        "hyperparameter 'w0' of estimator 'biper' must be a float"),
+        "hyperparameter 'w0' of estimator 'biper' must be a number"),
     "data-root-missing": ({"defaults": {**SUITE["defaults"], "data_root": "/nonexistent/binbench-data"}}, [],
                           "data_root '/nonexistent/binbench-data' of trial"),
     "search-loguniform-zero": ({"search": {**SEARCH, "space": {"lr": {"loguniform": [0, 0.1]}}}}, [],
