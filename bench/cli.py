@@ -134,6 +134,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     if args.what == "estimators":
         names = list_estimators(args.name or "*")
+        _check_plot_path(args.plot)
         if args.plot:
             from bench.plots import plot_estimators
 
@@ -145,6 +146,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise BinbenchError("binbench show estimator needs a NAME (see `binbench list estimators`)")
+    _check_plot_path(args.plot)
     info = estimator_info(args.name)
     print(f"{info['name']}  ({info['class']}, {info['source']})\n")
     print(info["doc"])
@@ -165,6 +167,26 @@ def cmd_show(args: argparse.Namespace) -> int:
         plot_estimators([args.name], args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _check_plot_path(path: str | None) -> None:
+    """--plot FILE: a format matplotlib writes, into a folder that exists, before anything is drawn."""
+    if not path:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in formats:
+        raise BinbenchError(f"--plot {path}: {'.' + ext if ext else 'no'} extension; matplotlib writes "
+                            f"{', '.join('.' + f for f in sorted(formats))} (e.g. --plot estimators.png)")
+    if Path(path).is_dir():
+        raise BinbenchError(f"--plot {path} is a folder: give a file name such as {Path(path) / 'estimators.png'}")
+    if not Path(path).resolve().parent.is_dir():
+        raise BinbenchError(f"--plot {path}: the folder {Path(path).resolve().parent} does not exist")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -320,6 +342,22 @@ def _writable_folder(path: str | os.PathLike, what: str) -> None:
         raise BinbenchError(f"{what} {p} is a file, not a folder: pass a folder (it is created if missing)")
 
 
+def _check_store_file(store: Path | None) -> None:
+    """A store file that is not an SQLite database (a copy cut short, another file of that name) is one line."""
+    if store is None or not store.exists():
+        return
+    if store.is_dir():
+        raise BinbenchError(f"{store} is a folder, not an MLflow store: pass the results folder that holds it")
+    try:
+        with open(store, "rb") as f:
+            head = f.read(16)
+    except PermissionError:
+        raise BinbenchError(f"cannot read {store}: permission denied") from None
+    if head and head != b"SQLite format 3\x00":
+        raise BinbenchError(f"{store} is not an SQLite database (an MLflow store binbench wrote): restore it, or "
+                            "point --results-dir at a folder with a real one")
+
+
 def _report_suite_name(suite: str) -> str:
     """The name a report of ``suite`` reads results under: the suite file's (checked as a suite run checks it),
     or, when no such file exists any more, the argument itself if it is a valid suite name."""
@@ -455,8 +493,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         _results_dir(args, name)
     if args.out:
         _writable_folder(args.out, "--out")
-    c, tables, figs = report(args.suite, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
-                             out_dir=args.out, notes=args.note)
+    uri = args.tracking_uri or ""
+    _check_store_file(Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else
+                      None if uri else Path(args.results_dir or _results_dir(args, name)) / "mlflow.db")
+    try:
+        c, tables, figs = report(args.suite, results_dir=args.results_dir, tracking_uri=args.tracking_uri,
+                                 out_dir=args.out, notes=args.note)
+    except PermissionError as exc:
+        raise BinbenchError(f"cannot access {exc.filename}: permission denied; give binbench a results folder it "
+                            "can read and write (--results-dir, --out)") from None
     print(f"report of {c.suite}: {len(c.runs)} trial runs counted ({c.ignored} ignored) from {c.uri}")
     for p in [*tables.values(), *figs]:
         print(f"  wrote {p}")

@@ -164,7 +164,8 @@ def _close_parent(suite: Suite, uri: str, exp_id: str, parent: str, keys: list[s
 
 def _log_start(log, resume: bool, ended: int, trials: int, todo: int, stale: int) -> None:
     if resume:
-        log(f"resume: {ended} of {trials} trials already ended, {todo} to run")
+        log(f"resume: {ended} of {trials} trials already ended, {todo} to run" if ended else
+            f"resume: nothing to resume in this results folder (no trial of this suite ended here): all {todo} run")
     if stale:
         log(f"{stale} run(s) left RUNNING by an interrupted execution marked KILLED")
 

@@ -689,7 +689,9 @@ def _restore(run: _Run) -> dict[str, Any]:
     of the plan done; otherwise training continues from ``last.pt``."""
     final, last = run.ckpt_dir / "final.pt", run.ckpt_dir / "last.pt"
     if not last.exists():
-        return {**run.state, "status": "running"}  # nothing to resume: start from scratch
+        print(f"binbench: --resume: nothing to resume in {run.ckpt_dir} (no last.pt): training from scratch",
+              file=sys.stderr)
+        return {**run.state, "status": "running"}
     saved = ckpt.load(last)
     if _field(saved, "key", last) != run.spec.key:
         raise ConfigError(f"the checkpoint in {run.ckpt_dir} was written by a different configuration; "

@@ -184,3 +184,19 @@ def test_listing_is_cached_without_torch_and_rebuilt_when_a_source_changes(tmp_p
 def test_list_with_no_match_is_an_error(capsys):
     code, out, err = run_cli(capsys, "list", "estimators", "zz*")
     assert code == 2 and out == "" and "no estimator matches 'zz*'" in err
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["show", "estimator", "ste", "--plot", "x.unknownext"], "matplotlib writes"),
+    (["run", "--set", "estimator.clip=abc", "--dry-run"], "'clip' of estimator 'ste' must be a number"),
+    (["run", "--set", "model.hidden=[1000000000]", "--epochs", "1", "--no-track"], "parameters"),
+])
+def test_user_mistakes_are_one_line(capsys, argv, needle):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_report_of_a_store_that_is_not_a_database(capsys, tmp_path):
+    (tmp_path / "mlflow.db").write_text("not a database\n")
+    code, _, err = run_cli(capsys, "report", "smoke", "--results-dir", str(tmp_path))
+    assert code == 2 and "not an SQLite database" in err and len(err.strip().splitlines()) == 1

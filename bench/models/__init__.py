@@ -48,9 +48,43 @@ def create_model(name: str, spec: BinarySpec | None = None, num_classes: int = 1
         if key not in valid:
             raise ConfigError(f"unknown argument {key!r} for model {name!r}{did_you_mean(key, valid)}; "
                               f"valid: {', '.join(valid)}")
+    _check_size(name, fn, spec or BinarySpec(), num_classes, tuple(in_shape), kwargs)
     model = fn(spec=spec or BinarySpec(), num_classes=num_classes, in_shape=tuple(in_shape), **kwargs)
     # after the model function's own initialisation: estimators derive their state from the trained weights
     return init_latents_(model)
+
+
+def _available_bytes() -> int | None:
+    """This machine's available memory (Linux: MemAvailable), None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_size(name: str, fn: ModelFn, spec: BinarySpec, num_classes: int, in_shape: tuple[int, ...],
+                kwargs: dict[str, Any]) -> None:
+    """Count the model's parameters on the meta device (nothing allocated) and refuse, in one line, a model whose
+    weights alone (and their gradients and optimizer state, ~4 copies) would not fit in this machine's memory:
+    building it would fail in the allocator, or be killed."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in fn(spec=spec, num_classes=num_classes, in_shape=in_shape,
+                                          **kwargs).parameters())
+    except Exception:  # noqa: BLE001 - a model or estimator that cannot build on meta: the real build decides
+        return
+    avail = _available_bytes()
+    if avail is not None and 4 * 4 * n > avail:
+        args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        raise ConfigError(f"model {name!r}{f' ({args})' if args else ''} has {n:,} parameters: {4 * 4 * n / 2**30:.1f} "
+                          f"GiB for weights, gradients and optimizer state, more than the {avail / 2**30:.1f} GiB "
+                          "available; choose smaller model arguments (binbench list models)")
 
 
 def make_act(name: str, channels: int | None = None) -> nn.Module:
