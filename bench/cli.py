@@ -207,6 +207,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if bits not in BITS:
             raise BinbenchError(f"--bits must be {', '.join(list(BITS)[:-1])} or {list(BITS)[-1]}, got {args.bits!r}")
         values["w_bits"], values["a_bits"] = BITS[bits]
+    if "model" not in values:
+        # without -m: the all-binary MLP the suites train (first and last layers binary too); the model's own default
+        # (FP first/last, the papers' convention for CIFAR/ImageNet nets) hides the estimators' differences on digits
+        values["model"] = "mlp"
+        values["model_args"] = {"binarize_first_last": True, **(values.get("model_args") or {})}
     if args.download:
         values["download"] = True
     if args.resume:
@@ -579,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="config keys for --set KEY=VALUE (RunConfig in bench/config.py):\n" + keys_help())
     r.add_argument("--estimator", "-e", metavar="NAME",
                    help="the weight estimator (binbench list estimators; default: the reference, ste)")
-    r.add_argument("--model", "-m", metavar="NAME", help="binbench list models (default: mlp)")
+    r.add_argument("--model", "-m", metavar="NAME",
+                   help="binbench list models (default: mlp with binarize_first_last=true, every layer binary, as "
+                        "the suites; -m mlp alone keeps the first and last layers full precision)")
     r.add_argument("--dataset", "-d", metavar="NAME", help="binbench list datasets (default: digits, embedded)")
     r.add_argument("--epochs", type=int, help="default: the recipe's or the dataset's")
     r.add_argument("--seed", type=int, help="fixes the result (default 0)")

@@ -68,7 +68,7 @@ class RunConfig:
     # execution
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:N]
-    threads: int | None = None
+    threads: int | None = None  # torch threads; None: 1 (a run stays fast on a shared machine; set it for more)
     amp: bool | None = None  # bf16 autocast, CUDA only; None: the recipe's (published: float32, as the official code)
     channels_last: bool | None = None  # CUDA only; None: the recipe's
     compile: bool = False

@@ -315,8 +315,9 @@ def setup(spec: RunSpec, callbacks: list[EpochCallback], reporter: Reporter, sta
     """Everything before the first epoch: threads, device, seed, checkpoint folder, data, model, estimators, and
     the state of a resumed run."""
     cfg = spec.config
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    # one thread unless asked: on a machine shared with other work, torch's default (every core) made a digits run
+    # 3.5x slower than one thread (OpenMP threads wait on each other); suite trials get --cpus-per-trial (1)
+    torch.set_num_threads(int(cfg.threads or 1))
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     ds = get_dataset(cfg.dataset)
