@@ -245,3 +245,17 @@ def test_changed_plugin_code_is_trained_again_on_resume(plugin_site, tmp_path):
     assert sorted(r[1] for r in after) == ["sign_swish", "sign_swish", "ste"]
     swish_codes = {r[2] for r in after if r[1] == "sign_swish"}
     assert len(swish_codes) == 2  # the retrained run records the new code
+
+
+def test_model_and_dataset_plugins_are_listed_and_trained(plugin_site):
+    """Models and datasets register through their own entry-point groups, like estimators."""
+    models = _run(plugin_site, "list", "models")
+    datasets = _run(plugin_site, "list", "datasets")
+    assert "tiny_bnn    entry point tiny_bnn (binbench-example-estimators" in models.stdout, models.stdout
+    assert "stripes" in datasets.stdout and "4 classes" in datasets.stdout
+    out = _run(plugin_site, "run", "-m", "tiny_bnn", "-d", "stripes", "--epochs", "2", "--json", "--no-track",
+               timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout)
+    assert res["config"]["model"] == "tiny_bnn" and res["top1"] > 60.0  # 4 classes: chance is 25%
+    assert res["params"]["binary_layers"] == res["params"]["layers"] == 3  # every layer binary

@@ -23,7 +23,8 @@ from bench.spec import resolve
 WITH_PUBLISHED = ["biper", "irnet", "recu", "reste", "vispa"]
 WITHOUT_PUBLISHED = ["approx_sign", "clipped_ste", "dsq", "frozen", "ste"]
 #: a citation names a file and line ("trainer.py:130", "README.md:56-68") or a paper/sheet section or table
-LOCATOR = re.compile(r"\w\.\w+:\d+|section \d|Table \d")
+#: what a rule's source must name (README "Published recipes"): a file:line, or a paper's section, table or equation
+LOCATOR = re.compile(r"\w\.\w+:\d+|\b(?:sec(?:tion)?\.?|§)\s*\d|\btable\s*\d|\beq(?:uation)?s?\.?\s*\(?\d", re.I)
 
 
 def ctx(model: str = "resnet20", dataset: str = "cifar10", a_bits: int = 1, w_bits: int = 1) -> dict:
