@@ -162,7 +162,7 @@ def test_folding_handles_negative_batchnorm_gamma_and_alpha(tmp_path):
 
 
 def test_w1a32_exports_float_times_binary_layers(tmp_path):
-    run, _, net, manifest = exported(tmp_path, "irnet", "mlp", a_bits=32, scaling="internal")
+    run, _, net, manifest = exported(tmp_path, "irnet", "mlp", a_bits=32, scaling="native")
     assert {op["op"] for op in manifest["graph"]} >= {"binary_real"}
     assert check_export(run, net).identical
 

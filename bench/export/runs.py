@@ -78,6 +78,8 @@ def load_run(config: dict[str, Any], weights: dict[str, Any], key: str | None = 
     from bench.train import build_model, make_loaders, seed_everything
 
     values = {**config, "resume": False, "checkpoint_dir": None, "download": False, "device": "cpu"}
+    if values.get("scaling") == "internal":  # resolved from "native", which is what resolve accepts again
+        values["scaling"] = "native"
     if data_root:
         values["data_root"] = data_root
     spec = resolve(values)
