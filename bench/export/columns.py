@@ -11,11 +11,12 @@ EXPORT_TOP1_COL = "Exported top-1 (one binary network, bit-level)"
 EXPORT_SIZE_COL = "Exported size, bytes (FP32)"
 LEGEND = ("Exported top-1: test top-1 of the network `binbench export` writes (packed sign bits, folded scales and "
           "BatchNorm), computed bit-level by XNOR-popcount at the end of each run, mean over seeds; for an "
-          "estimator whose headline evaluation is an ensemble it is its one deterministic network (VISPA: the mean "
-          "network). ‡: some test images were predicted differently from the simulated evaluation of that network "
-          "(the run's `export.check` tag says how many and why). Exported size: the tensors of the exported file "
-          "(binary part and float layers), measured from its header, mean over seeds; in brackets the same network "
-          "with 32-bit weights. A size, not a speed: no inference time is claimed.")
+          "estimator whose headline evaluation is an ensemble it is its one deterministic network (its declared "
+          "export mode, e.g. the mean of a distribution of networks). ‡: some test images were predicted "
+          "differently from the simulated evaluation of that network (the run's `export.check` tag says how many "
+          "and why). Exported size: the tensors of the exported file (binary part and float layers), measured from "
+          "its header, mean over seeds; in brackets the same network with 32-bit weights. A size, not a speed: no "
+          "inference time is claimed.")
 NO_EXPORT_NOTE = ("export columns: no run of this suite recorded an export (its runs predate the export each run "
                   "makes at its end, issue 25); re-run the suite for the exported top-1 and size")
 

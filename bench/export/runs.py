@@ -2,7 +2,7 @@
 
 ``load_run(config, weights)`` rebuilds a run's model from its resolved config and final weights (as ``binbench
 evaluate`` does) with its estimators as they ended training, in the estimator's export mode (the headline mode, or
-the deterministic mode a stochastic estimator declares: VISPA's mean network); ``export_run`` writes the file;
+the deterministic mode a stochastic estimator declares, such as its mean network); ``export_run`` writes the file;
 ``check_export`` runs the bit-level network and the simulated model on the test set side by side.
 """
 

@@ -5,7 +5,7 @@ when the run ends and recorded with it: the exported file (``export/model.bnn.sa
 (``export/model.onnx``) as artifacts, and the metrics the reports read:
 
 * ``export/top1``: test top-1 of the exported network, computed bit-level (one binary network: for an estimator
-  with an ensemble, its export mode's network, e.g. VISPA's mean);
+  with an ensemble, its export mode's network, e.g. a distribution's mean);
 * ``export/mismatches`` (and ``export/onnx_mismatches``): test images whose bit-level (onnxruntime) prediction
   differs from the simulated evaluation of the same network (0 expected; the ``export.check`` tag says why not);
 * ``export/bytes``: the tensors of the exported network measured from the file (``export/binary_bytes``: packed
