@@ -168,6 +168,7 @@ def test_vispa_exports_its_mean_network(tmp_path):
     run, _, net, manifest = exported(tmp_path, "vispa", "mlp")
     assert manifest["mode"] == "mean" == run.mode
     assert check_export(run, net).identical
+    assert check_export(run, net, limit=50).images == 50  # the bound a run's end puts on a large network's check
 
 
 def test_a_residual_model_is_refused_in_one_line():
@@ -254,8 +255,24 @@ def test_log_export_records_metrics_artifacts_and_never_fails_the_run(tmp_path):
     client = Client()
     log_export(client, "r1", config, SimpleNamespace(status="finished"), weights)
     assert client.metrics["export/mismatches"] == 0 == client.metrics["export/onnx_mismatches"]
+    assert client.metrics["export/bitlevel_images"] == 360  # a small network: every test image, bit-level
     assert sorted(client.artifacts) == ["export/model.bnn.safetensors", "export/model.onnx"]
     assert "identical predictions" in client.tags["export.check"] and "export_error" not in client.tags
+    full_top1 = client.metrics["export/top1"]
+    # a network too large for the bit-level reference on every image: checked bit-level on as many as the budget
+    # allows, its top-1 from the same network in onnxruntime on all of them
+    from bench.export import tracked
+    from bench.export.runs import word_ops
+
+    _, path, net, manifest = exported(tmp_path, "dsq", "convnet")
+    client = Client()
+    old, tracked.BITLEVEL_BUDGET = tracked.BITLEVEL_BUDGET, 100 * word_ops(net, manifest["input"]["shape"])
+    try:
+        log_export(client, "r3", config, SimpleNamespace(status="finished"), weights)
+    finally:
+        tracked.BITLEVEL_BUDGET = old
+    assert client.metrics["export/bitlevel_images"] == 100 and client.metrics["export/top1"] == full_top1
+    assert "checked the first 100" in client.tags["export.check"]
     client = Client()
     log_export(client, "r2", {**config, "model": "resnet20", "model_args": {}}, SimpleNamespace(status="finished"),
                weights)

@@ -144,13 +144,18 @@ def _near_threshold(model: nn.Module) -> tuple[list[Any], dict[str, torch.Tensor
 
 
 @torch.no_grad()
-def check_export(run: LoadedRun, net: BitNet | Any) -> Check:
-    """Predictions of the exported network (``net(x) -> logits``) against the simulated model's, image by image."""
+def check_export(run: LoadedRun, net: BitNet | Any, limit: int | None = None) -> Check:
+    """Predictions of the exported network (``net(x) -> logits``) against the simulated model's, image by image;
+    on the first ``limit`` test images only where given."""
     hooks, seen = _near_threshold(run.model)
     n = agree = right_sim = right_exp = 0
     reasons: dict[str, int] = {}
     try:
         for xb, yb in run.test.batches():
+            if limit is not None and n >= limit:
+                break
+            if limit is not None:
+                xb, yb = xb[:limit - n], yb[:limit - n]
             sim = run.estimator.predict(run.model, xb, run.mode) if run.estimator is not None else run.model(xb)
             sim = sim.float()
             exp = torch.as_tensor(net(xb)).float()
@@ -165,6 +170,21 @@ def check_export(run: LoadedRun, net: BitNet | Any) -> Check:
         for h in hooks:
             h.remove()
     return Check(n, agree, 100.0 * right_sim / max(n, 1), 100.0 * right_exp / max(n, 1), reasons)
+
+
+def word_ops(net: BitNet, input_shape: list[int]) -> int:
+    """XOR-popcount word operations of one image through the network's binary layers: what the bit-level
+    reference costs, to bound how many test images a run's end checks with it."""
+    x = torch.zeros(1, *input_shape)
+    total = 0
+    with torch.no_grad():
+        for i, op in enumerate(net.ops):
+            y = net.step(i, op, x)
+            if op["op"] == "binary":
+                words = net.words[i].shape[-1]
+                total += int(y[0].numel()) * words  # each output value: one row of words
+            x = y
+    return total
 
 
 def _reason(logits: torch.Tensor, closest: dict[str, float]) -> str:
