@@ -252,6 +252,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bench.evaluate import evaluate_recorded, find_run
 
+    if args.exported:
+        return cmd_evaluate_exported(args)
+    if not args.run:
+        raise BinbenchError("give a run (an MLflow run id or a run's folder), or --exported FILE")
     rec = find_run(args.run, args.tracking_uri)
     top1 = evaluate_recorded(rec, data_root=args.data_root, device=args.device)
     mode, value = next(iter(top1.items()))
@@ -262,6 +266,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         others = "".join(f", {m} {v:.2f}" for m, v in list(top1.items())[1:])
         print(f"{rec.where}: test top-1 {value:.2f} ({mode}{others}){logged}")
     return 0
+
+
+def cmd_evaluate_exported(args: argparse.Namespace) -> int:
+    from bench.export.commands import evaluate_exported, print_json
+
+    if args.run:
+        raise BinbenchError("give either a run or --exported FILE (`binbench export RUN` checks a run against its "
+                            "export)")
+    out = evaluate_exported(args.exported, args.data_root)
+    if args.json:
+        print_json(out)
+    else:
+        print(f"{out['file']}: test top-1 {out['top1']:.2f} on {out['images']} images, {out['how']} ({out['model']}, "
+              f"{out['estimator']}, {out['mode']} network)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench.export.commands import export_command
+
+    lines, ok = export_command(args.run, args.out, args.onnx, args.tracking_uri, args.data_root)
+    print("\n".join(lines))
+    return 0 if ok else 1
 
 
 def dry_run_plan(values: dict[str, Any]) -> dict[str, Any]:
@@ -554,13 +581,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _add_evaluate(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="rebuild a recorded run's model from its logged config and weights and "
                                          "measure its test top-1 again")
-    ev.add_argument("run", metavar="RUN_ID_OR_PATH",
+    ev.add_argument("run", metavar="RUN_ID_OR_PATH", nargs="?",
                     help="an MLflow run id, or a folder with config.json and model/weights.pt")
+    ev.add_argument("--exported", metavar="FILE", help="evaluate an exported network instead: a .bnn.safetensors "
+                    "file bit-level (XNOR-popcount), or its .onnx model in onnxruntime")
     ev.add_argument("--tracking-uri", help="the store holding the run (default: results/runs and results/*/ here)")
     ev.add_argument("--data-root")
     ev.add_argument("--device", help="auto (default: the recorded one), cpu or cuda")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+    ex = sub.add_parser("export", help="write a trained run as a deployable file (packed sign bits, folded scales "
+                                       "and BatchNorm) and check it bit-level against the simulated evaluation")
+    ex.add_argument("run", metavar="RUN", help="an MLflow run id, a run's artifact folder, or a suite trial's key or "
+                                               "label")
+    ex.add_argument("--out", metavar="FILE", help="where to write (default: exports/<run key>.bnn.safetensors)")
+    ex.add_argument("--onnx", action="store_true", help="also write FILE's .onnx beside it and check it in "
+                                                        "onnxruntime")
+    ex.add_argument("--tracking-uri", help="the store holding the run (default: results/runs and results/*/ here)")
+    ex.add_argument("--data-root")
+    ex.set_defaults(func=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:

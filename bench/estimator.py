@@ -114,6 +114,9 @@ class Estimator:
     native_activation_hparams: ClassVar[dict[str, Any]] = {}
     #: evaluation modes; the first is the headline one
     eval_modes: ClassVar[tuple[str, ...]] = ("default",)
+    #: the evaluation mode whose network ``binbench export`` writes as the one deployable binary network; None: the
+    #: headline mode. A stochastic estimator names a deterministic one (the mean network of a distribution)
+    export_mode: ClassVar[str | None] = None
     #: True when ``constrain_`` must run after every optimizer step
     has_constraint: ClassVar[bool] = False
     #: True when the estimator draws random numbers in its forward pass

@@ -293,8 +293,12 @@ class SingleRun:
         self.run.log_metrics(final_metrics(res), len(res.history))
         self.run.set_tags(final_tags(res))
         ckpt = Path(self.config["checkpoint_dir"]) / "model.pt" if self.config.get("checkpoint_dir") else None
-        log_run_record(self.run.client, self.run.run_id, self.config, res, self.final_model.state_dict(ckpt),
+        weights = self.final_model.state_dict(ckpt)
+        log_run_record(self.run.client, self.run.run_id, self.config, res, weights,
                        self.final_model.latent_histogram(len(res.history)))
+        from bench.export.tracked import log_export
+
+        log_export(self.run.client, self.run.run_id, self.config, res, weights)  # the deployable network
         self.run.end("FINISHED" if res.status == "finished" else "FAILED")
 
     def fail(self, exc: BaseException) -> None:

@@ -130,8 +130,12 @@ def _train_tracked(run, uri: str, spec: Any, ckpt_dir: Path,
             run.log_metrics(record, int(record["global_epoch"]))
     run.log_metrics(recording.final_metrics(res), len(res.history))
     run.set_tags(recording.final_tags(res))
-    recording.log_run_record(run.client, run.run_id, resolved, res, final_model.state_dict(ckpt_dir / "model.pt"),
+    weights = final_model.state_dict(ckpt_dir / "model.pt")
+    recording.log_run_record(run.client, run.run_id, resolved, res, weights,
                              final_model.latent_histogram(len(res.history)))
+    from bench.export.tracked import log_export
+
+    log_export(run.client, run.run_id, resolved, res, weights, spec.key)  # the deployable network and its numbers
     run.end("FINISHED" if res.status == "finished" else "FAILED")
     return res.status
 

@@ -88,6 +88,7 @@ class Vispa(Estimator):
     native_scaling = "alpha"
     native_activation = "approx_sign"
     eval_modes = ("ensemble", "sample", "mean")
+    export_mode = "mean"  # the one deployable binary network: sign(M); the ensemble is L networks
     stochastic = True
     step_cost_target = 1.3  # K noise values per layer and the normalisation of M and Z in every step
     published = [

@@ -80,7 +80,12 @@ def test_mlflow_holds_the_complete_record(suite_run):
     assert len(kinds["trial"]) == 2
     for r in kinds["trial"]:
         run_id = r.info.run_id
-        assert {a.path for a in client.list_artifacts(run_id)} == {"config.json", "model", "latent_hist.json"}
+        # export/: the network as packed bits and as ONNX, which every run with binary weights writes at its end
+        assert {a.path for a in client.list_artifacts(run_id)} == {"config.json", "model", "latent_hist.json",
+                                                                   "export"}
+        assert {a.path for a in client.list_artifacts(run_id, "export")} == {"export/model.bnn.safetensors",
+                                                                           "export/model.onnx"}
+        assert r.data.metrics["export/mismatches"] == 0 and r.data.metrics["export/top1"] == r.data.metrics["top1"]
         hist = json.loads(Path(client.download_artifacts(run_id, "latent_hist.json")).read_text())
         assert set(hist["epochs"]) == {"0", "1"} and len(hist["edges"]) == len(hist["epochs"]["1"]) + 1
         assert sum(hist["epochs"]["0"]) == sum(hist["epochs"]["1"]) == 16 * 16  # the one binary layer's weights

@@ -31,6 +31,9 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BinbenchError
+from bench.export.columns import EXPORT_SIZE_COL, EXPORT_TOP1_COL, NO_EXPORT_NOTE, export_columns, none_exported
+from bench.export.columns import LEGEND as EXPORT_LEGEND
+from bench.export.columns import display as export_display
 from bench.report import complexity, escape, latex
 
 DIAG = ("diag/qe", "diag/laplace_b", "diag/flip")
@@ -116,7 +119,7 @@ def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any
            "widths": _param(p, "model_args.hidden") or _param(p, "model_args.widths"),
            "first_last_binary": _param(p, "model_args.binarize_first_last") == "True",
            "stage_epochs": t.get(tg.STAGE_EPOCHS_TAG), "dataset_source": t.get(tg.DATA_SOURCE_TAG)}
-    row.update({k: v for k, v in m.items() if "/" not in k or k in DIAG})
+    row.update({k: v for k, v in m.items() if "/" not in k or k in DIAG or k.startswith("export/")})
     row["search_point"] = "|".join(f"{k}={p.get(k)}" for k in search_keys)
     row["model_args"] = json.dumps({k[len("model_args."):]: v for k, v in p.items() if k.startswith("model_args.")})
     row["layer_metrics"] = "|".join(sorted(k for k in m if LAYER_METRIC.match(k)))
@@ -337,7 +340,8 @@ def _lb_row(key: tuple, g: pd.DataFrame, pub: pd.DataFrame) -> dict[str, Any]:
            "selected_top1_mean": fin["selected_top1"].mean(), "best_top1_mean": fin["best_top1"].mean(),
            "top5_mean": fin["top5"].mean() if "top5" in fin and n else math.nan,
            "late_gain_mean": fin["late_gain"].mean(), "published": published, "published_source": source,
-           "delta": mean - published if not math.isnan(published) else math.nan, **_eval_modes(fin), **_setup(g)}
+           "delta": mean - published if not math.isnan(published) else math.nan, **_eval_modes(fin), **_setup(g),
+           **export_columns(fin)}
     row["still_learning"] = bool(row["late_gain_mean"] > LATE_GAIN)
     return row
 
@@ -526,7 +530,7 @@ def _agree(g: pd.DataFrame, values: pd.Series) -> str:
 def setup_lines(lb: pd.DataFrame) -> list[str]:
     """Per network of the suite: which layers are binary, the binary share of the conv/linear weights, widths,
     batch size, training subset, validation split, epochs per stage and where the data came from."""
-    lines = []
+    lines = [NO_EXPORT_NOTE] if none_exported(lb) else []
     for (ds, net), g in lb.groupby(["dataset", "network"], sort=False):
         b = g[g.role != "baseline"] if (g.role != "baseline").any() else g
         pct = b["binary_weight_pct"].map(lambda v: f"{_fmt(v, 1)}%" if _known(v) else "?")
@@ -600,7 +604,7 @@ def _lb_display(lb: pd.DataFrame) -> pd.DataFrame:
                      BEST_COL: _fmt(r.best_top1_mean), "Top-5": _fmt(r.top5_mean), "Lift vs control": _lift_cell(r),
                      "Late gain": _fmt(r.late_gain_mean) + (" ↑" if r.still_learning else ""),
                      "Published": _fmt(r.published), "Δ": _fmt(r.delta), "Other eval modes": r.other_modes or "",
-                     "Diverged": str(r.diverged) if r.diverged else "", "_best": bool(r.best)})
+                     **export_display(r), "Diverged": str(r.diverged) if r.diverged else "", "_best": bool(r.best)})
     return pd.DataFrame(rows)
 
 
@@ -609,7 +613,8 @@ def _shown(disp: pd.DataFrame, lb: pd.DataFrame) -> pd.DataFrame:
     validation split), lift (no control), late gain (stores from before it was logged)."""
     empty = {"Top-5": not lb["dataset"].isin(["cifar100", "tiny-imagenet", "imagenet"]).any(),
              VAL_COL: lb["selected_top1_mean"].isna().all(), "Lift vs control": not (lb.role == "control").any(),
-             "Late gain": lb["late_gain_mean"].isna().all()}
+             "Late gain": lb["late_gain_mean"].isna().all(), EXPORT_TOP1_COL: none_exported(lb),
+             EXPORT_SIZE_COL: none_exported(lb)}
     return disp.drop(columns=[col for col, drop in empty.items() if drop])
 
 
@@ -621,7 +626,7 @@ def _controls() -> list[str]:
 
 def legend() -> str:
     """The leaderboard's legend, naming the reference estimator the discrimination check uses."""
-    return LEGEND.format(ref=reference())
+    return LEGEND.format(ref=reference()) + " " + EXPORT_LEGEND
 
 
 LEGEND = (f"{FINAL_COL}: test accuracy at the last epoch, mean ± sample std over seeds (n runs). {VAL_COL}: test "
