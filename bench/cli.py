@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train one configuration", formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="config keys for --set KEY=VALUE (RunConfig in bench/config.py):\n" + keys_help())
     r.add_argument("--estimator", "-e", metavar="NAME",
-                   help="the weight estimator (binbench list estimators; default: the reference, ste)")
+                   help="the weight estimator (binbench list estimators; default: the reference estimator)")
     r.add_argument("--model", "-m", metavar="NAME",
                    help="binbench list models (default: mlp with binarize_first_last=true, every layer binary, as "
                         "the suites; -m mlp alone keeps the first and last layers full precision)")

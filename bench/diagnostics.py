@@ -132,7 +132,7 @@ def nonfinite(model: nn.Module) -> str:
     order, by its readable path) that holds a NaN or inf, the tensor and the count, and how many layers do.
 
     Why it is needed: a binarizer maps NaN and inf to +-1 (sign(NaN) = +1), so a non-finite latent weight or a
-    quantizer's non-finite state (DSQ's range after one inf input) can leave the loss finite while the network is
+    quantizer's non-finite state (a learnable range after one inf input) can leave the loss finite while the network is
     no longer the one being trained. Checked before the first epoch and after every epoch (one host sync), never
     per step.
     """

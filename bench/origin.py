@@ -54,8 +54,8 @@ def code_digest(estimators: tuple[str, ...]) -> str:
 
 
 def origin_tags(estimators: dict[str, str]) -> dict[str, str]:
-    """MLflow tags of a run's estimators by role ({"weight": "recu", "activation": "approx_sign"}):
-    ``binbench.origin.<role>`` = 'recu: binbench 0.1.0 sha256:...'."""
+    """MLflow tags of a run's estimators by role ({"weight": NAME, "activation": NAME}):
+    ``binbench.origin.<role>`` = 'NAME: binbench 0.1.0 sha256:...' (package, version, source digest)."""
     out = {}
     for role, name in estimators.items():
         o = estimator_origin(name)

@@ -22,8 +22,8 @@ def probe(name: str, x: Iterable[float] | Tensor, kind: str = "weight", progress
     training mode with the random state seeded by ``seed`` and restored afterwards.
 
     A probe is a probe of one layer holding the points: weights are the layer's weight (the quantizer has
-    their shape and the estimator derives its state from them, as ``init_latent_`` does in a model: DSQ's range is
-    their max |x|); activations are a layer's input with a channel dimension (1-D points become a batch of
+    their shape and the estimator derives its state from them, as ``init_latent_`` does in a model: a clipping range
+    from their max |x|); activations are a layer's input with a channel dimension (1-D points become a batch of
     shape (N, 1), one channel; a tensor of 2 or more dimensions keeps its shape, channels in dimension 1), so a
     per-channel activation estimator sees the shape a layer gives it. The results have the points' shape.
     """

@@ -151,10 +151,10 @@ def make_optimizer(model: nn.Module, stage: StagePlan) -> torch.optim.Optimizer:
 def lr_factor(step: int, steps_per_epoch: int, stage: StagePlan) -> float:
     """Learning-rate factor at a step: linear warm-up, then cosine to 0 / step decay / constant.
 
-    ``schedule_unit="iteration"``: it moves every step. ``"epoch"``: it is held for each epoch e (0-based) as the
-    official ReCU, BiPer and ReSTE scripts step it (``lr (e + 1) / W`` for e < W, then ``CosineAnnealingLR`` with
-    T_max = E - (W - 1) stepped once per epoch, so e = W - 1 has the full lr both ways); W = 0 is IR-Net's plain
-    per-epoch cosine."""
+    ``schedule_unit="iteration"``: it moves every step. ``"epoch"``: it is held for each epoch e (0-based) as
+    several official scripts step it (``lr (e + 1) / W`` for e < W, then ``CosineAnnealingLR`` with
+    T_max = E - (W - 1) stepped once per epoch, so e = W - 1 has the full lr both ways; W = 0: a plain per-epoch
+    cosine); the published recipes that use it cite the lines."""
     if stage.schedule_unit == "epoch":
         return _epoch_factor(step // max(1, steps_per_epoch), stage)
     total = max(1, stage.epochs * steps_per_epoch)
