@@ -375,6 +375,11 @@ def fit(run: _Run) -> RunResult:
     for stage in run.spec.stages:
         if run.status == "running" and stage.index >= run.state["stage"]:
             run_stage(run, stage)
+    return finish(run)
+
+
+def finish(run: _Run) -> RunResult:
+    """The run's ending: its status, result and final checkpoint (after its last stage, or its divergence)."""
     if run.status == "running":
         run.status = "finished"
     result = _result(run)
@@ -389,6 +394,16 @@ def fit(run: _Run) -> RunResult:
 def run_stage(run: _Run, stage: StagePlan) -> None:
     """One stage: its hyperparameters, optimizer and schedule (restored when resuming inside it), its epochs,
     then the hand-off of its best weights to the next stage where the config asks for it."""
+    optimizer, scheduler, start = open_stage(run, stage)
+    for epoch in range(start, stage.epochs):
+        if not run_epoch(run, stage, epoch, optimizer, scheduler):
+            break
+    close_stage(run, stage)
+
+
+def open_stage(run: _Run, stage: StagePlan) -> tuple[torch.optim.Optimizer, Any, int]:
+    """A stage's start: the estimators hear it, its optimizer and schedule (restored when resuming inside it);
+    returns them and the epoch to start from."""
     for e in run.estimators:  # a stage's hyperparameter overrides are the weight estimator's
         e.begin_stage(stage.index, Stage(stage.name, 1.0, stage.estimator if e is run.est else {}))
     optimizer = make_optimizer(run.model, stage)
@@ -401,9 +416,11 @@ def run_stage(run: _Run, stage: StagePlan) -> None:
         start = run.state["epoch"]
         optimizer.load_state_dict(run.state["optimizer"])
         scheduler.load_state_dict(run.state["scheduler"])
-    for epoch in range(start, stage.epochs):
-        if not run_epoch(run, stage, epoch, optimizer, scheduler):
-            break
+    return optimizer, scheduler, start
+
+
+def close_stage(run: _Run, stage: StagePlan) -> None:
+    """A stage's end: the hand-off of its best weights where the config asks for it, the hooks, the state."""
     last = stage.index == len(run.spec.stages) - 1
     if run.status == "running" and not last and run.cfg.stage_handoff == "best":
         file = run.ckpt_dir / f"best_stage{stage.index}.pt" if run.ckpt_dir else None
@@ -420,6 +437,13 @@ def run_epoch(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler) -> 
         e.set_progress(progress)
     start = EpochStart.take(run.model, optimizer, scheduler)
     record = train_epoch(run, stage, epoch, optimizer, scheduler)
+    return close_epoch(run, stage, epoch, optimizer, scheduler, record, start)
+
+
+def close_epoch(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler, record: dict[str, Any],
+                start: EpochStart) -> bool:
+    """After an epoch's training steps (``record``): the divergence check, evaluation, diagnostics, best epoch,
+    hand-off weights, checkpoint and callbacks; False when it diverged."""
     bad = nonfinite(run.model)  # a binarizer maps NaN/inf to +-1: the loss alone can miss them
     if bad or not math.isfinite(record["train_loss"]):
         # the epoch again from its start, checked step by step: the layer where it went non-finite, not the first
