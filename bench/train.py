@@ -209,6 +209,12 @@ def count_params(model: nn.Module) -> dict[str, int]:
             "layers": len(layers), "estimator_state": quant}
 
 
+def loss_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Logits as the loss reads them: float32 at least (bf16 autocast's logits are upcast), float64 kept (a
+    float64 run, such as an equivalence test's, computes its loss in float64 too)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def training_step(model: nn.Module, est: Estimator | None, weight_qs: list, constrained: list,
                   optimizer: torch.optim.Optimizer, scheduler, xb: torch.Tensor, yb: torch.Tensor,
                   autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +222,7 @@ def training_step(model: nn.Module, est: Estimator | None, weight_qs: list, cons
     step, learning-rate schedule, the estimator's projection. Returns (loss, logits) without a host sync."""
     with autocast():
         logits = model(xb)
-        loss = F.cross_entropy(logits.float(), yb)
+        loss = F.cross_entropy(loss_precision(logits), yb)
         extra = est.extra_loss(weight_qs) if est is not None else None
         total = loss + extra if extra is not None else loss
     optimizer.zero_grad(set_to_none=True)
@@ -245,7 +251,7 @@ def evaluate(model: nn.Module, est: Estimator | None, loader, mode: str, topk: b
     for xb, yb in loader.batches():
         with autocast():
             logits = est.predict(model, xb, mode) if est is not None else model(xb)
-        logits = logits.float()
+        logits = loss_precision(logits)
         loss += F.cross_entropy(logits, yb, reduction="sum")
         if topk:
             top = logits.topk(5, dim=1).indices
