@@ -139,11 +139,20 @@ def check_pack(configs: list[dict[str, Any]], steps_per_epoch: int, rtol: float)
     return results
 
 
+#: settings under which a trajectory is well conditioned over 200 steps. BiPer's real stage (sin(20 w)) at lr 0.1
+#: doubles a rounding-level difference every step: its solo run against itself with one weight moved by one ulp
+#: differs by 2e-6 after 40 steps and completely (losses 6.8 apart) within 200, so no two computations that round
+#: differently (another BLAS kernel, another thread count) can agree there; at lr 0.02 the nudged solo runs stay
+#: within 2e-12, and the pack is held to 1e-9.
+WELL_CONDITIONED = {"biper": {"lr": 0.02}}
+
+
 def _members(est: str) -> list[dict[str, Any]]:
     """Two members of ``est`` (seeds and learning rates differ) and one of another estimator."""
     other = WEIGHT_ESTIMATORS[(WEIGHT_ESTIMATORS.index(est) + 1) % len(WEIGHT_ESTIMATORS)]
-    return [{**MLP, "estimator": est, "seed": 0, "epochs": 2}, {**MLP, "estimator": est, "seed": 1, "epochs": 2,
-            "lr": 0.05}, {**MLP, "estimator": other, "seed": 2, "epochs": 2, "weight_decay": 1e-4}]
+    members = [{**MLP, "estimator": est, "seed": 0, "epochs": 2}, {**MLP, "estimator": est, "seed": 1, "epochs": 2,
+               "lr": 0.05}, {**MLP, "estimator": other, "seed": 2, "epochs": 2, "weight_decay": 1e-4}]
+    return [{**m, **WELL_CONDITIONED.get(m["estimator"], {})} for m in members]
 
 
 @pytest.mark.parametrize("est", WEIGHT_ESTIMATORS)

@@ -203,7 +203,10 @@ class Pack:
         active = self.active
         with active[0].run.autocast():
             logits = loss_precision(self.packed(x))
-            losses = F.cross_entropy(logits, y, reduction="none").view(len(active), -1).mean(1)
+            # each member's mean loss by the solo run's own reduction (one mean cross entropy per member): the
+            # same rounding as alone, where a single "none" reduction followed by a mean would sum in another order
+            per_member = zip(logits.view(len(active), -1, logits.shape[-1]), y.view(len(active), -1), strict=True)
+            losses = torch.stack([F.cross_entropy(lg, yy) for lg, yy in per_member])
             total = losses.sum()
             for m in active:
                 if m.run.est is None:
