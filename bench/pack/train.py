@@ -12,15 +12,17 @@ A member that diverges ends ``diverged`` and leaves the pack; the others go on i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from bench.data import get_dataset
 from bench.errors import ConfigError
 from bench.estimator import Progress
 from bench.pack.model import MemberRng, NotPackable, PackedModel, check_per_member
@@ -79,7 +81,6 @@ class Member:
     scheduler: Any = None
     start: EpochStart | None = None
     lr: float = 0.0  # the learning rate of its last step
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def train_pack(specs: Sequence[RunSpec], callbacks: Sequence[list[EpochCallback]] | None = None,
@@ -140,7 +141,7 @@ class Pack:
         rngs = [m.rng if m.stochastic else None for m in self.active]
         packed = PackedModel([m.run.model for m in self.active], rngs)
         run0 = self.active[0].run
-        check_per_member(packed, run0.loaders.train.x.shape[1:], rngs, run0.device)
+        check_per_member(packed, get_dataset(run0.cfg.dataset).shape, rngs, run0.device)
         return packed
 
     def run(self) -> list[RunResult]:
@@ -211,7 +212,7 @@ class Pack:
             for m in active:
                 if m.run.est is None:
                     continue
-                with m.rng.active() if m.stochastic else _null():
+                with m.rng.active() if m.stochastic else contextlib.nullcontext():
                     extra = m.run.est.extra_loss(m.run.weight_qs)
                 if extra is not None:
                     total = total + extra
@@ -226,12 +227,6 @@ class Pack:
                     for q, w in m.run.constrained:
                         q.estimator.constrain_(w, q)
         return losses, logits
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _begin_epoch(m: Member) -> None:
