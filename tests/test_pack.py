@@ -120,7 +120,8 @@ def assert_same_trajectory(spec: RunSpec, got: tuple[list[Tensor], list[float]],
                            rtol: float) -> None:
     name = f"{spec.config.estimator} seed {spec.config.seed}"
     (gw, gl), (ww, wl) = got, want
-    assert len(gl) == len(wl) > 0 and len(gw) == len(ww) > 0, name
+    assert len(gl) == len(wl) > 0 and len(gw) == len(ww), name
+    assert gw or spec.config.w_bits == 32, f"{name}: no binary weights recorded"
     for step, (a, b) in enumerate(zip(gl, wl, strict=True)):
         assert math.isclose(a, b, rel_tol=rtol, abs_tol=rtol), f"{name}: loss of step {step + 1}: {a} != {b}"
     per_step = len(gw) // len(gl)
@@ -188,6 +189,13 @@ def test_resnet20_with_padding_shortcuts_matches():
     base = {**MLP, "model": "resnet20", "model_args": {}, "epochs": 1, "batch_size": 4}
     with default_dtype(torch.float64):
         check_pack([{**base, "estimator": "ste", "seed": 0}, {**base, "estimator": "recu", "seed": 1}], 3, 1e-9)
+
+
+@pytest.mark.parametrize("bits", [{"a_bits": 32}, {"w_bits": 32, "a_bits": 32}], ids=["W1A32", "FP"])
+def test_real_activations_and_full_precision_pack(bits):
+    configs = [{**MLP, **bits, "estimator": e, "seed": i, "epochs": 1} for i, e in enumerate(["ste", "recu"])]
+    with default_dtype(torch.float64):
+        check_pack(configs, 5, 1e-9)
 
 
 # -- an outside plugin packs with no code of its own -----------------------------------------------------------
@@ -292,3 +300,25 @@ def test_forward_that_mixes_the_batch_is_refused():
         check_per_member(packed, (4,), [None, None], torch.device("cpu"))
     fine = PackedModel([nn.Sequential(nn.Linear(4, 3), nn.ReLU()) for _ in range(2)])
     check_per_member(fine, (4,), [None, None], torch.device("cpu"))
+
+
+def test_members_write_their_own_checkpoints_as_solo_runs_do(tmp_path):
+    from bench import checkpoint as ckpt
+
+    configs = [{**MLP, "estimator": "ste", "seed": 0}, {**MLP, "estimator": "biper", "seed": 1,
+                                                         "stage_handoff": "best"}]
+    with default_dtype(torch.float64):
+        packed = [resolve({**c, "epochs": 3, "limit_train_batches": 4, "checkpoint_dir": str(tmp_path / f"p{i}")})
+                  for i, c in enumerate(configs)]
+        run_pack(packed)
+        for i, spec in enumerate(packed):
+            train(spec.with_execution(checkpoint_dir=str(tmp_path / f"s{i}")))
+    for i in range(len(configs)):
+        p, s = tmp_path / f"p{i}", tmp_path / f"s{i}"
+        assert sorted(f.name for f in p.iterdir()) == sorted(f.name for f in s.iterdir())
+        for name in ("last.pt", "final.pt", "model.pt"):
+            a, b = ckpt.load(p / name), ckpt.load(s / name)
+            assert a.keys() == b.keys()
+            for k, v in a.get("model", {}).items():
+                assert torch.allclose(v.double(), b["model"][k].double(), rtol=1e-9, atol=1e-12), f"{name} {k}"
+            assert a.get("status") == b.get("status") and a.get("best") == b.get("best")
