@@ -322,3 +322,47 @@ def test_members_write_their_own_checkpoints_as_solo_runs_do(tmp_path):
             for k, v in a.get("model", {}).items():
                 assert torch.allclose(v.double(), b["model"][k].double(), rtol=1e-9, atol=1e-12), f"{name} {k}"
             assert a.get("status") == b.get("status") and a.get("best") == b.get("best")
+
+
+# -- an ensemble is a pack too --------------------------------------------------------------------------------
+def _model(config: dict[str, Any]) -> nn.Module:
+    spec = resolve(config)
+    seed_everything(0)
+    model, _, _ = build_model(spec.config, get_dataset(spec.config.dataset))
+    return model.eval()
+
+
+@pytest.mark.parametrize("base", [MLP, CONVNET], ids=["mlp", "convnet"])
+def test_ensemble_of_samples_is_the_networks_it_drew(base):
+    """Each of the L packed networks computes the model's own forward with the binary weights drawn for it."""
+    from bench.pack.ensemble import sampled_logits
+
+    model = _model({**base, "estimator": next(n for n in WEIGHT_ESTIMATORS if est_class(n).stochastic)})
+    qs = estimator_quantizers(model, "weight")
+    drawn: dict[int, list[Tensor]] = {id(q): [] for q in qs}
+    hooks = [q.register_forward_hook(lambda q, a, out: drawn[id(q)].append(out.clone())) for q in qs]
+    x = torch.randn(5, *get_dataset("digits").shape)
+    with torch.no_grad():
+        logits = sampled_logits(model, x, 4)
+    for h in hooks:
+        h.remove()
+    assert logits.shape == (4, 5, 10) and not torch.allclose(logits[0], logits[1])
+    for s in range(4):
+        fixed = [q.register_forward_hook(lambda q, a, out, s=s: drawn[id(q)][s]) for q in qs]
+        with torch.no_grad():
+            assert torch.allclose(logits[s], model(x), rtol=1e-5, atol=1e-5), f"sample {s}"
+        for h in fixed:
+            h.remove()
+
+
+def test_ensemble_of_a_deterministic_model_repeats_its_forward():
+    from bench.pack.ensemble import sampled_logits
+
+    model = _model({**CONVNET, "estimator": "ste"})
+    x = torch.randn(3, *get_dataset("digits").shape)
+    with torch.no_grad():
+        want = model(x)
+        got = sampled_logits(model, x, 3)
+    assert all(torch.allclose(got[s], want, rtol=1e-5, atol=1e-5) for s in range(3))
+    with pytest.raises(NotPackable, match="evaluation mode only"):
+        PackedModel([model] * 2).train()(torch.cat([x, x]))

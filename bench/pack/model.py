@@ -150,7 +150,11 @@ class PackedBatchNorm(_PackedLeaf):
     def __init__(self, members: Sequence[nn.Module], rngs: Sequence[MemberRng | None]):
         super().__init__(members, rngs)
         b0 = members[0]
+        # one module several times (an ensemble of samples of one network): evaluation only, its buffers as they are
+        object.__setattr__(self, "shared", len({id(bn) for bn in members}) < len(members))
         for name in ("running_mean", "running_var", "num_batches_tracked"):
+            if self.shared:
+                break
             if getattr(b0, name, None) is None:
                 continue
             stacked = torch.stack([getattr(bn, name) for bn in members]).detach().clone()
@@ -163,6 +167,8 @@ class PackedBatchNorm(_PackedLeaf):
         xs = x.view(m, -1, *x.shape[1:])
         b = xs.shape[1]
         inp = xs.transpose(0, 1).reshape(b, m * xs.shape[2], *xs.shape[3:])
+        if self.shared:
+            return self._shared_forward(inp, x.shape, b)
         if self.training and b0.track_running_stats:
             self.num_batches_tracked.add_(1)  # every member's count, through the views
         use_batch = self.training or not b0.track_running_stats
@@ -173,6 +179,17 @@ class PackedBatchNorm(_PackedLeaf):
         rv = self.running_var.view(-1) if b0.track_running_stats else None
         out = F.batch_norm(inp, rm, rv, weight, bias, use_batch, b0.momentum, b0.eps)
         return out.view(b, m, -1, *out.shape[2:]).transpose(0, 1).reshape(x.shape)
+
+
+    def _shared_forward(self, inp: Tensor, shape: torch.Size, b: int) -> Tensor:
+        b0, m = self.members[0], self.m
+        if self.training:
+            raise NotPackable("a pack that holds one BatchNorm several times runs in evaluation mode only")
+        stats = [b0.running_mean.repeat(m), b0.running_var.repeat(m)] if b0.track_running_stats else [None, None]
+        weight = b0.weight.repeat(m) if b0.affine else None
+        bias = b0.bias.repeat(m) if b0.affine else None
+        out = F.batch_norm(inp, *stats, weight, bias, not b0.track_running_stats, 0.0, b0.eps)
+        return out.view(b, m, -1, *out.shape[2:]).transpose(0, 1).reshape(shape)
 
 
 class PackedPReLU(_PackedLeaf):
@@ -243,6 +260,8 @@ class PackedModel(nn.Module):
             raise NotPackable(f"the model ({type(top).__name__}) holds parameters of its own; not packed")
         if len({type(mod) for mod in models}) != 1:
             raise NotPackable("the members' models are of different classes")
+        if len({id(mod) for mod in models}) not in (1, len(models)):
+            raise NotPackable("a pack holds distinct models, or one model several times (an ensemble), not a mix")
         # the forward code and parameter-free modules; the parametric leaves are replaced, so their tensors are
         # shared with member 0 in the copy rather than copied (the memo maps each to itself)
         memo: dict[int, object] = {id(t): t for t in [*top.parameters(), *top.buffers()]}
