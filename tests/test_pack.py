@@ -366,3 +366,34 @@ def test_ensemble_of_a_deterministic_model_repeats_its_forward():
     assert all(torch.allclose(got[s], want, rtol=1e-5, atol=1e-5) for s in range(3))
     with pytest.raises(NotPackable, match="evaluation mode only"):
         PackedModel([model] * 2).train()(torch.cat([x, x]))
+
+
+def test_an_interrupted_pack_resumes_to_the_solo_results(tmp_path):
+    """A crash at the end of an epoch (a callback raising) leaves the members' checkpoints one epoch apart; the
+    resumed pack continues each from its own and ends where uninterrupted solo runs end."""
+    from bench.pack import train_pack
+
+    configs = [{**MLP, "estimator": "ste", "seed": 0},
+               {**MLP, "estimator": "biper", "seed": 1, "stage_handoff": "best"},
+               {**MLP, "estimator": next(n for n in WEIGHT_ESTIMATORS if est_class(n).stochastic), "seed": 2}]
+    specs = [resolve({**c, "epochs": 4, "limit_train_batches": 3, "checkpoint_dir": str(tmp_path / str(i))})
+             for i, c in enumerate(configs)]
+
+    def crash(record: dict[str, Any]) -> None:
+        if record["global_epoch"] == 2:
+            raise RuntimeError("worker lost")
+
+    with default_dtype(torch.float64):
+        with pytest.raises(RuntimeError, match="worker lost"):
+            train_pack(specs, callbacks=[[], [crash], []])
+        sizes: list[int] = []
+        resumed = train_pack([s.with_execution(resume=True) for s in specs],
+                             step_hooks=[lambda step, losses, active: sizes.append(len(active)) if step == 0 else None])
+        solo = [train(s.with_execution(checkpoint_dir=None)) for s in specs]
+    assert sizes == [1, 3]  # the member one epoch behind trains its epoch alone, then all three together
+    for r, s in zip(resumed, solo, strict=True):
+        assert r.status == s.status == "finished"
+        assert [h["global_epoch"] for h in r.history] == [0, 1, 2, 3]
+        for a, b in zip(r.history, s.history, strict=True):
+            assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-9) and a["test_top1"] == b["test_top1"]
+        assert r.eval_modes == s.eval_modes

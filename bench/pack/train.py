@@ -109,12 +109,12 @@ def start_members(specs: Sequence[RunSpec], callbacks: Sequence[list[EpochCallba
     if len(keys) != 1:
         raise ConfigError("these runs do not pack (they differ in model, data, batch size, epochs or device); "
                           "group them with bench.pack.packable")
-    if any(s.config.resume for s in specs):
-        raise ConfigError("resuming packed runs is not supported yet: run them without --resume")
     members = []
     for i, spec in enumerate(specs):
         run = setup(spec, list(callbacks[i]) if callbacks else [], Reporter(enabled=False), [])
-        members.append(Member(run, MemberRng(run.device), any(e.stochastic for e in run.estimators)))
+        # a resumed member continues where its checkpoint stands, with the random state it saved
+        members.append(Member(run, MemberRng(run.device), any(e.stochastic for e in run.estimators),
+                              stage=run.state["stage"], epoch=run.state["epoch"]))
     _share_data(members)
     return members
 
@@ -134,8 +134,16 @@ class Pack:
     def __init__(self, members: list[Member], step_hooks: list[StepHook]):
         self.members = members
         self.step_hooks = step_hooks
-        self.active = [m for m in members if m.run.status == "running"]
-        self.packed = self._build() if self.active else None
+        self.active: list[Member] = []
+        self.packed: PackedModel | None = None
+        running = [m for m in members if m.run.status == "running"]
+        if running:  # a model that does not pack is refused before anything trains
+            self._pack(running)
+
+    def _pack(self, members: list[Member]) -> None:
+        if [id(m) for m in members] != [id(m) for m in self.active]:
+            self.active = members
+            self.packed = self._build()
 
     def _build(self) -> PackedModel:
         rngs = [m.rng if m.stochastic else None for m in self.active]
@@ -145,22 +153,24 @@ class Pack:
         return packed
 
     def run(self) -> list[RunResult]:
-        epochs = sum(s.epochs for s in self.members[0].run.spec.stages)
-        for _ in range(epochs):
-            if not self.active:
-                break
+        """Every epoch of the plan: the members that stand at it (all, unless a resume left some ahead) train as
+        one pack; a member that diverged is gone from the next epoch's pack; then each member's result."""
+        for m in self.members:
+            if m.run.status == "running":
+                with m.rng.active():
+                    _catch_up(m)
+        for g in range(sum(s.epochs for s in self.members[0].run.spec.stages)):
+            members = [m for m in self.members if m.run.status == "running" and _position(m) == g]
+            if not members:
+                continue
+            self._pack(members)
             for m in self.active:
                 with m.rng.active():
                     _begin_epoch(m)
             records = self.train_epoch()
-            survivors = []
             for m, record in zip(self.active, records, strict=True):
                 with m.rng.active():
-                    if _end_epoch(m, record):
-                        survivors.append(m)
-            if len(survivors) != len(self.active):  # a member diverged: the others go on without it
-                self.active = survivors
-                self.packed = self._build() if survivors else None
+                    _end_epoch(m, record)
         results = []
         for m in self.members:
             with m.rng.active():
@@ -229,12 +239,27 @@ class Pack:
         return losses, logits
 
 
+def _position(m: Member) -> int:
+    """The member's next epoch, counted over its whole stage plan."""
+    return sum(s.epochs for s in m.run.spec.stages[: m.stage]) + m.epoch
+
+
+def _catch_up(m: Member) -> None:
+    """A resumed member whose checkpoint ends a stage: that stage opened and closed (its hand-off), as the solo
+    loop's ``run_stage`` does with no epoch left to run."""
+    stages = m.run.spec.stages
+    while m.stage < len(stages) and m.epoch >= stages[m.stage].epochs:
+        m.optimizer, m.scheduler, _ = open_stage(m.run, stages[m.stage])
+        close_stage(m.run, stages[m.stage])
+        m.stage, m.epoch = m.stage + 1, 0
+
+
 def _begin_epoch(m: Member) -> None:
     """The solo loop's start of an epoch for one member: its stage's start where one begins, its progress, the
     state a diverged epoch is replayed from."""
     run = m.run
     stage = run.spec.stages[m.stage]
-    if m.epoch == 0:
+    if m.epoch == 0 or m.optimizer is None:  # a stage starts, or a resumed member continues inside one
         m.optimizer, m.scheduler, _ = open_stage(run, stage)
     progress = Progress(stage.index, stage.name, m.epoch, stage.epochs)
     for e in run.estimators:
