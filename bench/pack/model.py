@@ -282,7 +282,7 @@ class PackedModel(nn.Module):
 
 @torch.no_grad()
 def check_per_member(packed: PackedModel, in_shape: Sequence[int], rngs: Sequence[MemberRng | None],
-                     device: torch.device, batch: int = 3, rtol: float = 1e-4) -> None:
+                     device: torch.device, batch: int = 3, rtol: float = 1e-3) -> None:
     """Refuse a model whose forward is not per sample: the packed forward (evaluation mode) must give each
     member's own forward on a random input. Random states are left as they were (every member's included)."""
     was = packed.training
@@ -298,10 +298,13 @@ def check_per_member(packed: PackedModel, in_shape: Sequence[int], rngs: Sequenc
                     rng.cpu_state, rng.cuda_state = saved[i]
                 with _in_rng(rng):
                     solo = model(x).float().view(batch, -1)
-                scale = solo.abs().max().clamp_min(1.0)
-                if not torch.allclose(out[i], solo, rtol=rtol, atol=rtol * float(scale)):
-                    raise NotPackable(f"the model's forward is not per sample: packed member {i} computes "
-                                      f"{(out[i] - solo).abs().max().item():.3g} away from its own forward")
+                # a relative L2 distance, not an elementwise one: in a large binary network a rounding difference
+                # may flip one activation's sign near zero, which moves a few outputs a little; a forward that
+                # mixes the batch moves them all
+                dist = float((out[i] - solo).norm() / solo.norm().clamp_min(1e-12))
+                if not dist <= rtol:
+                    raise NotPackable(f"the model's forward is not per sample: packed member {i}'s output is "
+                                      f"{dist:.3g} (relative L2) away from its own forward")
     finally:
         for r, s in zip(rngs, saved, strict=True):
             if r is not None:

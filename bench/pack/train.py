@@ -86,8 +86,13 @@ class Member:
 def train_pack(specs: Sequence[RunSpec], callbacks: Sequence[list[EpochCallback]] | None = None,
                step_hooks: Sequence[StepHook] = (), fallback: bool = True) -> list[RunResult]:
     """Train ``specs`` (one pack: :func:`packable`) as one program; one result per spec, in order, each what
-    ``bench.train.train(spec)`` returns. A model that does not pack (:class:`NotPackable`) trains its members one
-    after another when ``fallback``, else raises."""
+    ``bench.train.train(spec)`` returns (its checkpoints, with ``checkpoint_dir``, in its own folder as the solo
+    run writes them; with ``resume`` each member continues from its own). ``callbacks[i]`` get member i's epoch
+    records; ``step_hooks`` every packed step. A model that does not pack (:class:`NotPackable`) trains its
+    members one after another when ``fallback``, else raises.
+
+    A member's ``epoch_seconds`` is its share of the pack's epoch (the pack's wall time over its members): what
+    packing cost it, not what the member costs alone, so step-cost comparisons between estimators need solo runs."""
     members = start_members(specs, callbacks)
     try:
         return Pack(members, list(step_hooks)).run()
