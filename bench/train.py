@@ -209,6 +209,12 @@ def count_params(model: nn.Module) -> dict[str, int]:
             "layers": len(layers), "estimator_state": quant}
 
 
+def loss_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Logits as the loss reads them: float32 at least (bf16 autocast's logits are upcast), float64 kept (a
+    float64 run, such as an equivalence test's, computes its loss in float64 too)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def training_step(model: nn.Module, est: Estimator | None, weight_qs: list, constrained: list,
                   optimizer: torch.optim.Optimizer, scheduler, xb: torch.Tensor, yb: torch.Tensor,
                   autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +222,7 @@ def training_step(model: nn.Module, est: Estimator | None, weight_qs: list, cons
     step, learning-rate schedule, the estimator's projection. Returns (loss, logits) without a host sync."""
     with autocast():
         logits = model(xb)
-        loss = F.cross_entropy(logits.float(), yb)
+        loss = F.cross_entropy(loss_precision(logits), yb)
         extra = est.extra_loss(weight_qs) if est is not None else None
         total = loss + extra if extra is not None else loss
     optimizer.zero_grad(set_to_none=True)
@@ -245,7 +251,7 @@ def evaluate(model: nn.Module, est: Estimator | None, loader, mode: str, topk: b
     for xb, yb in loader.batches():
         with autocast():
             logits = est.predict(model, xb, mode) if est is not None else model(xb)
-        logits = logits.float()
+        logits = loss_precision(logits)
         loss += F.cross_entropy(logits, yb, reduction="sum")
         if topk:
             top = logits.topk(5, dim=1).indices
@@ -376,6 +382,11 @@ def fit(run: _Run) -> RunResult:
     for stage in run.spec.stages:
         if run.status == "running" and stage.index >= run.state["stage"]:
             run_stage(run, stage)
+    return finish(run)
+
+
+def finish(run: _Run) -> RunResult:
+    """The run's ending: its status, result and final checkpoint (after its last stage, or its divergence)."""
     if run.status == "running":
         run.status = "finished"
     result = _result(run)
@@ -390,6 +401,16 @@ def fit(run: _Run) -> RunResult:
 def run_stage(run: _Run, stage: StagePlan) -> None:
     """One stage: its hyperparameters, optimizer and schedule (restored when resuming inside it), its epochs,
     then the hand-off of its best weights to the next stage where the config asks for it."""
+    optimizer, scheduler, start = open_stage(run, stage)
+    for epoch in range(start, stage.epochs):
+        if not run_epoch(run, stage, epoch, optimizer, scheduler):
+            break
+    close_stage(run, stage)
+
+
+def open_stage(run: _Run, stage: StagePlan) -> tuple[torch.optim.Optimizer, Any, int]:
+    """A stage's start: the estimators hear it, its optimizer and schedule (restored when resuming inside it);
+    returns them and the epoch to start from."""
     for e in run.estimators:  # a stage's hyperparameter overrides are the weight estimator's
         e.begin_stage(stage.index, Stage(stage.name, 1.0, stage.estimator if e is run.est else {}))
     optimizer = make_optimizer(run.model, stage)
@@ -402,9 +423,11 @@ def run_stage(run: _Run, stage: StagePlan) -> None:
         start = run.state["epoch"]
         optimizer.load_state_dict(run.state["optimizer"])
         scheduler.load_state_dict(run.state["scheduler"])
-    for epoch in range(start, stage.epochs):
-        if not run_epoch(run, stage, epoch, optimizer, scheduler):
-            break
+    return optimizer, scheduler, start
+
+
+def close_stage(run: _Run, stage: StagePlan) -> None:
+    """A stage's end: the hand-off of its best weights where the config asks for it, the hooks, the state."""
     last = stage.index == len(run.spec.stages) - 1
     if run.status == "running" and not last and run.cfg.stage_handoff == "best":
         file = run.ckpt_dir / f"best_stage{stage.index}.pt" if run.ckpt_dir else None
@@ -421,6 +444,13 @@ def run_epoch(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler) -> 
         e.set_progress(progress)
     start = EpochStart.take(run.model, optimizer, scheduler)
     record = train_epoch(run, stage, epoch, optimizer, scheduler)
+    return close_epoch(run, stage, epoch, optimizer, scheduler, record, start)
+
+
+def close_epoch(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler, record: dict[str, Any],
+                start: EpochStart) -> bool:
+    """After an epoch's training steps (``record``): the divergence check, evaluation, diagnostics, best epoch,
+    hand-off weights, checkpoint and callbacks; False when it diverged."""
     bad = nonfinite(run.model)  # a binarizer maps NaN/inf to +-1: the loss alone can miss them
     if bad or not math.isfinite(record["train_loss"]):
         # the epoch again from its start, checked step by step: the layer where it went non-finite, not the first
