@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report import style
-from bench.report.collect import LAYER_METRIC, Collected, display_label
+from bench.report.collect import Collected, display_label
 from bench.report.layers import layer_frame
 from bench.report.stats import t_interval
 

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report.collect import Collected, display_label, method_label, published_table
-from bench.report.stats import CELL, _known, discrimination, lift_table
+from bench.report.stats import CELL, _by_seed, _known, _pair, discrimination, lift_table
 
 LATE_GAIN = 0.5  # test top-1 points gained over the last quarter of the epochs: more means still learning
 
@@ -104,15 +104,42 @@ def _with_lift(lb: pd.DataFrame, c: Collected) -> pd.DataFrame:
 
 def leaderboard(c: Collected) -> pd.DataFrame:
     """One row per (dataset, network, bits, recipe, estimator); FP first, then the control, then the methods.
-    ``best`` marks the best method of each cell (never the control)."""
+    ``best`` marks the methods set in bold (never the control): the best method of each cell alone where it is
+    ahead of the next with a paired 95% interval above 0, else it and every method it does not beat so (``tied``);
+    ``ahead_of_next`` on the best row says by how much, in words."""
     pub = published_table()
     lb = pd.DataFrame([_lb_row(key, g, pub) for key, g in c.runs.groupby([*CELL, "estimator"], sort=False)])
     lb["fp_first"] = (lb["role"] != "baseline").astype(int)
     lb["control_first"] = (lb["role"] != "control").astype(int)
     lb = lb.sort_values(["dataset", "network", "fp_first", "bits", "recipe", "control_first", "estimator"])
     lb = _with_lift(lb.drop(columns=["fp_first", "control_first"]), c)
-    lb["best"] = False
-    for _, g in lb[lb.role == "method"].groupby(["dataset", "network", "bits", "recipe"]):
-        if g["top1_mean"].notna().any():
-            lb.loc[g["top1_mean"].idxmax(), "best"] = True
+    lb["best"], lb["tied"], lb["ahead_of_next"] = False, False, ""
+    runs = c.runs[(c.runs.status == "finished") & (c.runs.role == "method")]
+    for cell, g in lb[lb.role == "method"].groupby(["dataset", "network", "bits", "recipe"]):
+        if not g["top1_mean"].notna().any():
+            continue
+        bold, margin = leaders(runs[(runs[CELL] == pd.Series(cell, index=CELL)).all(axis=1)], g)
+        lb.loc[g.index[g.estimator.isin(bold)], "best"] = True
+        lb.loc[g.index[g.estimator.isin(bold)], "tied"] = len(bold) > 1
+        lb.loc[g["top1_mean"].idxmax(), "ahead_of_next"] = margin
     return lb.reset_index(drop=True)
+
+
+def leaders(runs: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[str], str]:
+    """The estimators of one cell set in bold, and the best one's lead over the next in words.
+
+    The best (highest mean) is bold alone when it beats every other method with a paired 95% Student-t
+    interval above 0 over shared seeds; every method it does not beat so shares the bold (with fewer than 2
+    pairs nothing can be told apart, so they share it too)."""
+    ranked = rows.dropna(subset=["top1_mean"]).sort_values("top1_mean", ascending=False)
+    best = ranked.estimator.iloc[0]
+    bold = [best]
+    for est in ranked.estimator.iloc[1:]:
+        n, _mean, lo, _hi = _pair(_by_seed(runs, best), _by_seed(runs, est))
+        if n < 2 or not lo > 0:
+            bold.append(est)
+    if len(ranked) < 2:
+        return bold, ""
+    nxt, name = ranked.estimator.iloc[1], ranked.display.iloc[1]
+    n, mean, lo, hi = _pair(_by_seed(runs, best), _by_seed(runs, nxt))
+    return bold, f"{mean:+.2f} [{lo:.2f}, {hi:.2f}] over {name} (n={n})" if n >= 2 else f"no paired seeds with {name}"

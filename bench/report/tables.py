@@ -15,6 +15,7 @@ from bench.errors import BinbenchError
 from bench.report import complexity, escape, latex
 from bench.report.collect import Collected, method_label, reference
 from bench.report.leaderboard import LATE_GAIN, _setting_labels, leaderboard
+from bench.report.paths import relative
 from bench.report.stats import FLAG, _known, diagnostics_table, discrimination, paired
 
 FINAL_COL, VAL_COL, BEST_COL = "Final-epoch Top-1", "Val-selected Top-1", "Best test epoch (selected on test)"
@@ -48,7 +49,8 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
         f"git commit(s): {', '.join(sorted(df.git_commit.unique()))}; torch {', '.join(sorted(df.torch.unique()))}",
         f"hardware: {'; '.join(sorted(set(df.cpu + ' / GPU: ' + df.gpu)))}; runs from {start} to {end}",
         "made by: " + (" && ".join(commands) if commands else f"binbench suite run {c.suite}")
-        + f", then: binbench report {c.suite} --results-dir {results_dir}",
+        + f", then: binbench report {c.suite}" + ("" if _default_results(c.suite, results_dir) else
+                                                  " --results-dir THIS_FOLDER"),
         f"tracking store: {c.uri}",
     ]
     points = df["search_point"].replace("", pd.NA).dropna().unique() if "search_point" in df else []
@@ -60,7 +62,12 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
     design = suite_description(c)
     if design:
         lines.append(f"design (the suite file's description): {design}")
-    return lines
+    return [relative(x, results_dir) for x in lines]  # no machine path in a committed report
+
+
+def _default_results(suite: str, results_dir: Path) -> bool:
+    """Whether ``results_dir`` is the suite's default results folder (``results/<suite>`` here)."""
+    return Path(results_dir).resolve() == (Path("results") / suite).resolve()
 
 
 def suite_description(c: Collected) -> str:
@@ -208,8 +215,10 @@ LEGEND = (f"{FINAL_COL}: test accuracy at the last epoch, mean ± sample std ove
           "mean and 95% Student-t interval (n pairs); the control keeps its binary weights at their initial "
           f"signs, so a method that does not beat it shows no learning in its binary weights. †: {FLAG} ({{ref}} does "
           "not beat the control with a 95% interval above 0). Late gain: test top-1 points gained over the last "
-          f"quarter of the epochs, mean over seeds; ↑: more than {LATE_GAIN}, still learning. Bold: best binary "
-          "method of its network, bits and recipe (the control is never ranked). Published: "
+          f"quarter of the epochs, mean over seeds; ↑: more than {LATE_GAIN}, still learning. Bold: the best "
+          "binary method of its network, bits and recipe, alone where it is ahead of the next with a paired 95% "
+          "interval above 0 over the same seeds, else together with every method it does not beat so (tied; the "
+          "control is never ranked). Published: "
           "bench/reference/published.csv (each row names its paper and table); Δ = ours − published, only where the "
           "dataset and network match (a method the papers name differently is matched by its declared published "
           "name).")
@@ -222,22 +231,21 @@ PAIRED_LEGEND = ("Δ: mean over shared seeds of (estimator − {ref}), resp. (es
 
 
 def caption(c: Collected, lb: pd.DataFrame) -> str:
-    """The LaTeX table's caption: what is shown, the suite, its budget, seeds and hardware, and the marks."""
+    """The LaTeX table's caption: what is shown, the suite, its budget, seeds and the marks; never the machine
+    (its CPU and paths are in the provenance comment above the table)."""
     df = c.runs
     epochs = "; ".join(f"{m}: {', '.join(map(str, sorted(g['epochs'].unique())))} epochs"
                        for m, g in df.groupby("model"))
     seeds = sorted(df.seed.unique())
-    hw = "; ".join(sorted(set(df.cpu + (" + " + df.gpu).where(~df.gpu.isin(["none", "?", ""]), ""))))
     modes = "; ".join(f"{r.display}: {r.eval_mode} evaluation" for r in lb.drop_duplicates("display").itertuples()
                       if r.eval_mode not in ("default", ""))
     parts = [f"Suite {c.suite}: final-epoch test top-1 (%), mean ± sample std over {len(seeds)} seeds "
-             f"({', '.join(map(str, seeds))}); budget {epochs}; hardware {hw}.",
-             "FP: the full-precision network, repeated under each bits column of its network.",
-             "Bold: best method of its column (the control is never ranked)."]
+             f"({', '.join(map(str, seeds))}); budget {epochs}.",
+             "FP: the full-precision network; control: binary weights fixed at their initial signs (never ranked)."]
     if (lb.get("cell_check", pd.Series(dtype=str)) == "cannot discriminate").any():
         parts.append(f"†: {FLAG} ({reference()} does not beat the control with a 95% interval above 0).")
     if lb.published.notna().any():
-        parts.append("pub.: published top-1 (bench/reference/published.csv).")
+        parts.append("Pub.: published top-1 (bench/reference/published.csv), not the same experiment.")
     return " ".join(parts + ([modes + "."] if modes else []))
 
 
@@ -254,7 +262,20 @@ def _markdown(c: Collected, disp: pd.DataFrame, lb: pd.DataFrame, head: list[str
     for ds, g in disp.groupby(lb["dataset"], sort=False):
         notes = [escape.markdown(n) for n in _flag_notes(d, ds)]
         md += [f"## {escape.markdown(ds)}", "", md_table(g), ""] + ([*notes, ""] if notes else [])
+        md += [f"- {escape.markdown(x)}" for x in lead_lines(lb[lb.dataset == ds])] + [""]
     return md + [legend(), ""]
+
+
+def lead_lines(lb: pd.DataFrame) -> list[str]:
+    """Per cell, the best method's paired lead over the next and whether it is bold alone or tied."""
+    out = []
+    for r in lb[lb.ahead_of_next.fillna("") != ""].itertuples():
+        cell = lb[(lb.network == r.network) & (lb.bits == r.bits) & (lb.recipe == r.recipe) & lb.best]
+        how = ("bold alone" if len(cell) == 1 else
+               f"tied with {', '.join(cell.display[cell.estimator != r.estimator])} (all bold)")
+        out.append(f"lead in {r.network} {r.bits} {r.recipe}: {r.display} {r.ahead_of_next}, 95% paired "
+                   f"t-interval; {how}")
+    return out
 
 
 @dataclass
