@@ -16,10 +16,12 @@ t-intervals; ratio to the FP baseline), ``diagnostics.csv`` (QE, Laplace b, flip
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 from bench.errors import BinbenchError
+from bench.report import notes as notes_mod
 from bench.report.collect import (
     DIAG,
     LAYER_METRIC,
@@ -48,9 +50,27 @@ from bench.report.tables import (
 
 def write_figures(c: Collected, out: Path) -> list[Path]:
     """The report's figures (PNG and PDF) under ``out``; returns the PNG paths (see :mod:`bench.report.figures`)."""
-    from bench.report.figures import write_figures as write
+    return [p for p, _caption in write_captioned(c, out)]
+
+
+def write_captioned(c: Collected, out: Path) -> list[tuple[Path, str]]:
+    """The report's figures with their captions (what each shows), as report.html prints them."""
+    from bench.report.figures import write_captioned as write
 
     return write(c, out)
+
+
+def _suite_facts(suite: str) -> tuple[tuple[str, ...], dict[str, float | None] | None]:
+    """(the searched keys, each grid trial's key with its budget) from the suite file as it is now; without a
+    file that loads, nothing is searched and every trial in the store counts."""
+    try:
+        from bench.suite import load_suite
+
+        loaded = load_suite(suite, max_trials=sys.maxsize)  # the store is there: no bound to enforce
+    except BinbenchError:
+        return (), None
+    return (tuple(sorted(loaded.search["space"])) if loaded.search else (),
+            {t.key: t.budget for t in loaded.trials})
 
 
 def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str | None = None,
@@ -71,24 +91,18 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise BinbenchError(f"no MLflow store at {uri[len('sqlite:///'):]}: run `binbench suite run {suite}` first, "
                             "or pass --results-dir / --tracking-uri")
-    search_keys: tuple[str, ...] = ()
-    trials: set[str] | None = None  # without a suite file that loads, every trial in the store counts
-    try:
-        from bench.suite import load_suite
-
-        loaded = load_suite(suite, max_trials=sys.maxsize)  # the store is there: no bound to enforce
-        search_keys = tuple(sorted(loaded.search["space"])) if loaded.search else ()
-        trials = {t.key for t in loaded.trials}
-    except BinbenchError:
-        pass
-    c = collect(uri, name, search_keys, trials)
-    c.notes = [*c.notes, *(notes or [])]
+    search_keys, trials = _suite_facts(suite)
     out = Path(out_dir or results)
     out.mkdir(parents=True, exist_ok=True)
+    c = collect(uri, name, search_keys, trials)
+    c = dataclasses.replace(c, notes=[*c.notes, *notes_mod.merged(out, notes or [])])  # stored notes kept
     t = tables(c, out)
     paths = write_tables(c, out, t)
-    figs = write_figures(c, out)
-    paths["html"] = write_html(c, t, out, figs)
+    captioned = write_captioned(c, out)
+    figs = [p for p, _caption in captioned]
+    paths["html"] = write_html(c, t, out, captioned)
+    if (out / notes_mod.FILE).is_file():
+        paths["notes"] = out / notes_mod.FILE
     from bench.record import log_report
 
     log_report(uri, name, [*paths.values(), *figs])  # the suite's latest parent run keeps what its report showed

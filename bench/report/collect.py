@@ -24,20 +24,23 @@ DIAG = ("diag/qe", "diag/laplace_b", "diag/flip")
 LAYER_METRIC = re.compile(r"diag/(.+)/(flip|qe)$")
 
 
+BUDGET_TAG = "binbench.budget"  # the share of its cell's epochs a run of a suite with ``budgets`` trained
 #: final metrics a row may lack (older stores, runs without a validation split): nan columns, not KeyErrors
 FINAL_METRICS = ("top1", "best_top1", "selected_top1", "late_gain", "params_binary_weights",
                  "params_layer_weights", "params_binary_layers", "params_layers")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Collected:
     suite: str
     uri: str
-    runs: pd.DataFrame  # one row per counted trial (finished or diverged)
-    curves: pd.DataFrame  # per epoch: run_id, step, stage, test_top1, diag metrics
+    runs: pd.DataFrame  # one row per counted trial (finished or diverged); with budgets, the largest budget's
+    curves: pd.DataFrame  # per epoch of ``runs``: run_id, step, stage, test_top1, diag metrics
     parents: list[dict[str, Any]]
     ignored: int  # runs not counted: duplicates, failed, killed, still running
     notes: list[str] = field(default_factory=list)  # the reporter's own notes, printed in every header
+    #: every counted run of a suite with ``budgets`` (each budget's), with its ``budget``; empty without budgets
+    budgets: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def published_table() -> pd.DataFrame:
@@ -63,6 +66,13 @@ def _role(tags: dict[str, str]) -> str:
     if tags.get("role"):
         return tags["role"]
     return "baseline" if est == FP else ESTIMATORS.get(est).role if est in ESTIMATORS else "method"
+
+
+def _float(v: str | None) -> float:
+    try:
+        return float(v) if v is not None else math.nan
+    except ValueError:
+        return math.nan
 
 
 def _param(p: dict[str, str], key: str) -> str | None:
@@ -100,7 +110,8 @@ def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any
            "val_split": _param(p, "val_split"),
            "widths": _param(p, "model_args.hidden") or _param(p, "model_args.widths"),
            "first_last_binary": _param(p, "model_args.binarize_first_last") == "True",
-           "stage_epochs": t.get(tg.STAGE_EPOCHS_TAG), "dataset_source": t.get(tg.DATA_SOURCE_TAG)}
+           "stage_epochs": t.get(tg.STAGE_EPOCHS_TAG), "dataset_source": t.get(tg.DATA_SOURCE_TAG),
+           "budget": _float(t.get(BUDGET_TAG))}
     # final metrics never overwrite the params and tags above: a run logs its last epoch's ``lr`` as a metric,
     # and that value (a cosine schedule's ~0 at the end) is not the lr the run was configured with
     row.update({k: v for k, v in m.items() if ("/" not in k or k in DIAG) and k not in row})
@@ -110,12 +121,14 @@ def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any
     return row
 
 
-def collect(uri: str, suite: str, search_keys: tuple[str, ...] = (), trials: set[str] | None = None) -> Collected:
+def collect(uri: str, suite: str, search_keys: tuple[str, ...] = (),
+            trials: set[str] | dict[str, float | None] | None = None) -> Collected:
     """Trial runs of ``suite``: each run key once (its latest finished run, else its latest diverged one).
 
     ``trials``: the grid trial keys of the suite as its file defines it now; runs of other trials (an earlier
     definition of the suite, or a binbench that resolved configurations differently) are left out and said so
-    in the notes. None: every trial in the store counts."""
+    in the notes. None: every trial in the store counts. A mapping gives each trial key's budget (suites with
+    ``budgets``), for runs recorded before their budget was tagged."""
     from bench import tracking
 
     client = tracking.mlflow_client(uri)
@@ -138,12 +151,24 @@ def collect(uri: str, suite: str, search_keys: tuple[str, ...] = (), trials: set
             df[col] = math.nan
     df["rank"] = (df["status"] == "finished").astype(int)  # a finished run wins over a diverged one, then the latest
     df = df.sort_values(["rank", "start"]).groupby("key", as_index=False).tail(1).drop(columns="rank")
+    df["budget"] = df["budget"].fillna(df["key"].map(trials if isinstance(trials, dict) else {}).astype(float))
+    main, budgets = split_budgets(df.reset_index(drop=True))
     notes = [f"{len({tracking.trial_of(r) for r in outside})} trial(s) of another definition of the suite in the "
              "store are not counted (its file changed since they ran)"] if outside else []
-    return Collected(suite, uri, df.reset_index(drop=True), _collect_curves(client, df),
+    return Collected(suite, uri, main, _collect_curves(client, main),
                      [{"tags": r.data.tags, "start": r.info.start_time} for r in client.search_runs(
                          [exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'suite'")],
-                     len(runs) - len(df), notes)
+                     len(runs) - len(df), notes, budgets)
+
+
+def split_budgets(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the runs every table and figure but the budget ones count: those without a budget or at the suite's
+    largest, every run with a budget). Pooling budgets would average a 3-epoch run with a 12-epoch one."""
+    has = df["budget"].notna()
+    if not has.any():
+        return df, df.iloc[0:0]
+    main = df[~has | (df["budget"] == df.loc[has, "budget"].max())]
+    return main.reset_index(drop=True), df[has].reset_index(drop=True)
 
 
 def _collect_curves(client: Any, df: pd.DataFrame) -> pd.DataFrame:

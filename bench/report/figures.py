@@ -213,7 +213,10 @@ def _leaders(panel: pd.DataFrame, y: str) -> pd.DataFrame:
 
 def _legend_below(fig: Any, axes: list[Any]) -> None:
     """One legend for the figure, under its panels (a legend inside a panel covers data)."""
-    handles = {h.get_label(): h for ax in axes for h in ax.get_lines() if not h.get_label().startswith("_")}
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
     if not handles:
         fig.tight_layout()
         return
@@ -321,6 +324,37 @@ def _heat_panel(ax: Any, grid: pd.DataFrame, norm: Any, images: dict[str, Any], 
                                                   len(grid) - 0.5, -0.5))
     ax.set_yticks(range(len(grid)), list(grid.index) if show_layers else [])
     _epoch_axis(ax, pd.Series(grid.columns))
+
+
+def _fig_budget(budgets: pd.DataFrame, sty: dict[str, dict[str, Any]]) -> Any:
+    """Final top-1 against the training budget per method: mean and 95% t-interval over seeds, a panel per model
+    and bits; the x-axis in epochs (each budget a full run of that many epochs), log-spaced."""
+    from bench.report.budget import points
+
+    pts = points(budgets)
+    pts = pts.assign(display=[display_label(r) for r in pts[["estimator", "role"]].to_dict("records")])
+    cells = panels(pts)
+    fig, axes = _grid(len(cells), 2.3)
+    for ax, (m, b) in zip(axes, cells, strict=True):
+        panel = pts[(pts.model == m) & (pts.bits == b)]
+        for k, (label, g) in enumerate(panel.groupby("display", sort=True)):
+            st = sty.get(label) or style.method_style(g.estimator.iloc[0], g.role.iloc[0])
+            g = g.sort_values("epochs")
+            # intervals cut at 0 and 100 (top-1 lies there); methods side by side, not on top of each other
+            err = [(g["mean"] - g["low"].clip(lower=0)).fillna(0), (g["high"].clip(upper=100) - g["mean"]).fillna(0)]
+            dodge = 1 + 0.025 * (k - (panel.display.nunique() - 1) / 2)
+            ax.errorbar(g["epochs"] * dodge, g["mean"], yerr=err, color=st["color"], ls=st["ls"], capsize=2, lw=1, ms=3.2,
+                        label=label, **style.marker_kwargs(st))
+        ticks = sorted(panel.epochs.unique())
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{e}\n({bu:g})" for e, bu in zip(ticks, panel.drop_duplicates("epochs")
+                                                                    .sort_values("epochs").budget, strict=False)])
+        ax.minorticks_off()
+        ax.set_title(f"{m} {b}")
+        ax.set_xlabel("epochs (budget)")
+        ax.set_ylabel("final test top-1 (%)")
+    _legend_below(fig, axes)
+    return fig
 
 
 def _fig_sensitivity(runs: pd.DataFrame) -> Any:
@@ -456,6 +490,8 @@ def _draw_all(c: Collected, save: Any) -> None:
     save(estimators_figure([e for e in ests if e in list_estimators()]), "estimators")
     if runs.get("search_point", pd.Series(dtype=str)).replace("", pd.NA).notna().any():
         save(_fig_sensitivity(runs.assign(method=runs.display)), "sensitivity")
+    if not c.budgets.empty and c.budgets.budget.nunique() > 1:
+        save(_fig_budget(c.budgets[c.budgets.role != "baseline"], sty), "budget_curves")
 
 
 def at_print_size(fig: Any) -> Any:
@@ -482,8 +518,50 @@ def at_print_size(fig: Any) -> Any:
     return fig
 
 
+CAPTIONS = {
+    "accuracy_curves": "Test top-1 per epoch: the mean over seeds of each method (band: min-max over seeds), a "
+                       "panel per network and W/A; beside each, its last epochs with the leading methods (those "
+                       "ending within {lead:g} points of the best) on their own y-range. FP (black dotted) and the "
+                       "control (grey dashed) are reference lines at their final mean; one far outside the "
+                       "methods' range is named at the panel's edge. Dotted verticals: stage boundaries.",
+    "final_top1": "Final test top-1: mean and 95% Student-t interval over seeds per method (the tables' numbers), "
+                  "a panel per network and W/A, each with its own x-range holding the FP (black dotted) and "
+                  "control (grey dashed) means.",
+    "flip_ratio": "Flip ratio per epoch: the share of binary weights whose sign changed in that epoch, mean over "
+                  "binary layers and seeds, on a log axis (the control never flips and is left out).",
+    "layer_diagnostics": "Per-layer flip ratio and QE per epoch ({cell}), one row per method, layers by the "
+                         "model's own names; one log colour scale per metric for the whole figure (white: 0).",
+    "surrogates": "Surrogate gradients over the histogram of each method's latent weights at the first and last "
+                  "epoch (methods whose runs stored one).",
+    "estimators": "Every method's forward function (grey) and surrogate gradient over x in [-2, 2], one line per "
+                  "training progress e/E where the gradient has a schedule.",
+    "sensitivity": "Final top-1 of every searched setting per method: the box spans the settings, a dot is one "
+                   "setting and seed.",
+    "budget_curves": "Final top-1 against the training budget (epochs; each budget a full run with its schedule "
+                     "rescaled), mean and 95% Student-t interval over seeds per method, a panel per network and "
+                     "W/A; the rank agreement of each budget with the largest is in the rank-agreement table.",
+}
+
+
+def caption(name: str, fig: Any = None) -> str:
+    """What a figure shows, for the HTML page: from :data:`CAPTIONS` by its name, an estimator's own figure by
+    its title."""
+    if name.startswith("layer_diagnostics"):
+        cell = name[len("layer_diagnostics_"):].replace("_", " ") or "the suite's one cell"
+        return CAPTIONS["layer_diagnostics"].format(cell=cell)
+    if name in CAPTIONS:
+        return CAPTIONS[name].format(lead=ZOOM_LEAD)
+    titles = [ax.get_title().replace("\n", " ") for ax in (fig.axes if fig is not None else []) if ax.get_title()]
+    return f"An estimator's own figure ({name}): " + ("; ".join(titles) or "see its estimator's report_figures")
+
+
 def write_figures(c: Collected, out: Path) -> list[Path]:
     """The report's figures (PNG and PDF) under ``out``; returns the PNG paths."""
+    return [p for p, _caption in write_captioned(c, out)]
+
+
+def write_captioned(c: Collected, out: Path) -> list[tuple[Path, str]]:
+    """The report's figures (PNG and PDF) under ``out``: (PNG path, caption) of each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -491,15 +569,15 @@ def write_figures(c: Collected, out: Path) -> list[Path]:
 
     style.apply()
     out.mkdir(parents=True, exist_ok=True)
-    made: list[Path] = []
+    made: list[tuple[Path, str]] = []
 
     def save(fig: Any, name: str) -> None:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)  # model and bits names come from run tags
         for ext in ("png", "pdf"):
             # the figure keeps its print size: a tight box only trims white space (no text is scaled down)
             fig.savefig(out / f"{safe}.{ext}", dpi=style.PNG_DPI, bbox_inches="tight", pad_inches=0.02)
+        made.append((out / f"{safe}.png", caption(name, fig)))
         plt.close(fig)
-        made.append(out / f"{safe}.png")
 
     _draw_all(c, save)
     return made

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from bench.errors import BinbenchError
-from bench.report import complexity, escape, latex
+from bench.report import budget, complexity, escape, latex
 from bench.report.collect import Collected, method_label, reference
 from bench.report.leaderboard import LATE_GAIN, _setting_labels, leaderboard
 from bench.report.paths import relative
@@ -278,7 +278,7 @@ def lead_lines(lb: pd.DataFrame) -> list[str]:
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Tables:
     """One report's tables, computed once for every writer (Markdown, CSV, LaTeX, HTML)."""
 
@@ -288,6 +288,7 @@ class Tables:
     cx: pd.DataFrame  # complexity per network and bits
     head: list[str]  # provenance and setup lines
     checks: list[str]  # the control checks and late gains
+    ra: pd.DataFrame = field(default_factory=pd.DataFrame)  # rank agreement across budgets (suites with budgets)
 
 
 DIAG_LEGEND = ("QE: quantization error mean((w_hat − mean|w_hat| sign(w_hat))²) of the value w_hat each estimator "
@@ -298,8 +299,9 @@ DIAG_LEGEND = ("QE: quantization error mean((w_hat − mean|w_hat| sign(w_hat))�
 
 def tables(c: Collected, out: Path) -> Tables:
     lb = leaderboard(c)
+    ra = budget.rank_agreement(c.budgets) if not c.budgets.empty else pd.DataFrame()
     return Tables(lb, paired(c), diagnostics_table(c), complexity.summary(c.runs),
-                  provenance(c, out) + setup_lines(lb), summary_lines(c, lb))
+                  provenance(c, out) + setup_lines(lb), summary_lines(c, lb), ra)
 
 
 def write_tables(c: Collected, out: Path, t: Tables | None = None) -> dict[str, Path]:
@@ -318,32 +320,45 @@ def write_tables(c: Collected, out: Path, t: Tables | None = None) -> dict[str, 
            md_table(_paired_display(t.pr)), "", PAIRED_LEGEND.format(ref=ref), ""]
     if not t.dg.empty:
         md += ["## Diagnostics at the end of each stage", "", md_table(_diag_display(t.dg)), "", DIAG_LEGEND, ""]
+    if not t.ra.empty:
+        t.ra.to_csv(out / "rank_agreement.csv", index=False)
+        md += [f"## {RANK_TITLE}", "", md_table(budget.display(t.ra)), "", budget.LEGEND, ""]
     (out / "leaderboard.md").write_text("\n".join(md))
     tex = latex.render(t.lb, c.suite, caption(c, t.lb), t.head + t.checks, _flag_notes(discrimination(c)))
     (out / "leaderboard.tex").write_text(tex)
     (out / "complexity.md").write_text(complexity.markdown(t.cx, c.suite))
-    return {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "tex": out / "leaderboard.tex",
+    extra = {"rank_agreement": out / "rank_agreement.csv"} if not t.ra.empty else {}
+    return {**extra, "md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "tex": out / "leaderboard.tex",
             "paired": out / "paired.csv", "diagnostics": out / "diagnostics.csv",
             "complexity": out / "complexity.md", "complexity_csv": out / "complexity.csv"}
 
 
-def write_html(c: Collected, t: Tables, out: Path, figures: list[Path]) -> Path:
+def write_html(c: Collected, t: Tables, out: Path, figures: list[Path] | list[tuple[Path, str]]) -> Path:
     """``report.html`` beside the tables: the leaderboard, paired, complexity and diagnostics tables, every
     figure embedded, the provenance; self-contained (see :mod:`bench.report.html`)."""
     from bench.report import html
 
     d = discrimination(c)
     ref = reference()
-    sections = [(f"Leaderboard: {ds}", g, " ".join([*_flag_notes(d, ds), legend()]))
+    sections = [(f"Leaderboard: {ds}", g, " ".join([*_flag_notes(d, ds), *lead_lines(t.lb[t.lb.dataset == ds]),
+                                                     legend()]))
                 for ds, g in _shown(_lb_display(t.lb), t.lb).groupby(t.lb["dataset"], sort=False)]
     sections += [(f"Paired differences to {ref} and to the control (same seeds), ratio to FP",
                   _paired_display(t.pr), PAIRED_LEGEND.format(ref=ref)),
                  ("Model complexity", complexity.display(t.cx), complexity.LEGEND)]
     if not t.dg.empty:
         sections.append(("Diagnostics at the end of each stage", _diag_display(t.dg), DIAG_LEGEND))
+    if not t.ra.empty:
+        sections.append((RANK_TITLE, budget.display(t.ra), budget.LEGEND))
     path = out / "report.html"
-    path.write_text(html.render(c.suite, t.head, t.checks, sections, figures), encoding="utf-8")
+    from bench.report.figures import caption
+
+    captioned = [f if isinstance(f, tuple) else (f, caption(f.stem)) for f in figures]
+    path.write_text(html.render(c.suite, t.head, t.checks, sections, captioned), encoding="utf-8")
     return path
+
+
+RANK_TITLE = "Rank agreement across budgets (Kendall's tau with the largest budget)"
 
 
 def _ci(lo: float, hi: float) -> str:
