@@ -343,8 +343,8 @@ def _fig_budget(budgets: pd.DataFrame, sty: dict[str, dict[str, Any]]) -> Any:
             # intervals cut at 0 and 100 (top-1 lies there); methods side by side, not on top of each other
             err = [(g["mean"] - g["low"].clip(lower=0)).fillna(0), (g["high"].clip(upper=100) - g["mean"]).fillna(0)]
             dodge = 1 + 0.025 * (k - (panel.display.nunique() - 1) / 2)
-            ax.errorbar(g["epochs"] * dodge, g["mean"], yerr=err, color=st["color"], ls=st["ls"], capsize=2, lw=1, ms=3.2,
-                        label=label, **style.marker_kwargs(st))
+            ax.errorbar(g["epochs"] * dodge, g["mean"], yerr=err, color=st["color"], ls=st["ls"], capsize=2, lw=1,
+                        ms=3.2, label=label, **style.marker_kwargs(st))
         ticks = sorted(panel.epochs.unique())
         ax.set_xscale("log")
         ax.set_xticks(ticks, [f"{e}\n({bu:g})" for e, bu in zip(ticks, panel.drop_duplicates("epochs")
