@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 #: an absolute POSIX path not inside a word, a URL or a fraction (``W1A1/W1A32``, ``e/E`` and ``32/32`` stay)
-ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?:[\w.+@%=-]+/)*[\w.+@%=-]+/?")
+ABSOLUTE = re.compile(r"(?<![^\s='\"(,])/(?:[\w.+@%=-]+/)*[\w.+@%=-]+/?")
 SQLITE = re.compile(r"sqlite:///(/\S+)")
 
 
