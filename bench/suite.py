@@ -547,7 +547,7 @@ def expand_suite(where: str, g: _Grid, data_root: str | None) -> tuple[list[Tria
             trials += _at_budgets(where, t, g.budgets, problems) if g.budgets and t.spec else [t]
     if not trials and not problems:
         problems.append(f"{where}: the grid is empty (no estimator x model x dataset x bits x seed)")
-    return trials, problems
+    return trials, list(dict.fromkeys(problems))
 
 
 def _at_budgets(where: str, full: Trial, budgets: tuple[float, ...], problems: list[str]) -> list[Trial]:
@@ -561,8 +561,8 @@ def _at_budgets(where: str, full: Trial, budgets: tuple[float, ...], problems: l
         t = Trial(full.suite, full.estimator, full.model, full.dataset, full.bits, full.recipe, full.seed,
                   {**full.config, "epochs": n}, budget=budget)
         if n in seen:
-            problems.append(f"{where}: budgets {seen[n]:g} and {budget:g} both give {n} epoch(s) of {epochs} for "
-                            f"{full.label}: drop one or raise the epochs")
+            problems.append(f"{where}: budgets {seen[n]:g} and {budget:g} both give {n} epoch(s) of {epochs}: drop "
+                            "one or raise the epochs")  # the same line for every trial it hits: said once
             continue
         seen[n] = budget
         try:
