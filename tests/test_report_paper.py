@@ -320,18 +320,18 @@ def test_accuracy_range_is_set_by_the_methods_and_references_stay_visible(paper)
     runs = _finished(c)
     cur = _curves(c, runs)
     fig = _fig_lines(cur[cur.test_top1.notna()], "test_top1", "top-1", styles(runs))
-    ax = [a for a in fig.axes if a.get_title() == "resnet20 W1A1"][0]
+    ax = [a for a in fig.axes if a.get_title().startswith("resnet20 W1A1")][0]
     lo, hi = ax.get_ylim()
     final = {e: sum(TOP1[("W1A1", e)]) / 3 for e in ("ste", "irnet", "reste", "clipped_ste")}
     assert lo <= min(final.values()) - 2 and max(final.values()) <= hi  # every method's curve (epoch 2 at -0)
     control = sum(TOP1[("W1A1", "frozen")]) / 3
     assert lo > control  # the control does not set the range ...
-    texts = [t.get_text() for t in ax.texts]
-    assert any(t.startswith("control (final): ") and "below" in t for t in texts)  # ... and is named instead
+    title = " ".join(ax.get_title().split())
+    assert f"control {control:.3g} ↓" in title  # ... and is named in the title (text in the panel covers data)
     fp = sum(TOP1[("FP32", "fp")]) / 3
     fp_lines = [ln for ln in ax.get_lines() if ln.get_label() == "FP (final)"]
-    assert (fp_lines and fp_lines[0].get_ydata()[0] == pytest.approx(fp)) or any(t.startswith("FP (final)")
-                                                                                for t in texts)
+    assert (fp_lines and fp_lines[0].get_ydata()[0] == pytest.approx(fp)) or f"FP {fp:.3g} ↑" in title
+    assert not ax.texts
 
 
 def test_stage_boundaries_come_from_the_recorded_stages():
@@ -346,11 +346,10 @@ def test_stage_boundaries_come_from_the_recorded_stages():
     sty = {"Two stages": {"color": "C0", "marker": "o", "ls": "-"}, "One stage": {"color": "C1", "marker": "s",
                                                                                   "ls": "--"}}
     ax = _fig_lines(pd.DataFrame(rows), "test_top1", "top-1", sty).axes[0]
-    verticals = [line.get_xdata()[0] for line in ax.get_lines() if len(set(line.get_xdata())) == 1
-                 and line.get_label().startswith("_")]
-    assert verticals == [3.5]  # between epoch 3 (warm) and 4 (cold); nothing for the one-stage method
-    texts = [t for t in ax.texts if t.get_text() == "Two stages: warm | cold"]
-    assert texts and texts[0].get_fontsize() >= 7
+    verticals = [(line.get_xdata()[0], line.get_label()) for line in ax.get_lines()
+                 if len(set(line.get_xdata())) == 1]
+    # between epoch 3 (warm) and 4 (cold), named in the legend; nothing for the one-stage method
+    assert verticals == [(3.5, "Two stages stages: warm | cold")]
 
 
 def test_each_method_keeps_one_style_in_every_report():

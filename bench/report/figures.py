@@ -20,6 +20,7 @@ import json
 import math
 import re
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -108,20 +109,19 @@ def _draw_method(ax: Any, g: pd.DataFrame, y: str, st: dict[str, Any], label: st
             markevery=(style.marker_offset(st.get("estimator", label), every), every), **style.marker_kwargs(st))
     if band and g["seed"].nunique() > 1:
         ax.fill_between(agg.index, agg["min"], agg["max"], color=st["color"], alpha=0.10, lw=0)
-    for x, text in _stage_bounds(g):
-        ax.axvline(x, color=st["color"], ls=":", lw=0.8)
-        ax.annotate(f"{label}: {text}", (x, 0.02), xycoords=("data", "axes fraction"), rotation=90,
-                    fontsize=style.SMALL_PT, va="bottom", ha="right", color=st["color"])
+    for x, text in _stage_bounds(g):  # named in the legend: a label in the panel would cover curves
+        ax.axvline(x, color=st["color"], ls=":", lw=0.8, label=f"{label} stages: {text}")
     return agg["mean"]
 
 
-def method_range(curves: list[pd.Series], log: bool = False) -> tuple[float, float]:
-    """The y-range the methods' mean curves need from their second quarter of epochs on (the first epochs of a
-    run sit far below where the methods are compared); positive values only on a log axis."""
+def method_range(curves: list[pd.Series], log: bool = False, late: bool = True) -> tuple[float, float]:
+    """The y-range the methods' mean curves need (``late``: from their second quarter of epochs on, since the
+    first epochs of an accuracy curve sit far below where the methods are compared); positive values only on a
+    log axis."""
     vals = []
     for s in curves:
-        late = s[s.index > s.index.min() + (s.index.max() - s.index.min()) / 4] if len(s) > 3 else s
-        vals += [float(v) for v in late if v == v and (v > 0 or not log)]
+        late_part = s[s.index > s.index.min() + (s.index.max() - s.index.min()) / 4] if late and len(s) > 3 else s
+        vals += [float(v) for v in late_part if v == v and (v > 0 or not log)]
     if not vals:
         return (1e-6, 1.0) if log else (0.0, 1.0)
     return min(vals), max(vals)
@@ -135,9 +135,10 @@ def _limits(lo: float, hi: float, log: bool) -> tuple[float, float]:
 
 
 def _references(ax: Any, refs: list[tuple[str, float, dict[str, Any]]], lo: float, hi: float,
-                log: bool) -> tuple[float, float]:
+                log: bool) -> list[str]:
     """Draw each (label, value) reference as a horizontal line; one within REFERENCE_REACH of the methods'
-    range widens it, one further away is named at the panel's top or bottom edge instead."""
+    range widens it; one further away is returned as "FP 52.4 ↑" for the panel's title (text inside the panel
+    would cover data)."""
     span = (math.log10(hi) - math.log10(lo)) if log else (hi - lo) or 1.0
     for _label, v, _st in refs:
         dist = ((math.log10(v) - math.log10(hi)) if v > hi else (math.log10(lo) - math.log10(v))) if log and v > 0 \
@@ -146,15 +147,13 @@ def _references(ax: Any, refs: list[tuple[str, float, dict[str, Any]]], lo: floa
             lo, hi = min(lo, v), max(hi, v)
     ylo, yhi = _limits(lo, hi, log)
     ax.set_ylim(ylo, yhi)
+    off = []
     for label, v, st in refs:
         if ylo <= v <= yhi:
             ax.axhline(v, color=st["color"], ls=st["ls"], lw=0.9, label=label, zorder=1)
         else:
-            above = v > yhi
-            ax.annotate(f"{label}: {v:.3g} {'above' if above else 'below'}", (0.99, 0.98 if above else 0.02),
-                        xycoords="axes fraction", ha="right", va="top" if above else "bottom", color=st["color"],
-                        fontsize=style.SMALL_PT)
-    return ylo, yhi
+            off.append(f"{label.split(' ')[0]} {v:.3g} {'↑' if v > yhi else '↓'}")
+    return off
 
 
 def _reference_values(cur: pd.DataFrame, y: str, model: str, bits: str) -> list[tuple[str, float, dict]]:
@@ -186,15 +185,15 @@ def _fig_lines(cur: pd.DataFrame, y: str, ylabel: str, sty: dict[str, dict[str, 
                  for label, g in panel.groupby("display", sort=False)]
         if log:
             ax.set_yscale("log")
-        lo, hi = method_range(means, log)
-        _references(ax, _reference_values(cur, y, m, b) if len(methods) else [], lo, hi, log)
+        lo, hi = method_range(means, log, late=not (log or z))  # a zoom is its late epochs already
+        off = _references(ax, _reference_values(cur, y, m, b) if len(methods) else [], lo, hi, log)
         epochs = panel["epoch"] if z else data[data.model == m]["epoch"]
         _epoch_axis(ax, epochs)
-        ax.set_title(f"{m} {b}" + (": last epochs, leading methods" if z else ""))
-        if z and panel.display.nunique() < data[(data.model == m) & (data.bits == b)].display.nunique():
-            left = sorted(set(data[(data.model == m) & (data.bits == b)].display) - set(panel.display))
-            ax.annotate("below: " + ", ".join(left), (0.01, 0.02), xycoords="axes fraction", ha="left",
-                        va="bottom", fontsize=style.SMALL_PT, color="0.3")
+        left = sorted(set(data[(data.model == m) & (data.bits == b)].display) - set(panel.display)) if z else []
+        notes = (["off the axis: " + ", ".join(off)] if off else []) + (["not shown: " + ", ".join(left)]
+                                                                       if left else [])
+        title = f"{m} {b}" + (", last epochs: leaders" if z else "")
+        ax.set_title("\n".join([title, *textwrap.wrap("; ".join(notes), 50)]))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
     _legend_below(fig, axes)
@@ -496,25 +495,33 @@ def _draw_all(c: Collected, save: Any) -> None:
 
 def at_print_size(fig: Any) -> Any:
     """A figure drawn elsewhere (an estimator's own) made to the report's rules: one or two columns wide,
-    no text under 7 pt, long titles wrapped to their panel, legends under their panel rather than over data."""
+    no text under 7 pt, long titles wrapped to their panel, the panels' legends gathered into one under them
+    rather than over data."""
     import textwrap
 
     from matplotlib.text import Text
 
     w, h = fig.get_size_inches()
     width = style.ONE_COLUMN if w < 0.75 * style.TWO_COLUMN else style.TWO_COLUMN
-    fig.set_size_inches(width, h * width / w)
+    handles: dict[str, Any] = {}
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            for hd, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(lab, hd)
+            ax.get_legend().remove()
+    ncol = 1 if width == style.ONE_COLUMN else 2
+    legend_in = 0.16 * math.ceil(len(handles) / ncol) + (0.1 if handles else 0)
+    fig.set_size_inches(width, max(h * width / w, 1.8) + legend_in)
     for t in fig.findobj(Text):
         if t.get_fontsize() < style.SMALL_PT:
             t.set_fontsize(style.SMALL_PT)
     for ax in fig.axes:
         chars = int(ax.get_position().width * width / 0.065)  # ~0.065 in per character at 8 pt
         ax.set_title(textwrap.fill(ax.get_title(), max(chars, 20)))
-        if ax.get_legend() is not None:
-            handles, labels = ax.get_legend_handles_labels()
-            ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False,
-                      fontsize=style.SMALL_PT)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=ncol, frameon=False,
+                   fontsize=style.SMALL_PT)
     return fig
 
 
