@@ -1,7 +1,7 @@
 """``leaderboard.tex``: the leaderboard as tables a paper can ``\\input`` as they are.
 
-Two floats. The first is laid out like BiPer's Tables 2 and 3: Network | Method | W/A | Top-1 (and a published
-column where any published number exists), FP first in each network, a rule between networks, numbers as
+Two floats. The first is laid out like the BNN papers' result tables: Network | Method | W/A | Top-1 (and a
+published column where any published number exists), FP first in each network, a rule between networks, numbers as
 ``93.75 ± 0.12``; bold marks the best method of its network and bits only where it is ahead of the next with a
 paired 95% interval above 0, else every tied leader is bold and a footnote says so. The second is the compact
 pivot (methods against network and bits). Both need only ``booktabs``. Every value is escaped
@@ -66,7 +66,7 @@ def _flagged(lb: pd.DataFrame) -> pd.Series:
 
 
 def rows(lb: pd.DataFrame) -> list[tuple[str, list[str]]]:
-    """(network, cells of each row) in BiPer's order: FP first, then per bits the control and the methods;
+    """(network, cells of each row) in the papers' order: FP first, then per bits the control and the methods;
     the network named on its first row only."""
     lb = lb.assign(c_net=_network(lb), c_method=c_method(lb), c_flag=_flagged(lb))
     has_pub = lb.published.notna().any()
@@ -85,14 +85,14 @@ def rows(lb: pd.DataFrame) -> list[tuple[str, list[str]]]:
 
 
 def width(lb: pd.DataFrame) -> float:
-    """The BiPer-style tabular's width in pt, from measured character and column widths."""
+    """The paper-style tabular's width in pt, from measured character and column widths."""
     text = [max(map(len, _network(lb)), default=0), max(len("Method"), max(map(len, c_method(lb)), default=0)), 4]
     cols = CHAR_PT * sum(text) + TOP1_PT + (PUBLISHED_PT if lb.published.notna().any() else 0)
     return cols + GAP_PT * (len(text) + 1 + lb.published.notna().any())
 
 
 def paper_tabular(lb: pd.DataFrame) -> str:
-    """The BiPer-style tabular: booktabs rules, a midrule per network."""
+    """The paper-style tabular: booktabs rules, a midrule per network."""
     has_pub = lb.published.notna().any()
     head = ["Network", "Method", "W/A", "Top-1 (\\%)"] + (["Pub."] if has_pub else [])
     lines = ["\\begin{tabular}{ll" + "c" + "r" + ("r" if has_pub else "") + "}", "\\toprule",
@@ -174,7 +174,7 @@ def tie_note(lb: pd.DataFrame) -> str:
 
 
 def render(lb: pd.DataFrame, suite: str, caption: str, head: list[str], notes: list[str]) -> str:
-    """The whole ``leaderboard.tex``: the provenance comment block, the BiPer-style float, the pivot float."""
+    """The whole ``leaderboard.tex``: the provenance comment block, the paper-style float, the pivot float."""
     lines = [escape.latex_comment(f"needs \\usepackage{{{p}}}") for p in PACKAGES]
     lines += [escape.latex_comment(h) for h in head]
     notes = [tie_note(lb), *notes]
