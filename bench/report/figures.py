@@ -237,17 +237,23 @@ def final_intervals(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def final_limits(panel: pd.DataFrame, refs: list[float]) -> tuple[float, float]:
-    """The x-range of one final top-1 panel: its intervals and every reference line (FP, control), in [0, 100]."""
-    vals = [*panel["low"].fillna(panel["mean"]), *panel["high"].fillna(panel["mean"]), *refs]
+def final_limits(methods: pd.DataFrame, refs: list[float]) -> tuple[tuple[float, float], list[bool]]:
+    """The x-range of one final top-1 panel, set by the methods' intervals, widened to each reference (FP,
+    control) within REFERENCE_REACH of that range, in [0, 100]; and which references it holds."""
+    vals = [*methods["low"].fillna(methods["mean"]), *methods["high"].fillna(methods["mean"])]
     lo, hi = min(vals), max(vals)
+    span = max(hi - lo, 1.0)
+    held = [lo - REFERENCE_REACH * span <= v <= hi + REFERENCE_REACH * span for v in refs]
+    for v, keep in zip(refs, held, strict=True):
+        lo, hi = (min(lo, v), max(hi, v)) if keep else (lo, hi)
     pad = max((hi - lo) * 0.05, 0.5)
-    return max(0.0, lo - pad), min(100.0, hi + pad)
+    return (max(0.0, lo - pad), min(100.0, hi + pad)), held
 
 
 def _fig_final(runs: pd.DataFrame, sty: dict[str, dict[str, Any]]) -> Any:
     """Final top-1 per method, mean and 95% t-interval, a panel per model and bits, each with its own x-range
-    holding its FP (black dotted) and control (grey dashed) lines."""
+    set by its methods: FP (black dotted) and the control (grey dashed, and its own row) are drawn where they
+    lie near that range and named in the panel's title otherwise."""
     ci = final_intervals(runs)
     binary = ci[ci.role != "baseline"]
     data = binary if len(binary) else ci
@@ -255,24 +261,34 @@ def _fig_final(runs: pd.DataFrame, sty: dict[str, dict[str, Any]]) -> Any:
     fig, axes = _grid(len(cells), 0.17 * data.display.nunique() + 0.9)
     for ax, (m, b) in zip(axes, cells, strict=True):
         panel = data[(data.model == m) & (data.bits == b)].reset_index(drop=True)
-        for k, r in panel.iterrows():
-            err = [[r["mean"] - r["low"]], [r["high"] - r["mean"]]] if not math.isnan(r["low"]) else None
-            st = sty[r["display"]]
-            ax.errorbar(r["mean"], k, xerr=err, fmt=st["marker"] or "o", color=st["color"], capsize=2, ms=3.5,
-                        lw=1, mfc="white" if not st.get("fill", True) else st["color"])
-        ax.set_yticks(range(len(panel)), panel["display"])
-        ax.set_ylim(len(panel) - 0.5, -0.5)
-        refs = []
-        for ref, st, name in ((ci[(ci.role == "baseline") & (ci.model == m)], style.FP, "FP"),
-                              (panel[panel.role == "control"], style.CONTROL, "control")):
-            if len(ref):
-                refs.append(ref["mean"].iloc[0])
-                ax.axvline(ref["mean"].iloc[0], color=st["color"], ls=st["ls"], lw=0.9, label=f"{name} mean")
-        ax.set_xlim(*final_limits(panel, refs))
-        ax.set_title(f"{m} {b}")
+        refs = [(ref["mean"].iloc[0], st, name) for ref, st, name in (
+            (ci[(ci.role == "baseline") & (ci.model == m)], style.FP, "FP"),
+            (panel[panel.role == "control"], style.CONTROL, "control")) if len(ref)]
+        methods = panel[panel.role == "method"] if (panel.role == "method").any() else panel
+        (lo, hi), held = final_limits(methods, [v for v, _st, _n in refs])
+        off = [f"{name} {v:.3g} {'→' if v > hi else '←'}" for (v, _st, name), keep in zip(refs, held, strict=True)
+               if not keep]
+        panel = panel[(panel.role != "control") | ("control" not in " ".join(off))].reset_index(drop=True)
+        _final_rows(ax, panel, sty)
+        for (v, st, name), keep in zip(refs, held, strict=True):
+            if keep:
+                ax.axvline(v, color=st["color"], ls=st["ls"], lw=0.9, label=f"{name} mean")
+        ax.set_xlim(lo, hi)
+        ax.set_title(f"{m} {b}" + ("\noff the axis: " + ", ".join(off) if off else ""))
         ax.set_xlabel("final test top-1 (%)")
     fig.tight_layout()
     return fig
+
+
+def _final_rows(ax: Any, panel: pd.DataFrame, sty: dict[str, dict[str, Any]]) -> None:
+    """One row per method: its mean and 95% t-interval as an error bar in its style."""
+    for k, r in panel.iterrows():
+        err = [[r["mean"] - r["low"]], [r["high"] - r["mean"]]] if not math.isnan(r["low"]) else None
+        st = sty[r["display"]]
+        ax.errorbar(r["mean"], k, xerr=err, fmt=st["marker"] or "o", color=st["color"], capsize=2, ms=3.5, lw=1,
+                    mfc="white" if not st.get("fill", True) else st["color"])
+    ax.set_yticks(range(len(panel)), panel["display"])
+    ax.set_ylim(len(panel) - 0.5, -0.5)
 
 
 def _fig_layers(lay: pd.DataFrame, model: str, bits: str) -> Any:
