@@ -546,10 +546,12 @@ CAPTIONS = {
                        "panel per network and W/A; beside each, its last epochs with the leading methods (those "
                        "ending within {lead:g} points of the best) on their own y-range. FP (black dotted) and the "
                        "control (grey dashed) are reference lines at their final mean; one far outside the "
-                       "methods' range is named at the panel's edge. Dotted verticals: stage boundaries.",
+                       "methods' range is named in the panel's title. Dotted verticals: stage boundaries (named "
+                       "in the legend).",
     "final_top1": "Final test top-1: mean and 95% Student-t interval over seeds per method (the tables' numbers), "
-                  "a panel per network and W/A, each with its own x-range holding the FP (black dotted) and "
-                  "control (grey dashed) means.",
+                  "a panel per network and W/A, each with its own x-range set by its methods; the FP (black "
+                  "dotted) and control (grey dashed) means are drawn where they lie near it and named in the "
+                  "panel's title otherwise.",
     "flip_ratio": "Flip ratio per epoch: the share of binary weights whose sign changed in that epoch, mean over "
                   "binary layers and seeds, on a log axis (the control never flips and is left out).",
     "layer_diagnostics": "Per-layer flip ratio and QE per epoch ({cell}), one row per method, layers by the "
