@@ -676,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--tracking-uri")
     rp.add_argument("--out", help="where to write (default: the results dir)")
     rp.add_argument("--note", action="append", default=[], metavar="TEXT",
-                    help="a note for every table's header (e.g. why the numbers hold after a code change); repeatable")
+                    help="a note for every table's header (e.g. why the numbers hold after a code change); kept in "
+                         "<results>/notes.txt, so later reports of the folder print it too; repeatable")
     rp.set_defaults(func=cmd_report)
 
     bm = sub.add_parser("benchmark", help="speed and memory against a hand-written floor and the reference pipeline")

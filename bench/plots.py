@@ -33,27 +33,38 @@ def curves(name: str, x: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Te
     return out
 
 
-def estimators_figure(names: list[str]) -> Any:
-    """Forward function (top) and surrogate gradient (bottom) of each estimator over x in [-2, 2], titled by its
-    display name."""
+def estimators_figure(names: list[str], cols: int = 3) -> Any:
+    """Every estimator in its own panel, ``cols`` panels a row at two-column print width (6.9 in, 7-8 pt text):
+    its forward function (grey) and its surrogate gradient (one line per training progress e/E where it has a
+    schedule) over x in [-2, 2], titled by its display name; the legend under the panels."""
     import matplotlib.pyplot as plt
 
+    from bench.report import style
+
     x = torch.linspace(-2, 2, 801)
-    fig, axes = plt.subplots(2, max(len(names), 1), figsize=(2.6 * len(names) + 0.6, 5.2), squeeze=False,
-                             sharex=True)
-    for j, name in enumerate(names):
-        cs = curves(name, x)
-        for label, f, g in cs:
-            axes[0, j].plot(x, f, lw=1.2, label=label or None)
-            axes[1, j].plot(x, g, lw=1.2, label=label or None)
-        axes[0, j].set_title(get_estimator_class(name).display_name or name)
-        axes[1, j].set_xlabel("x")
-        if j == 0:
-            axes[0, j].set_ylabel("forward")
-            axes[1, j].set_ylabel("surrogate gradient")
-        if len(cs) > 1:
-            axes[1, j].legend(fontsize=7)
-    fig.tight_layout()
+    n = max(len(names), 1)
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    width = style.ONE_COLUMN if cols == 1 else style.TWO_COLUMN
+    with plt.rc_context(style.RC):
+        fig, axes = plt.subplots(rows, cols, figsize=(width, 1.55 * rows + 0.45), squeeze=False, sharex=True)
+        for ax, name in zip(axes.flat, names, strict=False):
+            cs = curves(name, x)
+            ax.plot(x, cs[0][1], color="0.55", lw=1.0, label="forward")
+            for (label, _f, g), color in zip(cs, ("#332288", "#CC6677", "#117733"), strict=False):
+                ax.plot(x, g, color=color, lw=1.1, label=f"surrogate gradient, {label}" if label else
+                        "surrogate gradient")
+            ax.set_title(get_estimator_class(name).display_name or name)
+        for ax in list(axes.flat)[len(names):]:
+            ax.set_axis_off()
+        for ax in axes[-1]:
+            ax.set_xlabel("x")
+        handles: dict[str, Any] = {}
+        for ax in axes.flat:
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(lab, h)
+        fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 4), frameon=False)
     return fig
 
 
@@ -67,7 +78,7 @@ def plot_estimators(names: list[str], path: str | Path) -> Path:
     fig = estimators_figure(names)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=200, bbox_inches="tight")
     if path.suffix == ".png":
         fig.savefig(path.with_suffix(".pdf"))
     plt.close(fig)

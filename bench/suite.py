@@ -25,8 +25,14 @@ would be valid.
       num_samples: 4
       space: {lr: {loguniform: [0.01, 0.5]}}
       asha: {grace_period: 1, reduction_factor: 2}   # optional: without it every sampled point runs to the end
+    budgets: [0.25, 0.5, 1]      # optional: every trial again at these shares of its epochs (budget curves)
 
 With a search, --resume skips a whole grid cell once any of its sampled points finished.
+
+With ``budgets``, each trial runs once per budget b as a trial of its own: epochs = max(1, round(b x epochs)),
+its schedule and stage plan resolved for that epoch count (a full run at the smaller budget, not a truncated
+longer one), its own key, its budget in ``Trial.budget`` (the ``binbench.budget`` tag of its run). The report
+draws accuracy against budget and the rank agreement of each budget with the largest (Kendall's tau).
 
 What a suite file may hold, checked before anything is expanded or started (each breach is one line):
 
@@ -63,7 +69,7 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 FP = "fp"
 #: run-config keys a suite sets through its grid, not its defaults
 GRID_CONFIG_KEYS = ("estimator", "model", "dataset", "seed", "recipe", "w_bits", "a_bits")
-TOP_KEYS = {"name", "description", "grid", "fp_baseline", "defaults", "overrides", "search", "notes"}
+TOP_KEYS = {"name", "description", "grid", "fp_baseline", "defaults", "overrides", "search", "notes", "budgets"}
 GRID_KEYS = {"estimators", "models", "datasets", "bits", "recipes", "seeds"}
 SEARCH_KEYS = {"metric", "mode", "num_samples", "space", "asha"}
 SPACE_KINDS = {"loguniform", "uniform", "choice", "randint", "grid"}
@@ -100,6 +106,7 @@ class Trial:
     seed: int
     config: dict[str, Any]  # user-level RunConfig values
     spec: RunSpec | None = None  # resolved once, when the suite is expanded
+    budget: float | None = None  # the share of the cell's epochs this trial runs (suites with ``budgets``)
 
     @property
     def key(self) -> str:
@@ -108,16 +115,21 @@ class Trial:
 
     @property
     def cell(self) -> str:
-        return f"{self.estimator}|{self.model}|{self.dataset}|{self.bits}|{self.recipe}"
+        # a budget is a cell of its own: a search compares points only at the same budget
+        return f"{self.estimator}|{self.model}|{self.dataset}|{self.bits}|{self.recipe}" + self._budget("|b")
 
     @property
     def label(self) -> str:
-        return f"{self.estimator}-{self.model}-{self.dataset}-{self.bits}-{self.recipe}-s{self.seed}"
+        label = f"{self.estimator}-{self.model}-{self.dataset}-{self.bits}-{self.recipe}-s{self.seed}"
+        return label + self._budget("-b")
+
+    def _budget(self, sep: str) -> str:
+        return f"{sep}{self.budget:g}" if self.budget is not None else ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"suite": self.suite, "estimator": self.estimator, "model": self.model, "dataset": self.dataset,
                 "bits": self.bits, "recipe": self.recipe, "seed": self.seed, "config": self.config, "key": self.key,
-                "cell": self.cell, "label": self.label, "spec": self.spec}
+                "cell": self.cell, "label": self.label, "spec": self.spec, "budget": self.budget}
 
 
 @dataclass
@@ -345,6 +357,7 @@ class _Grid:
     defaults: dict[str, Any]
     overrides: dict[str, Any]
     search: dict[str, Any] | None
+    budgets: tuple[float, ...] = ()
 
 
 def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool = False,
@@ -404,7 +417,22 @@ def parse_suite(path: Path, raw: dict[str, Any]) -> tuple[_Grid, list[str]]:
         _parse_overrides(where, raw.get("overrides", {}) or {}, problems), raw.get("search"))
     if parsed.search is not None:
         problems += _check_search(where, parsed.search)
+    parsed.budgets = _parse_budgets(where, raw.get("budgets"), problems)
     return parsed, problems
+
+
+def _parse_budgets(where: str, value: Any, problems: list[str]) -> tuple[float, ...]:
+    """``budgets``: distinct shares of the epochs in (0, 1]; none when the key is absent."""
+    if value is None:
+        return ()
+    items = _as_list(value)
+    if not items or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b <= 1 for b in items):
+        problems.append(f"{where}: budgets must be a list of shares of the epochs in (0, 1], e.g. [0.25, 0.5, 1]; "
+                        f"got {_short(value)}")
+        return ()
+    if len(set(items)) < len(items):
+        problems.append(f"{where}: budgets lists a share twice: {_short(value)}")
+    return tuple(sorted(set(float(b) for b in items)))
 
 
 def _grid_names(where: str, grid: dict[str, Any], key: str, registry, problems: list[str]) -> list[str]:
@@ -482,6 +510,7 @@ def validate_suite(where: str, g: _Grid, max_trials: int) -> list[str]:
     """Checks of the whole: the number of trials, before anything is expanded."""
     n = count_trials(len(g.models), len(g.datasets), len(g.estimators), g.bits, len(g.recipes), len(g.seeds), g.fp,
                      g.search)
+    n *= max(1, len(g.budgets))
     if n > max_trials:
         return [f"{where}: the grid expands to {n:,} trials, more than the limit of {max_trials:,}: shrink the grid "
                 f"(or search.num_samples), or pass --max-trials {n} if you mean it"]
@@ -515,10 +544,33 @@ def expand_suite(where: str, g: _Grid, data_root: str | None) -> tuple[list[Tria
                 t.spec = resolve(cfg, g.name)
             except BinbenchError as exc:
                 problems.append(f"{where}: grid cell {t.label}: {exc}")
-            trials.append(t)
+            trials += _at_budgets(where, t, g.budgets, problems) if g.budgets and t.spec else [t]
     if not trials and not problems:
         problems.append(f"{where}: the grid is empty (no estimator x model x dataset x bits x seed)")
-    return trials, problems
+    return trials, list(dict.fromkeys(problems))
+
+
+def _at_budgets(where: str, full: Trial, budgets: tuple[float, ...], problems: list[str]) -> list[Trial]:
+    """``full`` once per budget: epochs = max(1, round(budget x its resolved epochs)), resolved again so that the
+    schedule and the stage plan are those of the shorter run; two budgets that round to the same epochs, or a
+    budget too short for the estimator's stages, are problems."""
+    epochs = full.spec.config.epochs
+    out, seen = [], {}
+    for budget in budgets:
+        n = max(1, round(budget * epochs))
+        t = Trial(full.suite, full.estimator, full.model, full.dataset, full.bits, full.recipe, full.seed,
+                  {**full.config, "epochs": n}, budget=budget)
+        if n in seen:
+            problems.append(f"{where}: budgets {seen[n]:g} and {budget:g} both give {n} epoch(s) of {epochs}: drop "
+                            "one or raise the epochs")  # the same line for every trial it hits: said once
+            continue
+        seen[n] = budget
+        try:
+            t.spec = resolve(t.config, full.suite)
+        except BinbenchError as exc:
+            problems.append(f"{where}: grid cell {t.label} ({n} epoch(s)): {exc}")
+        out.append(t)
+    return out
 
 
 def _check_search(where: str, search: Any) -> list[str]:

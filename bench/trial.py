@@ -78,7 +78,8 @@ def _open_run(trial: dict[str, Any], ctx: dict[str, Any], spec: Any, ckpt_dir: P
             "continued_from_checkpoint": str(continued).lower(), tg.COMMIT_TAG: info["git_commit"],
             **{f"version.{k}": v for k, v in info["versions"].items()},
             **{f"hardware.{k}": v for k, v in info["hardware"].items()}, "w_bits": str(spec.config.w_bits),
-            "a_bits": str(spec.config.a_bits), tg.ROLE_TAG: _role(trial["estimator"]), **tg.code_tags(spec)}
+            "a_bits": str(spec.config.a_bits), tg.ROLE_TAG: _role(trial["estimator"]), **tg.code_tags(spec),
+            **({"binbench.budget": f"{trial['budget']:g}"} if trial.get("budget") is not None else {})}
     return tg.TrialRun(ctx["tracking_uri"], ctx["experiment_id"], ctx["parent_run_id"], trial, tags)
 
 

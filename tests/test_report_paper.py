@@ -1,5 +1,7 @@
-"""The report as a paper takes it: leaderboard.tex compiles in a two-column article, every value is escaped,
-the paired table's p-values are scipy's paired t-tests with Holm's adjustment, methods go by display name."""
+"""The report as a paper takes it: leaderboard.tex in BiPer's layout compiles in a two-column article, bold only
+where a paired interval says so, every value is escaped, no machine path in any file, the paired table's p-values
+are scipy's paired t-tests with Holm's adjustment, methods go by display name; the figures' inputs (sizes, fonts,
+ranges, scales, styles) as a reviewer checks them."""
 
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ TOP1 = {("W1A1", "frozen"): [60.0, 61.0, 59.5], ("W1A1", "ste"): [80.1, 81.3, 79
         ("W1A32", "irnet"): [88.9, 89.0, 88.1], ("FP32", "fp"): [91.0, 91.4, 90.8]}
 
 
+#: per-layer diagnostics the fake runs log: a layer's scale in the values -> its path in resnet20 (logged in the
+#: reverse of the model's order, so the heatmap must order them itself)
+LAYERS = {4: "layers.8.conv2", 1: "layers.0.conv1"}
+
+
 def _trial(client, exp_id: str, suite: str, bits: str, est: str, seed: int, top1: float) -> None:
     role = {"fp": "baseline", "frozen": "control"}.get(est, "method")
     tags = {"binbench.kind": "trial", "binbench.key": f"c-r20-{bits}-{est}-s{seed}", "binbench.status": "finished",
@@ -40,9 +47,12 @@ def _trial(client, exp_id: str, suite: str, bits: str, est: str, seed: int, top1
         client.log_metric(rid, "test_top1", top1 - 2 + 2 * step, step=step)
         client.log_metric(rid, "stage", 0, step=step)
         if role != "baseline":
-            for layer in (1, 4):
-                client.log_metric(rid, f"diag/{layer}/flip", 0.01 / (step + 1) * layer, step=step)
-                client.log_metric(rid, f"diag/{layer}/qe", 0.1 * (step + 1) + layer, step=step)
+            # the mean flip ratio over layers: 0 for the control (its signs never move), decades apart otherwise
+            client.log_metric(rid, "diag/flip", 0.0 if role == "control" else 0.01 / 10 ** step, step=step)
+            for layer, name in LAYERS.items():  # by layer path, as runs log them (diag/<path>/<metric>)
+                client.log_metric(rid, f"diag/{name}/flip", 0.01 / (step + 1) * layer, step=step)
+                client.log_metric(rid, f"diag/{name}/qe", 0.1 * (step + 1) + layer, step=step)
+        client.log_metric(rid, "lr", 2.78e-07 * (2 - step), step=step)  # the schedule's lr, ~0 at the end
     client.log_metric(rid, "top1", top1, step=2)
     client.set_terminated(rid, "FINISHED")
 
@@ -62,6 +72,9 @@ def paper(tmp_path_factory) -> tuple[object, Path]:
             _trial(client, exp_id, EVIL, bits, est, seed, top1)
     irnet = client.search_runs([exp_id], "tags.estimator = 'irnet'")[0].info.run_id
     client.log_dict(irnet, HIST, "latent_hist.json")
+    parent = client.create_run(exp_id, tags={"binbench.kind": "suite", "command": f"binbench suite run x "
+                                             f"--results-dir {res}/store --data-root /srv/data/cifar10"})
+    client.set_terminated(parent.info.run_id, "FINISHED")
     c = collect(uri, EVIL)
     write_tables(c, res)
     return c, res
@@ -71,24 +84,85 @@ def _tabular(tex: str) -> str:
     return tex[tex.index("\\begin{tabular}"):tex.index("\\end{tabular}")]
 
 
-def test_tex_is_a_booktabs_siunitx_pivot_with_display_names(paper):
+def _bold_set(bits: str) -> set[str]:
+    """Independently: the best method by mean, and every method it does not beat with a paired 95% t-interval
+    above 0 (scipy), as the display names the table prints."""
+    names = {"irnet": "IR-Net", "ste": "STE", "reste": "ReSTE", "clipped_ste": "Clipped STE (BNN)"}
+    methods = [e for (b, e) in TOP1 if b == bits and e in names]
+    best = max(methods, key=lambda e: sum(TOP1[(bits, e)]))
+    out = {best}
+    for e in methods:
+        d = [x - y for x, y in zip(TOP1[(bits, best)], TOP1[(bits, e)], strict=True)]
+        if e != best and not stats.t.interval(0.95, 2, loc=sum(d) / 3, scale=stats.sem(d))[0] > 0:
+            out.add(e)
+    return {names[e] for e in out}
+
+
+def _rows(tabular: str) -> list[list[str]]:
+    return [[x.strip() for x in line.rstrip(" \\").split(" & ")] for line in tabular.splitlines() if " & " in line]
+
+
+def test_tex_is_bipers_table_layout_with_display_names(paper):
     _c, res = paper
     tex = (res / "leaderboard.tex").read_text()
-    assert tex.startswith("% needs \\usepackage{booktabs}\n% needs \\usepackage{siunitx}\n")
+    assert tex.startswith("% needs \\usepackage{booktabs}\n")
     body = _tabular(tex)
-    assert "\\toprule" in body and "\\midrule" in body and "\\bottomrule" in tex
-    for name in ("STE", "Clipped STE (BNN)", "IR-Net", "ReSTE", "control (frozen)", "FP"):
-        assert f"\n{name} &" in body, name
+    rows = _rows(body)
+    assert rows[0] == ["Network", "Method", "W/A", "Top-1 (\\%)", "Pub."]  # BiPer's Table 2 columns
+    assert rows[1][:3] == ["resnet20", "FP", "32/32"]  # FP first, the network named on its first row only
+    assert all(r[0] == "" for r in rows[2:])
+    assert [r[1] for r in rows[2:]] == ["control (frozen)", "Clipped STE (BNN)", "IR-Net", "ReSTE", "STE",
+                                        "control (frozen)", "IR-Net", "STE"]
+    assert [r[2] for r in rows[2:]] == ["1/1"] * 5 + ["1/32"] * 3
+    assert "\\toprule" in body and "\\midrule" in body and "\\cmidrule" in body and "\\bottomrule" in tex
     assert "clipped\\_ste" not in body and "irnet" not in body
-    # rows: methods; columns: network then bits; S columns for mean +- std, one published column per bits
-    assert "{resnet20}" in body and "{W1A1}" in body and "{W1A32" in body
-    assert body.count("S[table-format=3.2(2.2)]") == 2 and body.count("S[table-format=3.2]") == 2
-    irnet = [x for x in body.splitlines() if x.startswith("IR-Net &")][0]
     mean, sd = sum(TOP1[("W1A1", "irnet")]) / 3, pd.Series(TOP1[("W1A1", "irnet")]).std()
-    assert f"\\bfseries {mean:.2f} \\pm {sd:.2f}" in irnet and "86.5" in irnet  # best of W1A1; BiPer Table 3
-    assert "\\caption{" in tex and "3 seeds (0, 1, 2)" in tex and "budget resnet20: 2 epochs" in tex
-    assert "CPU \\& \\{co\\}" in tex and "\\label{tab:binbench-evil-input-etc-hostname" in tex
-    assert "made by: " in tex  # the provenance comment lines stay
+    irnet = [r for r in rows if r[1] == "IR-Net" and r[2] == "1/1"][0]
+    assert irnet[3] == f"{{\\boldmath${mean:.2f} \\pm {sd:.2f}$}}"  # one weight for mean, ± and std
+    assert irnet[4] == "86.50"  # BiPer Table 3's IR-Net (published.csv)
+    for r in rows[1:]:  # "93.75 ± 0.12": one space each side, no padding inside
+        assert re.fullmatch(r"(\{\\boldmath)?\$(\\phantom\{0\})?\d+\.\d\d \\pm \d+\.\d\d\$\}?", r[3]), r[3]
+
+
+def test_tex_bolds_only_what_a_paired_interval_separates(paper):
+    _c, res = paper
+    tex = (res / "leaderboard.tex").read_text()
+    rows = _rows(_tabular(tex))
+    for bits, wa in (("W1A1", "1/1"), ("W1A32", "1/32")):
+        bold = {r[1] for r in rows[1:] if r[2] == wa and "boldmath" in r[3]}
+        assert bold == _bold_set(bits), bits
+    assert _bold_set("W1A32") == {"IR-Net"} and len(_bold_set("W1A1")) > 1  # the data has one of each
+    note = tex[tex.index("Bold: the best method"):]
+    assert "tied leaders share the bold (resnet20 1/1: " in note and "1/32" not in note.split("\n")[0]
+
+
+def test_tex_caption_says_budget_and_seeds_never_the_machine(paper):
+    _c, res = paper
+    tex = (res / "leaderboard.tex").read_text()
+    captions = re.findall(r"\\caption\{(.*)\}", tex)
+    assert len(captions) == 2  # the BiPer-style table and the pivot
+    for cap in captions:
+        assert "3 seeds (0, 1, 2)" in cap and "budget resnet20: 2 epochs" in cap
+        assert "CPU" not in cap and "hardware" not in cap
+    comments = "\n".join(x for x in tex.splitlines() if x.startswith("% "))
+    assert "hardware: CPU & {co}" in comments and "made by: " in comments  # provenance in the comment block
+    assert "\\label{tab:binbench-evil-input-etc-hostname" in tex and "-pivot}" in tex
+    pivot = _tabular(tex[tex.index("-pivot}"):])
+    assert "\\multicolumn{2}{c}{resnet20}" in pivot and "Method & 1/1 & 1/32" in pivot
+
+
+def test_no_absolute_path_in_any_report_file(paper, figures):
+    from bench.report import tables, write_html
+
+    c, res = paper
+    write_html(c, tables(c, res), res, list(figures.values()))
+    for f in res.rglob("*"):
+        if f.suffix in (".md", ".tex", ".csv", ".html", ".txt"):
+            text = f.read_text(encoding="utf-8")
+            assert str(res) not in text and "/srv/data" not in text, f.name
+    md = (res / "leaderboard.md").read_text()
+    assert "--results-dir store --data-root .../cifar10" in md  # relative to the results folder, else elided
+    assert "tracking store: sqlite:///mlflow.db" in md
 
 
 def test_no_live_markup_from_a_suite_name(paper):
@@ -108,8 +182,8 @@ def test_no_live_markup_from_a_suite_name(paper):
                            "two-column compile check of leaderboard.tex did not run")
 @pytest.mark.parametrize("variant", ["as written", "one column", "three networks"])
 def test_tex_compiles_in_a_two_column_article_without_overfull_boxes(paper, tmp_path, variant):
-    """As written (two bits columns with their published columns: too wide for one column, so table*); without
-    published numbers (fits one column: table); with two more networks (table*, still within the page)."""
+    """As written (the BiPer-style table and the pivot with published numbers); without published numbers (one
+    column: table); with two more networks, one with a long name of LaTeX specials."""
     from bench.report import latex, leaderboard
 
     c, res = paper
@@ -123,7 +197,8 @@ def test_tex_compiles_in_a_two_column_article_without_overfull_boxes(paper, tmp_
     else:
         (tmp_path / "leaderboard.tex").write_text(latex.render(lb, EVIL, "a caption", [], []))
     text = (tmp_path / "leaderboard.tex").read_text()
-    assert ("\\begin{table*}" in text) == (variant != "one column")
+    if variant == "one column":
+        assert "\\begin{table*}" not in text
     (tmp_path / "paper.tex").write_text(
         "\\documentclass[twocolumn]{article}\n\\usepackage{booktabs}\n\\usepackage{siunitx}\n\\begin{document}\n"
         "Text before the table.\n\\input{leaderboard.tex}\nText after it.\n\\end{document}\n")
@@ -186,24 +261,47 @@ def _finished(c):
     return _labelled(c.runs[c.runs.status == "finished"])
 
 
-def test_final_top1_bars_are_the_tables_t_intervals_with_an_fp_line(paper):
+def test_final_top1_bars_are_the_tables_t_intervals(paper):
     from bench.report.figures import _fig_final, styles
 
     c, _res = paper
     runs = _finished(c)
     fig = _fig_final(runs, styles(runs))
-    panels = {ax.get_title(): ax for ax in fig.axes}
+    panels = {ax.get_title().split("\n")[0]: ax for ax in fig.axes}
     ax = panels["resnet20 W1A1"]
     labels = [t.get_text() for t in ax.get_yticklabels()]
     for k, bars in enumerate(ax.containers):
         (lo, _), (hi, _) = bars.lines[2][0].get_segments()[0]
         est = {"IR-Net": "irnet", "STE": "ste", "ReSTE": "reste", "Clipped STE (BNN)": "clipped_ste",
-               "control (frozen)": "frozen"}[labels[k]]
+               "control (frozen)": "frozen"}[labels[k]]  # the control's row only where it lies near the methods
         v = TOP1[("W1A1", est)]
         want = stats.t.interval(0.95, len(v) - 1, loc=sum(v) / 3, scale=stats.sem(v))  # not a bootstrap
         assert (lo, hi) == pytest.approx(want)
+    assert len(ax.containers) == len(labels) == 4  # the four methods; the control lies far off (named instead)
+
+
+def test_every_final_top1_panel_shows_or_names_its_references(paper):
+    """Each panel has its own x-range set by its methods (a shared x-axis lost the FP line); FP and the control
+    are drawn where they lie near it, else named in the panel's title, never silently cut off."""
+    from bench.report.figures import _fig_final, styles
+
+    c, _res = paper
+    runs = _finished(c)
+    fig = _fig_final(runs, styles(runs))
     fp = sum(TOP1[("FP32", "fp")]) / 3
-    assert any(line.get_label() == "FP mean" and line.get_xdata()[0] == pytest.approx(fp) for line in ax.get_lines())
+    for ax in fig.axes:
+        bits = ax.get_title().split("\n")[0].split()[-1]
+        lo, hi = ax.get_xlim()
+        ests = [e for (b, e) in TOP1 if b == bits and e not in ("frozen", "fp")]
+        assert lo <= min(min(TOP1[(bits, e)]) for e in ests) - 1 and max(max(TOP1[(bits, e)]) for e in ests) <= hi
+        for name, v in (("FP", fp), ("control", sum(TOP1[(bits, "frozen")]) / 3)):
+            drawn = [ln for ln in ax.get_lines() if ln.get_label() == f"{name} mean"]
+            if drawn:
+                assert lo <= v <= hi and drawn[0].get_xdata()[0] == pytest.approx(v)
+            else:
+                assert f"{name} {v:.3g}" in ax.get_title(), (name, ax.get_title())
+        assert ax.get_shared_x_axes().get_siblings(ax) == [ax]
+    assert any("control" in ax.get_title() for ax in fig.axes)  # the data's control lies far below: named
 
 
 def test_curves_show_two_epoch_runs_as_points_on_integer_ticks(paper):
@@ -212,13 +310,35 @@ def test_curves_show_two_epoch_runs_as_points_on_integer_ticks(paper):
     c, _res = paper
     runs = _finished(c)
     cur = _curves(c, runs)
-    fig = _fig_lines(cur[cur.test_top1.notna()], "test_top1", "top-1", "t", styles(runs))
+    fig = _fig_lines(cur[cur.test_top1.notna()], "test_top1", "top-1", styles(runs))
     ax = fig.axes[0]
     ste = [line for line in ax.get_lines() if line.get_label() == "STE"][0]
     assert list(ste.get_xdata()) == [1, 2] and ste.get_marker() not in ("None", "", None)
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
-    assert any(line.get_label() == "FP" for line in ax.get_lines())  # the baseline as a reference in the panel
+
+
+def test_accuracy_range_is_set_by_the_methods_and_references_stay_visible(paper):
+    """The control (60%) sits 20 points under the methods (80-82% at the end): the y-range is the methods', the
+    FP line (91%) is drawn where it is close enough or named at the panel's edge, the control is named there."""
+    from bench.report.figures import _curves, _fig_lines, styles
+
+    c, _res = paper
+    runs = _finished(c)
+    cur = _curves(c, runs)
+    fig = _fig_lines(cur[cur.test_top1.notna()], "test_top1", "top-1", styles(runs))
+    ax = [a for a in fig.axes if a.get_title().startswith("resnet20 W1A1")][0]
+    lo, hi = ax.get_ylim()
+    final = {e: sum(TOP1[("W1A1", e)]) / 3 for e in ("ste", "irnet", "reste", "clipped_ste")}
+    assert lo <= min(final.values()) - 2 and max(final.values()) <= hi  # every method's curve (epoch 2 at -0)
+    control = sum(TOP1[("W1A1", "frozen")]) / 3
+    assert lo > control  # the control does not set the range ...
+    title = " ".join(ax.get_title().split())
+    assert f"control {control:.3g} ↓" in title  # ... and is named in the title (text in the panel covers data)
+    fp = sum(TOP1[("FP32", "fp")]) / 3
+    fp_lines = [ln for ln in ax.get_lines() if ln.get_label() == "FP (final)"]
+    assert (fp_lines and fp_lines[0].get_ydata()[0] == pytest.approx(fp)) or f"FP {fp:.3g} ↑" in title
+    assert not ax.texts
 
 
 def test_stage_boundaries_come_from_the_recorded_stages():
@@ -232,40 +352,99 @@ def test_stage_boundaries_come_from_the_recorded_stages():
     rows += [{**r, "display": "One stage", "stage": 0.0, "stage_epochs": "main: 5"} for r in rows]
     sty = {"Two stages": {"color": "C0", "marker": "o", "ls": "-"}, "One stage": {"color": "C1", "marker": "s",
                                                                                   "ls": "--"}}
-    ax = _fig_lines(pd.DataFrame(rows), "test_top1", "top-1", "t", sty).axes[0]
-    verticals = [line.get_xdata()[0] for line in ax.get_lines() if len(set(line.get_xdata())) == 1
-                 and line.get_label().startswith("_")]
-    assert verticals == [3.5]  # between epoch 3 (warm) and 4 (cold); nothing for the one-stage method
-    assert any(t.get_text() == "Two stages: warm | cold" for t in ax.texts)
+    ax = _fig_lines(pd.DataFrame(rows), "test_top1", "top-1", sty).axes[0]
+    verticals = [(line.get_xdata()[0], line.get_label()) for line in ax.get_lines()
+                 if len(set(line.get_xdata())) == 1]
+    # between epoch 3 (warm) and 4 (cold), named in the legend; nothing for the one-stage method
+    assert verticals == [(3.5, "Two stages stages: warm | cold")]
 
 
-def test_ste_and_clipped_ste_are_told_apart_without_colour():
+def test_each_method_keeps_one_style_in_every_report():
+    """A method's style comes from its estimator and the registry, never from which methods a suite ran; the
+    built-in methods differ in hue and in marker (BiPer/DSQ and ReCU/ReSTE shared hues before)."""
+    from bench.estimator import ESTIMATORS
     from bench.report.figures import styles
 
-    runs = pd.DataFrame({"display": ["STE", "Clipped STE (BNN)", "IR-Net", "control (frozen)", "FP"],
-                         "role": ["method", "method", "method", "control", "baseline"]})
-    sty = styles(runs)
-    a, b = sty["STE"], sty["Clipped STE (BNN)"]
+    methods = [n for n in ESTIMATORS.names() if ESTIMATORS.entry(n).source == "builtin"
+               and ESTIMATORS.get(n).role == "method" and not n.startswith("test_")]
+    full = pd.DataFrame({"display": methods, "role": "method", "estimator": methods})
+    sty = styles(full)
+    assert len({s["color"] for s in sty.values()}) == len(methods)
+    assert len({s["marker"] for s in sty.values()}) == len(methods)
+    few = styles(full[full.estimator.isin(["ste", "recu"])])  # another suite with two of them
+    assert few["ste"] == sty["ste"] and few["recu"] == sty["recu"]
+    a, b = sty["ste"], sty["clipped_ste"]
     assert a["color"] != b["color"] and a["marker"] != b["marker"] and a["ls"] != b["ls"]
-    assert len({tuple(s["color"]) if not isinstance(s["color"], str) else s["color"] for s in sty.values()}) == 5
+    plugin = styles(pd.DataFrame({"display": ["Mine"], "role": ["method"], "estimator": ["my_plugin"]}))["Mine"]
+    again = styles(pd.DataFrame({"display": ["Mine"], "role": ["method"], "estimator": ["my_plugin"]}))["Mine"]
+    assert plugin == again and plugin["fill"] is False  # deterministic, hollow: told apart from a built-in
 
 
-def test_layer_heatmap_holds_the_per_layer_metrics(paper, figures):
-    from bench.report.figures import _curves, _fig_layers, _layer_frame
+def test_layer_heatmap_holds_the_per_layer_metrics_by_layer_name(paper, figures):
+    from bench.report.figures import _curves, _fig_layers
+    from bench.report.layers import layer_frame
 
     c, _res = paper
     assert "layer_diagnostics_resnet20_W1A1.png" in figures and "layer_diagnostics_resnet20_W1A32.png" in figures
-    lay = _layer_frame(_curves(c, _finished(c)))
+    lay = layer_frame(_curves(c, _finished(c)))
     fig = _fig_layers(lay, "resnet20", "W1A1")
-    row = [ax for ax in fig.axes if ax.get_ylabel().startswith("IR-Net")]
+    heat = [ax for ax in fig.axes if ax.images]
+    row = [ax for ax in heat if ax.get_ylabel() == "IR-Net"] + [heat[heat.index(
+        [ax for ax in heat if ax.get_ylabel() == "IR-Net"][0]) + 1]]
     flip, qe = (ax.images[0].get_array() for ax in row[:2])
-    # as logged: flip 0.01 / (step + 1) * layer, qe 0.1 * (step + 1) + layer, layers 1 and 4, epochs 1 and 2
+    # as logged: flip 0.01 / (step + 1) * layer, qe 0.1 * (step + 1) + layer; layers in the model's order
     assert flip.ravel().tolist() == pytest.approx([0.01, 0.005, 0.04, 0.02])
     assert qe.ravel().tolist() == pytest.approx([1.1, 1.2, 4.1, 4.2])
+    assert [t.get_text() for t in row[0].get_yticklabels()] == ["layers.0.conv1", "layers.8.conv2"]
+    for metric_col in (0, 1):  # one colour scale per metric for the whole figure, on a log norm
+        norms = {(ax.images[0].norm.vmin, ax.images[0].norm.vmax, type(ax.images[0].norm).__name__)
+                 for ax in heat if heat.index(ax) % 2 == metric_col}
+        assert len(norms) == 1 and next(iter(norms))[2] == "LogNorm"
+    assert len([ax for ax in fig.axes if not ax.images and ax.get_label() == "<colorbar>"]) == 2
 
 
-def test_surrogates_over_stored_histograms_or_say_there_are_none(paper, figures):
-    from bench.report.figures import _fig_surrogates, latent_histograms
+def test_old_stores_numeric_layer_keys_map_to_the_models_layer_names():
+    from bench.report.layers import binary_layer_paths, layer_names
+
+    paths = binary_layer_paths("mlp", "mnist", "W1A1", '{"hidden": "[256, 256]", "binarize_first_last": "True"}')
+    assert [p for _n, p in paths] == ["linear1", "linear2", "linear3"]
+    assert layer_names(["7", "1", "4"], paths) == {"1": (0, "linear1"), "4": (1, "linear2"), "7": (2, "linear3")}
+    assert layer_names(["linear2", "linear1"], paths) == {"linear1": (0, "linear1"), "linear2": (1, "linear2")}
+
+
+def test_final_lr_metric_does_not_overwrite_the_lr_param_and_no_search_draws_no_sensitivity(paper, figures):
+    c, _res = paper
+    assert set(c.runs["lr"]) == {"0.1"}  # the param, not the last epoch's 2.78e-07
+    assert "sensitivity.png" not in figures  # a suite without a search has no sensitivity figure
+
+
+def test_figures_are_print_sized_with_legible_text_and_no_legend_over_data(paper):
+    """Every figure one or two columns wide, no text under 7 pt, legends outside the panels; flip ratio and the
+    heatmaps on log scales."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.text import Text
+
+    from bench.report import figures as F
+    from bench.report import style
+
+    c, res = paper
+    drawn: dict[str, object] = {}
+    F.style.apply()
+    F._draw_all(c, lambda fig, name: drawn.setdefault(name, fig))
+    assert {"accuracy_curves", "final_top1", "flip_ratio", "estimators", "layer_diagnostics_resnet20_W1A1",
+            "surrogates"} <= set(drawn)
+    for name, fig in drawn.items():
+        assert round(fig.get_figwidth(), 2) in (style.ONE_COLUMN, style.TWO_COLUMN), name
+        small = [t.get_text() for t in fig.findobj(Text) if t.get_text() and t.get_fontsize() < 7]
+        assert not small, (name, small[:5])
+        assert all(ax.get_legend() is None for ax in fig.axes), name
+    assert all(ax.get_yscale() == "log" for ax in drawn["flip_ratio"].axes)
+
+
+def test_surrogates_over_stored_histograms_only(paper, figures):
+    from bench.report.figures import latent_histograms
 
     c, _res = paper
     runs = _finished(c)
@@ -273,8 +452,6 @@ def test_surrogates_over_stored_histograms_or_say_there_are_none(paper, figures)
     assert set(hists) == {"IR-Net"} and hists["IR-Net"]["first"] == ("1", [1, 5, 5, 1])
     assert hists["IR-Net"]["last"] == ("2", [3, 2, 2, 3])
     assert "surrogates.png" in figures
-    fig = _fig_surrogates(runs, {})
-    assert "holds no latent-weight histograms" in fig._suptitle.get_text()
 
 
 # -- complexity --------------------------------------------------------------------------------------------------
@@ -308,10 +485,11 @@ def test_complexity_table_is_written_per_network(paper):
 
 
 # -- report.html --------------------------------------------------------------------------------------------------
-def test_html_report_is_self_contained_and_escaped(paper, figures):
+def test_html_report_is_self_contained_sortable_and_escaped(paper, figures):
     from html.parser import HTMLParser
 
     from bench.report import tables, write_html
+    from bench.report.html import SORT_JS
 
     c, res = paper
     path = write_html(c, tables(c, res), res, list(figures.values()))
@@ -320,18 +498,37 @@ def test_html_report_is_self_contained_and_escaped(paper, figures):
     class Tags(HTMLParser):
         def __init__(self):
             super().__init__()
-            self.tags, self.srcs = [], []
+            self.tags, self.srcs, self.hrefs, self.ids, self.scripts = [], [], [], set(), []
+            self.captions, self._in = [], None
 
         def handle_starttag(self, tag, attrs):
             self.tags.append(tag)
-            self.srcs += [v for k, v in attrs if k in ("src", "href")]
+            a = dict(attrs)
+            self.srcs += [a["src"]] if "src" in a else []
+            self.hrefs += [a["href"]] if "href" in a else []
+            self.ids |= {a["id"]} if "id" in a else set()
+            self._in = tag
+
+        def handle_data(self, data):
+            if self._in == "script":
+                self.scripts.append(data)
+            if self._in == "figcaption":
+                self.captions.append(data)
+
+        def handle_endtag(self, tag):
+            self._in = None
 
     p = Tags()
     p.feed(page)
-    assert "script" not in p.tags and "link" not in p.tags  # nothing runs, nothing loads
+    assert "link" not in p.tags and p.tags.count("script") == 1 and p.scripts == [SORT_JS]  # ours, inline
     pngs = [f for f in figures.values() if f.suffix == ".png"]
     assert len(p.srcs) == len(pngs) and all(s.startswith("data:image/png;base64,") for s in p.srcs)
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>" not in page
+    assert p.hrefs and all(h.startswith("#") and h[1:] in p.ids for h in p.hrefs)  # contents: in-page links only
+    assert "nav" in p.tags and page.count('class="sortable"') >= 3
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+    assert len(p.captions) == len(pngs)
+    assert all(not cap.strip().endswith(".png") and len(cap) > 40 for cap in p.captions)  # says what it shows
+    assert any(cap.startswith("Per-layer flip ratio and QE per epoch (resnet20 W1A1)") for cap in p.captions)
     for part in ("made by: ", "git commit(s): abc123", "seeds: 0, 1, 2", "hardware: CPU &amp; {co}", "IR-Net",
                  "Model complexity", "OPs", "p (Holm)", "layer_diagnostics_resnet20_W1A1.png"):
         assert part in page, part

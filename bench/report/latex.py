@@ -1,10 +1,13 @@
-"""``leaderboard.tex``: the leaderboard as a table a paper can ``\\input`` as is.
+"""``leaderboard.tex``: the leaderboard as tables a paper can ``\\input`` as they are.
 
-A compact pivot (rows: methods by display name; columns: network, then bits), final-epoch top-1 mean ± std over
-seeds in siunitx S columns, the best method of each column in bold, published numbers in their own column where
-any exist, written by pandas' ``Styler.to_latex`` with booktabs rules. Every value is escaped
-(:func:`bench.report.escape.latex`) before it reaches the Styler, which therefore runs with escaping off.
-The float is sized for a two-column paper: one column wide while the table fits there, ``table*`` beyond.
+Two floats. The first is laid out like the BNN papers' result tables: Network | Method | W/A | Top-1 (and a
+published column where any published number exists), FP first in each network, a rule between networks, numbers as
+``93.75 ± 0.12``; bold marks the best method of its network and bits only where it is ahead of the next with a
+paired 95% interval above 0, else every tied leader is bold and a footnote says so. The second is the compact
+pivot (methods against network and bits). Both need only ``booktabs``. Every value is escaped
+(:func:`bench.report.escape.latex`). The caption says the budget and seeds; the provenance (commands, commits,
+hardware), with paths relative to the results folder, is a comment block above the floats. A float is one
+column wide while its tabular fits a two-column article's column, ``table*`` beyond.
 """
 
 from __future__ import annotations
@@ -17,126 +20,168 @@ import pandas as pd
 
 from bench.report import escape
 
-PACKAGES = ("booktabs", "siunitx")
-#: mean (up to 100.00) and a separate uncertainty (up to 99.99), aligned on the decimal points
-TOP1_COLUMN = "S[table-format=3.2(2.2)]"
-PUBLISHED_COLUMN = "S[table-format=3.2]"
-#: bold S cells need siunitx to carry the text weight into its math output; footnotesize and 4pt column gaps
-#: let a method and two mean ± std columns fit one column of a two-column article
-SETUP = ("\\footnotesize\\setlength{\\tabcolsep}{4pt}\n\\sisetup{separate-uncertainty, table-align-uncertainty, "
-         "reset-text-series=false, text-series-to-math=true}\n")
-#: widths in pt at footnotesize, 4pt gaps (measured with pdflatex): a method name's character, a mean ± std
-#: column, a published column; a two-column article's column is 229.5pt wide, its text 469pt
-CHAR_PT, TOP1_PT, PUBLISHED_PT, COLUMN_PT, TEXT_PT = 4.5, 62.0, 33.0, 229.5, 469.0
-MISSING = "{--}"  # braces: an S column typesets it as text
-
-
-def _number(mean: float, std: float) -> str:
-    if not _known(mean):
-        return MISSING
-    return f"{mean:.2f} \\pm {std:.2f}" if _known(std) else f"{mean:.2f}"
+PACKAGES = ("booktabs",)
+#: footnotesize and 3pt column gaps: a BiPer-style table of every built-in fits one column of a two-column article
+SETUP = "\\footnotesize\\setlength{\\tabcolsep}{3pt}"
+#: widths in pt at footnotesize (measured with pdflatex): a character of text, a "93.75 ± 0.12" cell, a
+#: published number, the gap between columns; a two-column article's column is 229.5pt wide, its text 469pt
+CHAR_PT, TOP1_PT, PUBLISHED_PT, GAP_PT, COLUMN_PT, TEXT_PT = 4.4, 50.0, 22.0, 6.0, 229.5, 469.0
+MISSING = "--"
+TIE_NOTE = ("Bold: the best method of its network and bits, alone where it is ahead of the next with a paired 95% "
+            "Student-t interval above 0 over the same seeds; {ties}")
 
 
 def _known(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def _column_keys(lb: pd.DataFrame) -> pd.DataFrame:
-    """Each row's (top, sub) column: the network (with its dataset when the suite has several) over the bits
-    (with the recipe when it has several); a dagger on bits of cells that cannot discriminate estimators."""
-    many_ds, many_recipes = lb.dataset.nunique() > 1, lb.recipe.nunique() > 1
-    top = lb.network + (" (" + lb.dataset + ")" if many_ds else "")
-    sub = lb.bits + (" " + lb.recipe if many_recipes else "")
-    flagged = lb.cell_check.eq("cannot discriminate") if "cell_check" in lb else False
-    return lb.assign(_top=top, _sub=sub, _flag=flagged)
+def number(mean: float, std: float, bold: bool = False) -> str:
+    """``93.75 ± 0.12`` in math mode (one weight for every glyph: ``\\boldmath`` sets the ± bold too); a mean
+    under 10 is padded so that the column's decimal points align."""
+    if not _known(mean):
+        return MISSING
+    pad = "\\phantom{0}" if abs(mean) < 10 else ""
+    body = f"{pad}{mean:.2f} \\pm {std:.2f}" if _known(std) else f"{pad}{mean:.2f}"
+    return f"{{\\boldmath${body}$}}" if bold else f"${body}$"
 
 
-def _fp_rows(lb: pd.DataFrame) -> pd.DataFrame:
-    """The FP baseline under every bits column of its network, dataset and recipe: it is their reference."""
+def _wa(bits: str) -> str:
+    """W1A32 -> 1/32 (the papers' W/A column)."""
+    m = re.fullmatch(r"W(\d+)A(\d+)", bits)
+    return f"{m.group(1)}/{m.group(2)}" if m else bits
+
+
+def _network(lb: pd.DataFrame) -> pd.Series:
+    """The network column: the network, with its dataset when the suite has several."""
+    return lb.network + (" (" + lb.dataset + ")" if lb.dataset.nunique() > 1 else "")
+
+
+def c_method(lb: pd.DataFrame) -> pd.Series:
+    """The method column: the display name, with the recipe when the suite has several."""
+    return lb.display + (" (" + lb.recipe + ")" if lb.recipe.nunique() > 1 else "")
+
+
+def _flagged(lb: pd.DataFrame) -> pd.Series:
+    return lb.cell_check.eq("cannot discriminate") if "cell_check" in lb else pd.Series(False, index=lb.index)
+
+
+def rows(lb: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """(network, cells of each row) in the papers' order: FP first, then per bits the control and the methods;
+    the network named on its first row only."""
+    lb = lb.assign(c_net=_network(lb), c_method=c_method(lb), c_flag=_flagged(lb))
+    has_pub = lb.published.notna().any()
+    out = []
+    for net in dict.fromkeys(lb.c_net):
+        g = lb[lb.c_net == net]
+        order = pd.concat([g[g.role == "baseline"].drop_duplicates("recipe"), g[g.role != "baseline"]])
+        for k, r in enumerate(order.itertuples()):
+            wa = _wa(r.bits) + ("$^\\dagger$" if r.c_flag else "")
+            cells = [escape.latex(net) if k == 0 else "", escape.latex(r.c_method), wa,
+                     number(r.top1_mean, r.top1_std, bold=bool(r.best))]
+            if has_pub:
+                cells.append(f"{r.published:.2f}" if _known(r.published) else MISSING)
+            out.append((net, cells))
+    return out
+
+
+def width(lb: pd.DataFrame) -> float:
+    """The paper-style tabular's width in pt, from measured character and column widths."""
+    text = [max(map(len, _network(lb)), default=0), max(len("Method"), max(map(len, c_method(lb)), default=0)), 4]
+    cols = CHAR_PT * sum(text) + TOP1_PT + (PUBLISHED_PT if lb.published.notna().any() else 0)
+    return cols + GAP_PT * (len(text) + 1 + lb.published.notna().any())
+
+
+def paper_tabular(lb: pd.DataFrame) -> str:
+    """The paper-style tabular: booktabs rules, a midrule per network."""
+    has_pub = lb.published.notna().any()
+    head = ["Network", "Method", "W/A", "Top-1 (\\%)"] + (["Pub."] if has_pub else [])
+    lines = ["\\begin{tabular}{ll" + "c" + "r" + ("r" if has_pub else "") + "}", "\\toprule",
+             " & ".join(head) + " \\\\"]
+    last: tuple[str, str] | None = None
+    for net, cells in rows(lb):
+        if last is None or net != last[0]:
+            lines.append("\\midrule")
+        elif cells[2] != last[1]:  # a thin rule where W/A changes within a network
+            lines.append(f"\\cmidrule(l){{2-{len(head)}}}")
+        last = (net, cells[2])
+        lines.append(" & ".join(cells) + " \\\\")
+    return "\n".join([*lines, "\\bottomrule", "\\end{tabular}"])
+
+
+def pivot(lb: pd.DataFrame) -> tuple[list[str], list[tuple[str, str]], dict[tuple[str, str], dict[str, str]]]:
+    """(row names, column keys (network, W/A), cell text): methods by display name against network and bits,
+    FP repeated under every bits column of its network (it is their reference)."""
+    lb = lb.assign(c_net=_network(lb), c_method=c_method(lb), c_flag=_flagged(lb))
     binary, fp = lb[lb.role != "baseline"], lb[lb.role == "baseline"]
-    cols = binary[["dataset", "network", "recipe", "_top", "_sub"]].drop_duplicates()
-    spread = fp.drop(columns=["_top", "_sub"]).merge(cols, on=["dataset", "network", "recipe"])
-    alone = fp[~fp.set_index(["dataset", "network", "recipe"]).index.isin(spread.set_index(
-        ["dataset", "network", "recipe"]).index)]  # a network run only in full precision keeps its own column
-    return pd.concat([spread, alone])
+    cols = list(dict.fromkeys(zip(binary.c_net, binary.bits, strict=True))) or list(
+        dict.fromkeys(zip(fp.c_net, fp.bits, strict=True)))
+    flags = lb.groupby(["c_net", "bits"])["c_flag"].any()
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for net, bits in cols:
+        g = pd.concat([fp[fp.c_net == net], binary[(binary.c_net == net) & (binary.bits == bits)]])
+        key = (net, _wa(bits) + ("$^\\dagger$" if flags.get((net, bits), False) else ""))
+        cells[key] = {r.c_method: number(r.top1_mean, r.top1_std, bold=bool(r.best)) for r in g.itertuples()}
+    names = list(dict.fromkeys(lb.sort_values("role", key=lambda s: s.map(
+        {"baseline": 0, "control": 1, "method": 2}), kind="stable").c_method))
+    return names, list(cells), cells
 
 
-def pivot(lb: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(cells, bold mask, column formats): LaTeX source of each cell, rows by display name in leaderboard
-    order, a published column beside a top-1 column only where some row has a published number."""
-    lb = _column_keys(lb)
-    lb = pd.concat([_fp_rows(lb), lb[lb.role != "baseline"]])
-    rows = list(dict.fromkeys(lb.display))
-    flags = lb.groupby(["_top", "_sub"])["_flag"].any()
-    data: dict[tuple[str, str], dict[str, str]] = {}
-    bold: dict[tuple[str, str], dict[str, bool]] = {}
-    formats = []
-    for (top, sub), g in lb.groupby(["_top", "_sub"], sort=False):
-        head = (escape.latex(top), escape.latex(sub) + ("$^\\dagger$" if flags[(top, sub)] else ""))
-        data[head] = {escape.latex(r.display): _number(r.top1_mean, r.top1_std) for r in g.itertuples()}
-        bold[head] = {escape.latex(r.display): bool(r.best) for r in g.itertuples()}
-        formats.append(TOP1_COLUMN)
-        if g.published.notna().any():
-            pub = (head[0], "pub." + "{}" * len(formats))  # empty groups: unique keys, no width
-            data[pub] = {escape.latex(r.display): f"{r.published:g}" if _known(r.published) else MISSING
-                         for r in g.itertuples()}
-            formats.append(PUBLISHED_COLUMN)
-    index = [escape.latex(r) for r in rows]
-    cells = pd.DataFrame(data, index=index).fillna(MISSING)
-    mask = pd.DataFrame(bold, index=index).reindex(columns=cells.columns).map(lambda v: v is True)
-    cells.columns = pd.MultiIndex.from_tuples(cells.columns)
-    mask.columns = cells.columns
-    return cells, mask, formats
+def pivot_tabular(lb: pd.DataFrame) -> str:
+    names, keys, cells = pivot(lb)
+    nets = list(dict.fromkeys(k[0] for k in keys))
+    top = ["", *(f"\\multicolumn{{{sum(k[0] == n for k in keys)}}}{{c}}{{{escape.latex(n)}}}" for n in nets)]
+    rules = []
+    start = 2
+    for n in nets:
+        span = sum(k[0] == n for k in keys)
+        rules.append(f"\\cmidrule(lr){{{start}-{start + span - 1}}}")
+        start += span
+    lines = ["\\begin{tabular}{l" + "r" * len(keys) + "}", "\\toprule", " & ".join(top) + " \\\\", "".join(rules),
+             " & ".join(["Method", *(k[1] for k in keys)]) + " \\\\", "\\midrule"]
+    refs = sum(1 for n in names if n == "FP" or n.startswith("control"))
+    for i, name in enumerate(names):
+        if i == refs and 0 < refs < len(names):
+            lines.append("\\midrule")
+        lines.append(" & ".join([escape.latex(name), *(cells[k].get(name, MISSING) for k in keys)]) + " \\\\")
+    return "\n".join([*lines, "\\bottomrule", "\\end{tabular}"])
 
 
-def _label(suite: str) -> str:
-    return "tab:binbench-" + (re.sub(r"[^a-z0-9]+", "-", suite.lower()).strip("-") or "suite")
+def pivot_width(lb: pd.DataFrame) -> float:
+    names, keys, _cells = pivot(lb)
+    return CHAR_PT * max(map(len, names), default=6) + (TOP1_PT + GAP_PT) * len(keys) + 2 * GAP_PT
 
 
-def _width(lb: pd.DataFrame, formats: list[str]) -> float:
-    """The tabular's width in pt, from measured character and column widths."""
-    return CHAR_PT * max(map(len, lb.display)) + 8 + sum(TOP1_PT if f == TOP1_COLUMN else PUBLISHED_PT
-                                                         for f in formats)
+def label(suite: str, suffix: str = "") -> str:
+    return "tab:binbench-" + (re.sub(r"[^a-z0-9]+", "-", suite.lower()).strip("-") or "suite") + suffix
 
 
-def _chunks(lb: pd.DataFrame) -> list[pd.DataFrame]:
-    """The leaderboard split by network into tabulars that each fit the text width of a two-column page, so
-    that a suite of many networks stacks its tabulars rather than running off the page."""
-    keys = _column_keys(lb)
-    chunks: list[list[str]] = []
-    for top in dict.fromkeys(keys._top):
-        if chunks and _width(lb, pivot(lb[keys._top.isin([*chunks[-1], top])])[2]) <= TEXT_PT:
-            chunks[-1].append(top)
-        else:
-            chunks.append([top])
-    return [lb[keys._top.isin(tops)] for tops in chunks]
+def _float(tabular: str, wide: bool, caption: str, lab: str, notes: list[str]) -> list[str]:
+    env = "table*" if wide else "table"
+    lines = [f"\\begin{{{env}}}[t]", "\\centering", SETUP, f"\\caption{{{escape.latex(caption)}}}",
+             f"\\label{{{lab}}}", tabular]
+    lines += [f"\\par\\smallskip\\parbox{{\\linewidth}}{{\\footnotesize {escape.latex(n)}}}" for n in notes]
+    return [*lines, f"\\end{{{env}}}"]
 
 
-def _tabular(lb: pd.DataFrame) -> str:
-    """One tabular (booktabs rules, S columns, bold best) by ``Styler.to_latex``; a rule between the references
-    (FP, control) and the methods."""
-    cells, mask, formats = pivot(lb)
-    styler = cells.style.apply(lambda _: mask.replace({True: "bfseries: ;", False: ""}), axis=None)
-    tex = styler.to_latex(column_format="l" + "".join(formats), hrules=True, multicol_align="c", siunitx=True)
-    methods = [escape.latex(m) for m in lb.loc[lb.role == "method", "display"] if escape.latex(m) in cells.index]
-    if methods and (lb.role != "method").any():
-        first = methods[0] + " &"
-        tex = tex.replace("\n" + first, "\n\\midrule\n" + first, 1)
-    return tex
+def tie_note(lb: pd.DataFrame) -> str:
+    """The footnote on bold: which cells' leaders are tied (no paired interval above 0 between them)."""
+    tied = lb[lb.tied & lb.best]
+    if tied.empty:
+        return TIE_NOTE.format(ties="here every best method is.")
+    groups = "; ".join(f"{net} {_wa(bits)}: {', '.join(g.display)}" for (net, bits), g in
+                       tied.groupby([_network(tied), "bits"], sort=False))
+    return TIE_NOTE.format(ties=f"tied leaders share the bold ({groups}).")
 
 
 def render(lb: pd.DataFrame, suite: str, caption: str, head: list[str], notes: list[str]) -> str:
-    """The whole ``leaderboard.tex``: comment lines (packages, provenance), then one float (``table`` while it
-    fits one column of a two-column paper, else ``table*``) with the caption, label, tabulars and notes."""
-    chunks = _chunks(lb)
-    wide = len(chunks) > 1 or _width(lb, pivot(lb)[2]) > COLUMN_PT
-    env = "table*" if wide else "table"
+    """The whole ``leaderboard.tex``: the provenance comment block, the paper-style float, the pivot float."""
     lines = [escape.latex_comment(f"needs \\usepackage{{{p}}}") for p in PACKAGES]
     lines += [escape.latex_comment(h) for h in head]
-    lines += [f"\\begin{{{env}}}[t]", "\\centering", SETUP.rstrip("\n"), f"\\caption{{{escape.latex(caption)}}}",
-              f"\\label{{{_label(suite)}}}", "\\par\\medskip\n".join(_tabular(g) for g in chunks)]
-    lines += [f"\\par\\smallskip\\footnotesize {escape.latex(n)}" for n in notes]
-    return "\n".join([*lines, f"\\end{{{env}}}", ""])
+    notes = [tie_note(lb), *notes]
+    lines += _float(paper_tabular(lb), width(lb) > COLUMN_PT, caption, label(suite), notes)
+    lines += _float(pivot_tabular(lb), pivot_width(lb) > COLUMN_PT, caption + " The same numbers, methods against "
+                    "network and W/A.", label(suite, "-pivot"), notes[:1])
+    return "\n".join([*lines, ""])
 
 
-__all__ = ["PACKAGES", "pivot", "render"]
+__all__ = ["PACKAGES", "number", "paper_tabular", "pivot", "pivot_tabular", "render", "rows"]
