@@ -169,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = resolve(values)  # a config error stops here, before a run is recorded
     tracked = None
     if not args.no_track:
-        from bench.record import SingleRun, default_run_store
+        from bench.track.record import SingleRun, default_run_store
 
         if not spec.config.download:  # and so does missing data
             from bench.data import dataset_source
@@ -196,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from bench.evaluate import evaluate_recorded, find_run
+    from bench.track.evaluate import evaluate_recorded, find_run
 
     rec = find_run(args.run, args.tracking_uri)
     top1 = evaluate_recorded(rec, data_root=args.data_root, device=args.device)
@@ -318,7 +318,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         results_dir = _results_dir(args, suite.name)  # checked before anything starts
     if args.action == "show" or args.dry_run:
         return _show_suite(suite, args)
-    from bench.runner import check_address, run_suite
+    from bench.exec.driver import check_address, run_suite
 
     check_address(args.address)
     # missing data: stop before Ray starts
@@ -391,7 +391,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from bench.tracking import default_tracking_uri, probe_server
+    from bench.track.store import default_tracking_uri, probe_server
 
     if not (args.suite or args.tracking_uri or args.results_dir):
         stores = sorted(p.parent.name for p in Path("results").glob("*/mlflow.db"))
@@ -443,12 +443,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Replay the first epochs of recorded trials of a suite with the code checked out now (bench.replay)."""
+    """Replay the first epochs of recorded trials of a suite with the code checked out now (bench.track.replay)."""
     import shutil
     import tempfile
 
-    from bench.replay import replay_suite
     from bench.suite import suite_identity
+    from bench.track.replay import replay_suite
 
     name = suite_identity(args.suite)[1] if not Path(args.suite).is_dir() else args.suite
     store = Path(args.results_dir or Path("results") / name) / "mlflow.db"

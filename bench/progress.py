@@ -109,7 +109,7 @@ class SuiteLines:
     """Prints ``trial n/N start LABEL (KEY)`` and ``trial n/N end LABEL top-1 xx.xx (status) in 12.3 s``.
 
     Any executor calls its hooks (named as Ray Tune's callback hooks) with objects that have ``trial_id``,
-    ``config`` (``{"trial": {...}}``) and ``last_result``; :class:`bench.suite_progress.SuiteProgress` is the Ray
+    ``config`` (``{"trial": {...}}``) and ``last_result``; :class:`bench.exec.ray_tune.SuiteProgress` is the Ray
     Tune callback, the local executor calls them itself, so both print the same lines.
 
     ``n`` numbers the trials in the order they start, so that a trial's end line carries its start line's number.

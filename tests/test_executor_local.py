@@ -1,4 +1,4 @@
-"""The local executor (bench.executor_local) on fake trials: retries after an exception and after a worker's
+"""The local executor (bench.exec.local) on fake trials: retries after an exception and after a worker's
 death, as Ray Tune's FailureConfig(max_failures=2) does; a killed or interrupted driver leaves no worker behind."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.executor_local import MAX_FAILURES, run_local
+from bench.exec.local import MAX_FAILURES, run_local
 from bench.progress import SuiteLines
 
 from .conftest import REPO
@@ -66,7 +66,7 @@ def test_dead_worker_is_replaced_and_its_trial_retried(tmp_path, capsys, mode, s
 
 DRIVER = """
 import sys
-from bench.executor_local import run_local
+from bench.exec.local import run_local
 from bench.progress import SuiteLines
 
 class NoWatch:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.exec.ray_tune import SuiteProgress, expected_trials
 from bench.progress import format_duration
-from bench.record import SYSTEM_METRICS_INTERVAL_S
-from bench.suite_progress import SuiteProgress, expected_trials
+from bench.track.record import SYSTEM_METRICS_INTERVAL_S
 
 from .test_suites import cli
 
@@ -176,7 +176,7 @@ def test_unwritable_artifact_location_is_a_tag_not_a_failed_trial(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from bench.record import log_run_record
+    from bench.track.record import log_run_record
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     blocker = tmp_path / "a-file"
@@ -207,7 +207,7 @@ def test_copied_store_writes_no_artifacts_outside_its_folder(tmp_path):
     """A store made on another machine keeps its absolute artifact location: nothing is created there."""
     from mlflow.tracking import MlflowClient
 
-    from bench.record import log_suite_file
+    from bench.track.record import log_suite_file
 
     elsewhere = tmp_path / "gone" / "results" / "artifacts"  # its parent folder does not exist here
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

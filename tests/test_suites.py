@@ -277,7 +277,7 @@ def test_cell_asha_decides_within_a_cell_only():
     point and stops its own weaker ones, where one ASHA over both cells would stop the weaker cell's every point."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-    from bench.search import CellASHA
+    from bench.exec.asha import CellASHA
 
     trials = {t.label: t for t in load_suite_body(SEARCH | {"grid": {**SEARCH["grid"], "seeds": [0, 1]}}).trials}
     ste0, ste1 = trials["ste-mlp-digits-W1A1-common-s0"], trials["ste-mlp-digits-W1A1-common-s1"]
@@ -306,7 +306,7 @@ def test_cell_asha_never_stops_a_trial_at_its_last_epoch():
     trained to the end, and record a finished run as stopped: the last epoch continues whatever it scores."""
     from ray.tune.schedulers import TrialScheduler
 
-    from bench.search import CellASHA
+    from bench.exec.asha import CellASHA
 
     t = load_suite_body(SEARCH).trials[0]
     sched = CellASHA(metric="test_top1", mode="max", max_t=5, grace_period=1, reduction_factor=2)
@@ -334,8 +334,8 @@ def test_search_suite_hands_tune_one_scheduler_per_cell(tmp_path, monkeypatch):
     and CellASHA with the file's ASHA settings (max_t past the longest run)."""
     from ray import tune
 
-    from bench import runner
-    from bench.search import CellASHA
+    from bench.exec import driver as runner
+    from bench.exec.asha import CellASHA
 
     seen = {}
 

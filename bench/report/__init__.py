@@ -100,7 +100,7 @@ def _hparams(p: dict[str, str], prefix: str = "estimator_hparams.") -> dict[str,
 
 def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any]:
     """One trial run as a row: identity tags, the setup a reader needs, final metrics."""
-    from bench import tracking as tg
+    from bench.track import store as tg
 
     t, m, p = r.data.tags, r.data.metrics, r.data.params
     row = {"run_id": r.info.run_id, "key": t.get(tg.KEY_TAG), "estimator": t.get(tg.ESTIMATOR_TAG),
@@ -129,7 +129,7 @@ def collect(uri: str, suite: str, search_keys: tuple[str, ...] = (), trials: set
     ``trials``: the grid trial keys of the suite as its file defines it now; runs of other trials (an earlier
     definition of the suite, or a binbench that resolved configurations differently) are left out and said so
     in the notes. None: every trial in the store counts."""
-    from bench import tracking
+    from bench.track import store as tracking
 
     client = tracking.mlflow_client(uri)
     exp = client.get_experiment_by_name(suite)
@@ -808,7 +808,7 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
            out_dir: str | Path | None = None, notes: list[str] | None = None
            ) -> tuple[Collected, dict[str, Path], list[Path]]:
     from bench.suite import find_suite, suite_identity
-    from bench.tracking import default_tracking_uri, probe_server
+    from bench.track.store import default_tracking_uri, probe_server
 
     try:
         find_suite(suite)
@@ -840,7 +840,7 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     paths = write_tables(c, out, t)
     figs = write_figures(c, out)
     paths["html"] = write_html(c, t, out, figs)
-    from bench.record import log_report
+    from bench.track.record import log_report
 
     log_report(uri, name, [*paths.values(), *figs])  # the suite's latest parent run keeps what its report showed
     return c, paths, figs

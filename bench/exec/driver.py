@@ -41,11 +41,11 @@ def _space(spec: dict[str, Any]):
 
 
 def _trial_fn(config: dict[str, Any]) -> None:
-    """Runs inside a Ray worker: one trial (bench.trial.run_trial), its epochs reported to Tune."""
+    """Runs inside a Ray worker: one trial (bench.exec.trial.run_trial), its epochs reported to Tune."""
     import ray
     from ray import tune
 
-    from bench.trial import run_trial
+    from bench.exec.trial import run_trial
 
     sampled = {k: v for k, v in config.items() if k not in ("trial", "ctx")}  # search-space values
     run_trial(dict(config["trial"]), config["ctx"], tune.report, sampled=sampled,
@@ -64,7 +64,7 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
     the tracking store (reached within seconds). Then runs a killed driver or worker left RUNNING are marked
     KILLED, and Ray starts; on any exit the suite's runs are ended (KILLED on an interruption).
     """
-    from bench import tracking
+    from bench.track import store as tracking
 
     check_arguments(cpus_per_trial, gpus_per_trial, max_concurrent, address)
     executor = pick_executor(executor, suite, address, gpus_per_trial)
@@ -83,7 +83,7 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
     uri = tracking_uri or tracking.default_tracking_uri(results)
     if uri.startswith("sqlite:///") and not uri[len("sqlite:///"):].startswith("/"):
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"  # trials run in another working folder
-    from bench import record as recording
+    from bench.track import record as recording
 
     recording.quiet_mlflow()
     exp_id = tracking.check_store(uri, suite.name, recording.artifact_root(uri, results))
@@ -124,9 +124,9 @@ def _run_locked(suite: Suite, results: Path, *, resume, address, cpus_per_trial,
 
 def _open_parent(suite: Suite, results: Path, uri: str, exp_id: str, tags: dict[str, str]) -> str:
     """The suite execution's parent run: the command, the code, versions and hardware, the suite file."""
-    from bench import record as recording
-    from bench import tracking
     from bench.env import describe
+    from bench.track import record as recording
+    from bench.track import store as tracking
 
     info = describe()
     parent = _tracked(uri, lambda: tracking.start_parent(uri, exp_id, suite.name, {
@@ -141,7 +141,7 @@ def _open_parent(suite: Suite, results: Path, uri: str, exp_id: str, tags: dict[
 
 def _close_parent(suite: Suite, uri: str, exp_id: str, parent: str, keys: list[str], log) -> dict[str, str]:
     """End the runs this execution left RUNNING, count what the trials came to, end the parent run."""
-    from bench import tracking
+    from bench.track import store as tracking
 
     # a run still RUNNING now lost its process without ending it: a trial the scheduler stopped at its last report
     # (Ray drops the function without raising in it), or an attempt whose retries ran out
@@ -188,7 +188,7 @@ def _start_ray(address: str | None, cpus_per_trial: int, gpus_per_trial: float) 
 
     import ray
 
-    from bench.suite_progress import quiet_ray
+    from bench.exec.ray_tune import quiet_ray
 
     quiet = quiet_ray()
     # Ray's warning about experiment snapshot frequency is noise here
@@ -317,7 +317,7 @@ def _fit(suite: Suite, todo: list, ctx: dict[str, Any], max_concurrent: int | No
                                 "trial_name_creator": lambda t: t.config["trial"]["label"],
                                 "trial_dirname_creator": lambda t: f"{t.config['trial']['label']}-{t.trial_id}"}
     if suite.search:
-        from bench.search import CellASHA
+        from bench.exec.asha import CellASHA
 
         for k, spec in suite.search["space"].items():
             space[k] = _space(spec)
@@ -330,7 +330,7 @@ def _fit(suite: Suite, todo: list, ctx: dict[str, Any], max_concurrent: int | No
                                              mode=suite.search.get("mode", "max"), max_t=max_t, **asha)
     trainable = tune.with_resources(_trial_fn, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     watch = _StoreWatch(uri, log)
-    from bench.suite_progress import SuiteProgress, expected_trials
+    from bench.exec.ray_tune import SuiteProgress, expected_trials
 
     progress = SuiteProgress(expected_trials(len(todo), suite.search),
                              # only a scheduler stops trials early: without one every trial ends
@@ -350,8 +350,8 @@ def _fit(suite: Suite, todo: list, ctx: dict[str, Any], max_concurrent: int | No
 
 
 def _fit_local(suite: Suite, todo: list, ctx: dict[str, Any], max_concurrent: int | None, log) -> None:
-    """Run ``todo`` on this machine without Ray (bench.executor_local): start-up paid once, not per trial."""
-    from bench.executor_local import run_local
+    """Run ``todo`` on this machine without Ray (bench.exec.local): start-up paid once, not per trial."""
+    from bench.exec.local import run_local
     from bench.progress import SuiteLines
 
     workers = local_workers(ctx["cpus_per_trial"], ctx["gpus_per_trial"], max_concurrent, len(todo))

@@ -3,8 +3,8 @@
 Trials run in long-lived worker processes, or in the driver's own process when one runs at a time. A worker
 imports torch and MLflow once (they are preloaded in a forkserver, so a replacement worker starts in a fraction
 of a second), keeps each dataset it loaded in memory (``bench.data.keep_in_memory``) and runs trial after trial.
-Each trial is ``bench.trial.run_trial``, exactly as under Ray, so the MLflow records, checkpoints and resume are
-the same; the driver side (stale runs, finished keys, the parent run) is ``bench.runner``'s for both executors.
+Each trial is ``bench.exec.trial.run_trial``, exactly as under Ray, so the MLflow records, checkpoints and resume are
+the same; the driver side (stale runs, finished keys, the parent run) is ``bench.exec.driver``'s for both executors.
 
 Failures as under Ray Tune with ``FailureConfig(max_failures=2)``: a trial whose training raises, or whose worker
 dies, is retried up to twice (in a new worker after a death), continuing from its checkpoint; then it is failed.
@@ -27,9 +27,9 @@ from typing import Any
 #: a trial is tried at most 1 + MAX_FAILURES times, as Ray Tune's FailureConfig(max_failures=2)
 MAX_FAILURES = 2
 #: what the forkserver imports once for every worker it forks
-PRELOAD = ["torch", "mlflow", "bench.trial", "bench.train", "bench.record", "bench.tracking"]
+PRELOAD = ["torch", "mlflow", "bench.exec.trial", "bench.train", "bench.track.record", "bench.track.store"]
 #: the trial function, as module:function
-TARGET = "bench.trial:run_trial"
+TARGET = "bench.exec.trial:run_trial"
 #: the trial runs' tag that says which executor ran them
 LOCAL_TAGS = {"executor": "local"}
 #: how long stopped workers get to end their runs (KILLED) before they are killed

@@ -1,4 +1,4 @@
-"""One suite trial, whatever runs it: a Ray Tune trainable (bench.runner) or a local worker (bench.executor_local).
+"""One suite trial, whatever runs it: a Ray Tune trainable (bench.exec.driver) or a local worker (bench.exec.local).
 
 ``run_trial`` is the whole trial body: the trial's spec (resolved once when the suite was expanded; a search
 point's values resolve it again), the trial's MLflow run (tags, params, metrics, records),
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.tracking import TRIAL_TAG
+from bench.track.store import TRIAL_TAG
 
 
 def run_trial(trial: dict[str, Any], ctx: dict[str, Any], report: Callable[[dict[str, Any]], None] | None = None,
@@ -69,8 +69,8 @@ def _open_run(trial: dict[str, Any], ctx: dict[str, Any], spec: Any, ckpt_dir: P
     """The trial's MLflow child run, tagged with where and how it runs."""
     import socket
 
-    from bench import tracking as tg
     from bench.env import describe
+    from bench.track import store as tg
 
     info = describe()
     tags = {tg.RESULTS_TAG: ctx["results_dir"], tg.ATTEMPT_TAG: ckpt_dir.name,
@@ -85,8 +85,8 @@ def _open_run(trial: dict[str, Any], ctx: dict[str, Any], spec: Any, ckpt_dir: P
 def _train_tracked(run, uri: str, spec: Any, ckpt_dir: Path,
                    report: Callable[[dict[str, Any]], None] | None) -> str:
     """Train with per-epoch metrics into the run; end the run as training ended."""
-    from bench import record as recording
-    from bench.tracking import ERROR_TAG, STATUS_TAG
+    from bench.track import record as recording
+    from bench.track.store import ERROR_TAG, STATUS_TAG
     from bench.train import train
 
     logged: set[int] = set()

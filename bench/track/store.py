@@ -24,7 +24,7 @@ RESULTS_TAG, ATTEMPT_TAG = "binbench.results_dir", "binbench.attempt"
 ESTIMATOR_TAG, MODEL_TAG, DATASET_TAG, BITS_TAG, RECIPE_TAG, SEED_TAG = (
     "estimator", "model", "dataset", "bits", "recipe", "seed")
 SUITE_TAG, CELL_TAG, ROLE_TAG = "suite", "cell", "role"
-#: tags of what a run came to and where it came from (``bench.record.final_tags``, the executors)
+#: tags of what a run came to and where it came from (``bench.track.record.final_tags``, the executors)
 HEADLINE_TAG, STAGE_EPOCHS_TAG, DATA_SOURCE_TAG = "headline_mode", "stage_epochs", "dataset_source"
 COMMIT_TAG, COMMAND_TAG, ERROR_TAG, MESSAGE_TAG = "git_commit", "command", "error", "message"
 #: MLflow's HTTP retries for a suite: its defaults (7 retries, backoff factor 2, 120 s timeout) wait minutes

@@ -234,7 +234,7 @@ def final_metrics(res: Any) -> dict[str, float]:
 
 
 def final_tags(res: Any) -> dict[str, str]:
-    from bench.tracking import DATA_SOURCE_TAG, HEADLINE_TAG, MESSAGE_TAG, STAGE_EPOCHS_TAG, STATUS_TAG
+    from bench.track.store import DATA_SOURCE_TAG, HEADLINE_TAG, MESSAGE_TAG, STAGE_EPOCHS_TAG, STATUS_TAG
 
     return {STATUS_TAG: res.status, HEADLINE_TAG: next(iter(res.eval_modes)), MESSAGE_TAG: res.message,
             DATA_SOURCE_TAG: res.data_source,
@@ -257,8 +257,8 @@ class SingleRun:
     """The MLflow run of one ``binbench run``: params, per-epoch metrics, final metrics, the record above."""
 
     def __init__(self, uri: str, spec: Any):
-        from bench import tracking
         from bench.env import describe
+        from bench.track import store as tracking
 
         quiet_mlflow()
         if uri.startswith("sqlite:///"):
@@ -298,7 +298,7 @@ class SingleRun:
         self.run.end("FINISHED" if res.status == "finished" else "FAILED")
 
     def fail(self, exc: BaseException) -> None:
-        from bench.tracking import ERROR_TAG, STATUS_TAG
+        from bench.track.store import ERROR_TAG, STATUS_TAG
 
         stop_system_metrics(self.monitor)
         self.run.set_tags({STATUS_TAG: "failed", ERROR_TAG: f"{type(exc).__name__}: {exc}"})
@@ -313,7 +313,7 @@ def log_report(uri: str, suite: str, files: list[Path]) -> str | None:
     """
     from mlflow.exceptions import MlflowException
 
-    from bench.tracking import KIND_TAG, mlflow_client
+    from bench.track.store import KIND_TAG, mlflow_client
 
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(suite)
