@@ -39,8 +39,12 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import ConfigError, did_you_mean
-from bench.recipes import COMMON_ACTIVATION
 from bench.registry import Registry
+
+#: ``native_activation`` of an estimator whose own recipe uses the common recipe's activation estimator (the
+#: estimator declaring ``common_activation``); defined here, below the recipes, so that they import the registry
+#: and not the other way round
+COMMON_ACTIVATION = ":common"
 
 KINDS = ("weight", "activation")
 
@@ -353,9 +357,8 @@ def native_activation_of(name: str) -> str:
 
 
 def estimator_info(name: str) -> dict[str, Any]:
-    """Docstring, hyperparameters with defaults, capabilities, recipes and source of an estimator."""
-    from bench.recipes import recipe_table  # late: recipes import the registry
-
+    """Docstring, hyperparameters with defaults, capabilities and source of an estimator (its recipes:
+    ``bench.recipes.recipe_table``)."""
     entry = ESTIMATORS.entry(name)
     cls = entry.obj
     try:
@@ -373,7 +376,6 @@ def estimator_info(name: str) -> dict[str, Any]:
         "eval_modes": cls.eval_modes,
         "role": cls.role,
         "stages": [s.name for s in cls().stages()],
-        "recipes": recipe_table(name),
         "source": entry.source,
         "file": file,
     }
