@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from bench.errors import ConfigError, did_you_mean
+from bench.estimator import BOOL_WORDS, parse_bool
 from bench.recipes import RECIPES
 
 #: the bit widths a run can have: name -> (weight bits, activation bits)
@@ -133,7 +134,7 @@ def check_type(key: str, value: Any) -> Any:
     try:
         if typ.startswith("bool"):
             if isinstance(value, str):
-                value = {"true": True, "false": False, "1": True, "0": False}[value.lower()]
+                value = parse_bool(value)
             if not isinstance(value, bool):
                 raise TypeError
         elif typ.startswith("int"):
@@ -213,8 +214,7 @@ def check_hparam_types(est_cls, values: dict[str, Any], side: str = "estimator")
             continue  # unknown names: coerce_hparams says so, with the valid ones
         d = defaults[key]
         if isinstance(d, bool):
-            ok = isinstance(value, bool) or (isinstance(value, str) and value.lower() in
-                                             {"true", "false", "1", "0", "yes", "no"})
+            ok = isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in BOOL_WORDS)
         elif isinstance(d, (int, float)):
             ok = not isinstance(value, (bool, list, dict, tuple))
         elif isinstance(d, str):

@@ -45,6 +45,16 @@ from bench.registry import Registry
 #: estimator declaring ``common_activation``); defined here, below the recipes, so that they import the registry
 #: and not the other way round
 COMMON_ACTIVATION = ":common"
+#: the one vocabulary of true/false words binbench reads from text (--set, suite files, hyperparameters)
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_bool(text: str) -> bool:
+    """``text`` as a boolean (:data:`BOOL_WORDS`, any case); ValueError for anything else."""
+    try:
+        return BOOL_WORDS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"not a boolean: {text!r}") from None
 
 KINDS = ("weight", "activation")
 
@@ -301,11 +311,7 @@ def _coerce(est: str, key: str, value: Any, default: Any) -> Any:
     try:
         if isinstance(default, bool):
             if isinstance(value, str):
-                if value.lower() in {"true", "1", "yes"}:
-                    return True
-                if value.lower() in {"false", "0", "no"}:
-                    return False
-                raise ValueError
+                return parse_bool(value)
             return bool(value)
         if isinstance(default, int):
             if isinstance(value, float) and not value.is_integer():

@@ -183,6 +183,7 @@ def _expected_registry_tests(name, kinds):
     return ids
 
 
+@pytest.mark.slow  # a nested pytest run of the registry tests over the installed plugins
 def test_registry_tests_cover_plugins(plugin_site, tmp_path):
     """The registry-parametrized tests pick every plugin estimator up without being edited."""
     report = tmp_path / "junit.xml"

@@ -140,6 +140,7 @@ def _group_alive(pgid: int) -> list[int]:
 SIGKILL_CONCURRENCY = {"local": "2", "ray": "1"}
 
 
+@pytest.mark.slow  # ~2 minutes per executor on 2 cores: a suite killed mid-run, then resumed
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_sigkill_then_resume_runs_each_trial_once(tmp_path, executor):
     body = {"name": "killme", "grid": {"estimators": ["ste", "clipped_ste", "approx_sign"], "models": ["mlp"],
@@ -243,6 +244,7 @@ def test_local_executor_refuses_what_needs_ray(tmp_path, capsys, argv, needle):
     assert not (tmp_path / "res").exists()
 
 
+@pytest.mark.slow  # ~75 s on 2 cores: a Ray search with ASHA (test_cell_asha_* check the scheduler fast)
 def test_search_suite_asha_per_cell(tmp_path):
     path = _write(tmp_path, SEARCH)  # the default executor (auto) picks Ray for a search suite
     out = cli("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), timeout=400)
