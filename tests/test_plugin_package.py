@@ -20,6 +20,10 @@ import torch
 
 from .conftest import REPO
 
+# longer than the default timeout (pyproject): its module fixture pip-installs the example package
+# (a fixture's set-up counts against the first test that uses it)
+pytestmark = pytest.mark.timeout(900)
+
 #: what the example package promises: its estimators and the kinds each binarizes
 PLUGIN_KINDS = {"sign_swish": ("weight", "activation"), "rsign": ("activation",),
                 "rbnn_sign": ("weight", "activation")}

@@ -19,6 +19,10 @@ from bench.track.record import SYSTEM_METRICS_INTERVAL_S
 
 from .test_suites import cli
 
+# longer than the default timeout (pyproject): its module fixture runs a suite through the CLI
+# (a fixture's set-up counts against the first test that uses it)
+pytestmark = pytest.mark.timeout(900)
+
 BODY = {"name": "recordme", "grid": {"estimators": ["ste", "clipped_ste"], "models": ["mlp"], "datasets": ["digits"],
                                     "seeds": [0]},
         "defaults": {"epochs": 1, "model_args": {"hidden": [16, 16]}}}

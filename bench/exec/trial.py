@@ -58,6 +58,7 @@ def run_trial(trial: Trial, ctx: SuiteContext, report: Report | None = None, *,
     executor-specific run tags (which executor, Ray's node). An exception ends the run FAILED and propagates: the
     executor decides whether to retry; Ctrl-C ends it KILLED.
     """
+    # the training loop and MLflow load with the first trial, not when the driver imports this module for its types
     import torch
 
     from bench.track.run import tracked_run

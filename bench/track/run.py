@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Metric, Param, RunTag
+
 from bench.spec import RunIdentity, RunSpec
 from bench.track import record, store
 
@@ -37,15 +39,11 @@ class MlflowRun:
             store.end_earlier_attempts(self.client, exp_id, parent_id, base[store.ATTEMPT_TAG], self.run_id)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
         items = [Param(k[:250], v[:6000]) for k, v in store.flatten(params).items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -53,8 +51,6 @@ class MlflowRun:
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def end(self, status: str) -> None:
