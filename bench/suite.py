@@ -575,7 +575,8 @@ def missing_data(suite: Suite) -> list[str]:
                 dataset_source(t.dataset, str(path) if path else None)
             except DataNotFoundError as exc:
                 out.append(f"{suite.path}: {exc}")
-        elif path is not None and not path.is_dir():  # a download goes into a folder that must exist
+                continue
+        if path is not None and not path.is_dir():  # even where the data is embedded or downloaded: a typo
             out.append(f"{suite.path}: data_root {root!r} of trial {t.label} ({path}) is not a folder: fix "
                        "data_root in the suite file or pass --data-root")
     return out
