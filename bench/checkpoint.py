@@ -14,10 +14,13 @@ refuses them), is "not a binbench checkpoint"; a truncated file or one whose dig
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +97,62 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", fix:
         raise CheckpointError(f"checkpoint {path} is damaged: its contents no longer match the checksum written "
                               f"with it: {fix}")
     return state
+
+
+# -- where a run stands: what its checkpoint saves besides the tensors --------------------------------------
+@dataclass(frozen=True)
+class Best:
+    """The best epochs of a run so far (epochs as 0-based loop indices within their stage): the best test epoch of
+    the last stage, the epoch its validation split selects, and each stage's best score (for the hand-off)."""
+
+    top1: float | None = None
+    top5: float | None = None
+    epoch: int | None = None
+    val_top1: float | None = None
+    selected_top1: float | None = None
+    selected_epoch: int | None = None
+    stages: Mapping[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a checkpoint file holds it (the layout files have had since before this type: ``stage<i>`` keys)."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "stages" and v is not None}
+        return {**out, **{f"stage{i}": s for i, s in self.stages.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Best:
+        names = {f.name for f in dataclasses.fields(cls)} - {"stages"}
+        return cls(**{k: v for k, v in d.items() if k in names},
+                   stages={int(k[5:]): v for k, v in d.items() if k.startswith("stage") and k[5:].isdigit()})
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a run stands: the next stage and epoch, the epochs' records, the best epochs, the optimizer's and
+    scheduler's state inside a stage, and how the run ended. ``history`` grows as epochs end; everything else
+    changes by replacing the state. :meth:`save` and :meth:`load` are the one way it reaches a file."""
+
+    stage: int = 0
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: Best = field(default_factory=Best)
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    status: str = "running"
+
+    def save(self, path: str | os.PathLike, key: str, tensors: Mapping[str, Any]) -> None:
+        """The state with the run's key and its tensors (weights, random generators, diagnostics) at ``path``."""
+        save(path, {"key": key, **tensors, "stage": self.stage, "epoch": self.epoch, "history": self.history,
+                    "best": self.best.to_dict(), "optimizer": self.optimizer, "scheduler": self.scheduler,
+                    "status": self.status})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> tuple[RunState, dict[str, Any]]:
+        """(the state, the whole file: its key and tensors) saved at ``path``; CheckpointError when a part is
+        missing."""
+        saved = load(path)
+        missing = [k for k in ("key", "stage", "epoch", "history", "best", "optimizer", "scheduler") if k not in saved]
+        if missing:
+            raise CheckpointError(f"{path} is not a binbench checkpoint (no {missing[0]!r} in it): delete it, or "
+                                  "rerun without --resume")
+        return cls(saved["stage"], saved["epoch"], saved["history"], Best.from_dict(saved["best"]),
+                   saved["optimizer"], saved["scheduler"], saved.get("status", "running")), saved

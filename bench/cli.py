@@ -158,7 +158,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"\nbinarizes: {', '.join(info['kinds'])}; native scaling: {info['native_scaling']}; native activation "
           f"estimator: {info['native_activation']}; stages: {', '.join(info['stages'])}; "
           f"eval modes: {', '.join(info['eval_modes'])}")
-    _print_recipes(info["recipes"])
+    from bench.recipes import recipe_table
+
+    _print_recipes(recipe_table(args.name))
     if info.get("file"):
         print(f"\nsource: {info['file']}")
     if args.plot:
@@ -221,36 +223,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.spec import resolve
 
     spec = resolve(values)  # a config error stops here, before a run is recorded
-    tracked = None
-    if not args.no_track:
-        from bench.record import SingleRun, default_run_store
+    uri = None if args.no_track else _run_store(args.tracking_uri, spec)
+    with contextlib.ExitStack() as stack:
+        tracked = None
+        if uri is not None:
+            from bench.track.run import single_run
 
-        if not spec.config.download:  # and so does missing data
-            from bench.data import dataset_source
-
-            dataset_source(spec.config.dataset, spec.config.data_root)
-        tracked = SingleRun(args.tracking_uri or default_run_store(), spec)
-    try:
+            tracked = stack.enter_context(single_run(uri, spec))
         result = train(spec, reporter=Reporter(enabled=not args.json),
                        callbacks=[tracked.on_epoch] if tracked else None,
                        stage_hooks=[tracked.final_model] if tracked else None)
-    except BaseException as exc:
         if tracked is not None:
-            tracked.fail(exc)
-        raise
+            tracked.finish(result)
     out = result.to_dict()
     if tracked is not None:
-        tracked.finish(result)
-        out["tracking"] = {"uri": tracked.uri, "run_id": tracked.run_id}
+        out["tracking"] = {"uri": uri, "run_id": tracked.run_id}
     if args.json:
         print(json.dumps(out, default=_json_default, allow_nan=False, indent=None))
     elif tracked is not None:
-        print(f"recorded as MLflow run {tracked.run_id} in {tracked.uri}")
+        print(f"recorded as MLflow run {tracked.run_id} in {uri}")
     return 0 if result.status == "finished" else 3
 
 
+def _run_store(tracking_uri: str | None, spec: Any) -> str:
+    """The store ``binbench run`` records in; missing data stops the run before a run is recorded."""
+    from bench.track.record import default_run_store
+
+    if not spec.config.download:
+        from bench.data import dataset_source
+
+        dataset_source(spec.config.dataset, spec.config.data_root)
+    return tracking_uri or default_run_store()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from bench.evaluate import evaluate_recorded, find_run
+    from bench.track.evaluate import evaluate_recorded, find_run
 
     if args.exported:
         return cmd_evaluate_exported(args)
@@ -419,16 +426,13 @@ def cmd_suite(args: argparse.Namespace) -> int:
         raise BinbenchError(f"binbench suite {args.action} needs a suite name or a path to a .yaml file")
     if args.max_trials is not None and args.max_trials < 1:
         raise BinbenchError(f"--max-trials must be a positive number of trials, got {args.max_trials}")
-    suite = load_suite(args.suite, data_root=args.data_root, max_trials=args.max_trials)
+    suite = load_suite(args.suite, data_root=args.data_root, max_trials=args.max_trials)  # loaded once
     if args.action == "run":
         results_dir = _results_dir(args, suite.name)  # checked before anything starts
     if args.action == "show" or args.dry_run:
         return _show_suite(suite, args)
-    from bench.runner import check_address, run_suite
+    from bench.exec.driver import run_suite
 
-    check_address(args.address)
-    # missing data: stop before Ray starts
-    load_suite(args.suite, data_root=args.data_root, check_data=True, max_trials=args.max_trials)
     out = run_suite(suite, results_dir, resume=args.resume, address=args.address,
                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                     tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent, executor=args.executor)
@@ -449,7 +453,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
 def _show_suite(suite, args: argparse.Namespace) -> int:
     """``suite show`` and ``suite run --dry-run``: the trials, their budget, the cost estimate, missing data."""
     from bench.progress import format_duration, format_flop
-    from bench.suite import _missing_data, estimate_cost
+    from bench.suite import estimate_cost, missing_data
 
     cost = estimate_cost(suite)
     print(f"suite {suite.name} ({suite.path}): {len(suite.trials)} trials")
@@ -461,7 +465,7 @@ def _show_suite(suite, args: argparse.Namespace) -> int:
     if suite.search:
         print(f"search: {suite.search.get('num_samples', 1)} sample(s) per trial over "
               f"{', '.join(suite.search['space'])} with ASHA per grid cell")
-    missing = _missing_data(suite.path, set(cost["datasets"]), args.data_root)
+    missing = missing_data(suite)
     print(f"cost estimate: {format_flop(cost['flop'])}, ~{format_duration(cost['cpu_hours'] * 3600)} on a "
           f"2-core CPU, ~{format_duration(cost['gpu_hours'] * 3600)} on one GPU (nominal rates, rough)")
     print("needs: " + ("a GPU" if cost["needs_gpu"] else "CPU is enough") + "; data: "
@@ -497,7 +501,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from bench.tracking import default_tracking_uri, probe_server
+    from bench.track.store import default_tracking_uri, probe_server, sqlite_path
 
     if not (args.suite or args.tracking_uri or args.results_dir):
         stores = sorted(p.parent.name for p in Path("results").glob("*/mlflow.db"))
@@ -505,9 +509,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
                             "under results/: " + (", ".join(stores) if stores else "none yet"))
     uri = args.tracking_uri or default_tracking_uri(args.results_dir or _results_dir(args, args.suite))
     probe_server(uri)
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        raise BinbenchError(f"no MLflow store at {uri[len('sqlite:///'):]}: run `binbench suite run` first or pass "
-                            "--results-dir / --tracking-uri")
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise BinbenchError(f"no MLflow store at {db}: run `binbench suite run` first or pass --results-dir / "
+                            "--tracking-uri")
     exe = shutil.which("mlflow") or "mlflow"
     print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -556,12 +561,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Replay the first epochs of recorded trials of a suite with the code checked out now (bench.replay)."""
+    """Replay the first epochs of recorded trials of a suite with the code checked out now (bench.track.replay)."""
     import shutil
     import tempfile
 
-    from bench.replay import replay_suite
     from bench.suite import suite_identity
+    from bench.track.replay import replay_suite
+    from bench.track.store import sqlite_uri
 
     name = suite_identity(args.suite)[1] if not Path(args.suite).is_dir() else args.suite
     store = Path(args.results_dir or Path("results") / name) / "mlflow.db"
@@ -572,7 +578,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="binbench-replay-") as tmp:
         copy = Path(tmp) / "mlflow.db"  # read a copy: the recorded store is never written
         shutil.copy(store, copy)
-        res = replay_suite(f"sqlite:///{copy}", name, args.epochs, args.per_estimator, args.data_root, args.threads)
+        res = replay_suite(sqlite_uri(copy), name, args.epochs, args.per_estimator, args.data_root, args.threads)
     differ = [r for r in res if r.differences]
     print(f"replayed {len(res)} trial(s) of {name} from {store}: {len(res) - len(differ)} equal, {len(differ)} differ")
     return 1 if differ else 0

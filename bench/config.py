@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from bench.errors import ConfigError, did_you_mean, type_words
+from bench.estimator import BOOL_WORDS, parse_bool
 from bench.recipes import RECIPES
 
 #: the bit widths a run can have: name -> (weight bits, activation bits)
@@ -137,7 +138,7 @@ def check_type(key: str, value: Any) -> Any:
     try:
         if typ.startswith("bool"):
             if isinstance(value, str):
-                value = {"true": True, "false": False, "1": True, "0": False}[value.lower()]
+                value = parse_bool(value)
             if not isinstance(value, bool):
                 raise TypeError
         elif typ.startswith("int"):
@@ -223,32 +224,6 @@ def check_values(values: dict[str, Any], where: str = "") -> None:
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {value!r} (e.g. --set device=cpu)")
 
 
-def check_model_args(model: str, args: dict[str, Any]) -> None:
-    """Model arguments against the model's signature: known names, sizes positive integers, known activations."""
-    from bench.models import model_args
-
-    valid = model_args(model)
-    for key, value in args.items():
-        if key not in valid:
-            raise ConfigError(f"unknown argument {key!r} for model {model!r}{did_you_mean(key, valid)}; valid: "
-                              f"{', '.join(valid)} (set with --set model.NAME=VALUE)")
-        default = valid[key]
-        if key == "act":
-            if value not in (None, "hardtanh", "relu", "prelu", "identity"):
-                raise ConfigError(f"model.act must be hardtanh, relu, prelu or identity, got {value!r}")
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"model.{key} must be true or false, got {value!r}")
-        elif isinstance(default, (list, tuple)):
-            if (not isinstance(value, (list, tuple)) or not value
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-                raise ConfigError(f"model.{key} must be a non-empty list of positive integers (layer sizes), got "
-                                  f"{value!r} (e.g. --set model.{key}=[64,64])")
-        elif isinstance(default, int) or (default is None and key.endswith(("stride", "width", "hidden"))):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"model.{key} must be a positive integer, got {value!r}")
-
-
 def check_hparam_types(est_cls, values: dict[str, Any], side: str = "estimator") -> None:
     """Hyperparameter values against the types of the estimator's declared defaults (no silent bool(5))."""
     defaults, declared = est_cls.hparam_defaults(), est_cls.hparam_types()
@@ -261,8 +236,7 @@ def check_hparam_types(est_cls, values: dict[str, Any], side: str = "estimator")
             if d is None:
                 continue
         if isinstance(d, bool):
-            ok = isinstance(value, bool) or (isinstance(value, str) and value.lower() in
-                                             {"true", "false", "1", "0", "yes", "no"})
+            ok = isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in BOOL_WORDS)
         elif isinstance(d, (int, float)):
             ok = not isinstance(value, (bool, list, dict, tuple))
         elif isinstance(d, str):

@@ -39,8 +39,22 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import ConfigError, did_you_mean, type_words
-from bench.recipes import COMMON_ACTIVATION
 from bench.registry import Registry
+
+#: ``native_activation`` of an estimator whose own recipe uses the common recipe's activation estimator (the
+#: estimator declaring ``common_activation``); defined here, below the recipes, so that they import the registry
+#: and not the other way round
+COMMON_ACTIVATION = ":common"
+#: the one vocabulary of true/false words binbench reads from text (--set, suite files, hyperparameters)
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_bool(text: str) -> bool:
+    """``text`` as a boolean (:data:`BOOL_WORDS`, any case); ValueError for anything else."""
+    try:
+        return BOOL_WORDS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"not a boolean: {text!r}") from None
 
 KINDS = ("weight", "activation")
 
@@ -323,11 +337,7 @@ def _coerce(est: str, key: str, value: Any, default: Any) -> Any:
     try:
         if isinstance(default, bool):
             if isinstance(value, str):
-                if value.lower() in {"true", "1", "yes"}:
-                    return True
-                if value.lower() in {"false", "0", "no"}:
-                    return False
-                raise ValueError
+                return parse_bool(value)
             return bool(value)
         if isinstance(default, int):
             if isinstance(value, float) and not value.is_integer():
@@ -379,9 +389,8 @@ def native_activation_of(name: str) -> str:
 
 
 def estimator_info(name: str) -> dict[str, Any]:
-    """Docstring, hyperparameters with defaults, capabilities, recipes and source of an estimator."""
-    from bench.recipes import recipe_table  # late: recipes import the registry
-
+    """Docstring, hyperparameters with defaults, capabilities and source of an estimator (its recipes:
+    ``bench.recipes.recipe_table``)."""
     entry = ESTIMATORS.entry(name)
     cls = entry.obj
     try:
@@ -399,7 +408,6 @@ def estimator_info(name: str) -> dict[str, Any]:
         "eval_modes": cls.eval_modes,
         "role": cls.role,
         "stages": [s.name for s in cls().stages()],
-        "recipes": recipe_table(name),
         "source": entry.source,
         "file": file,
     }

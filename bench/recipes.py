@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from bench.errors import ConfigError
+from bench.estimator import COMMON_ACTIVATION, get_estimator_class, native_activation_of
 
 RECIPES = ("common", "published")
-#: an estimator's ``native_activation`` (and the common recipe's ``activation_estimator``) meaning "the
-#: registered estimator that declares ``common_activation``"; resolved to its name when a run is resolved
-COMMON_ACTIVATION = ":common"
+#: COMMON_ACTIVATION (``bench.estimator``), an estimator's ``native_activation`` and the common recipe's
+#: ``activation_estimator``, means "the registered estimator that declares ``common_activation``"; resolved to its
+#: name when a run is resolved
 #: the run properties a rule can match on
 MATCH_KEYS = ("model", "dataset", "w_bits", "a_bits")
 #: config keys whose dict values merge key by key across rules
@@ -155,15 +156,11 @@ def published_rules(cls: type) -> list[Rule] | None:
 
 
 def has_published_recipe(estimator: str) -> bool:
-    from bench.estimator import get_estimator_class
-
     return published_rules(get_estimator_class(estimator)) is not None
 
 
 def _native_rule(cls: type, estimator: str) -> Rule:
     """What every published recipe starts from: the method's own scaling and activation estimator."""
-    from bench.estimator import native_activation_of
-
     act = native_activation_of(estimator)
     return Rule({}, {"scaling": "native", "activation_estimator": act,
                      "activation_hparams": dict(cls.native_activation_hparams)},
@@ -173,8 +170,6 @@ def _native_rule(cls: type, estimator: str) -> Rule:
 
 def recipe_rules(estimator: str, recipe: str) -> list[Rule]:
     """The rules a recipe applies for this estimator, in order (common first, then the published ones)."""
-    from bench.estimator import get_estimator_class
-
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     cls = get_estimator_class(estimator)
@@ -230,6 +225,4 @@ def recipe_provenance(estimator: str, ctx: Mapping[str, Any], recipe: str = "pub
 
 def recipe_table(estimator: str) -> dict[str, list[Rule]]:
     """The raw rules of both recipes (for ``binbench show estimator``); ``published`` is [] when there is none."""
-    from bench.estimator import get_estimator_class
-
     return {"common": list(COMMON), "published": published_rules(get_estimator_class(estimator)) or []}

@@ -28,11 +28,10 @@ from bench.config import (
     RunConfig,
     check_hparam_types,
     check_keys,
-    check_model_args,
     check_type,
     check_values,
 )
-from bench.errors import ConfigError
+from bench.errors import ConfigError, did_you_mean
 from bench.origin import code_digest
 
 #: keys that change where/how a run executes, not what it computes: left out of its key
@@ -106,6 +105,45 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "stages": [s.to_dict() for s in self.stages],
                 "eval_modes": list(self.eval_modes), "key": self.key, "suite": self.suite, "code": self.code}
+
+
+#: the estimator name of a full-precision run (a suite's baseline cell, ``binbench run --bits FP32``)
+FP = "fp"
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What names a run wherever it is recorded: its key, the suite it belongs to ("" for ``binbench run``) and
+    the cell and seed it trains, as its MLflow tags and its label show them. The one place the label format and
+    the "fp" of a full-precision run are decided, for suite trials and single runs alike."""
+
+    key: str
+    suite: str
+    estimator: str  # FP for a full-precision run
+    model: str
+    dataset: str
+    bits: str
+    recipe: str
+    seed: int
+    budget: float | None = None  # a suite with ``budgets``: the share of the cell's epochs (a cell of its own)
+
+    @classmethod
+    def of(cls, spec: RunSpec, suite: str = "") -> RunIdentity:
+        c = spec.config
+        return cls(spec.key, suite, c.estimator if c.w_bits == 1 else FP, c.model, c.dataset, c.bits, c.recipe, c.seed)
+
+    @property
+    def cell(self) -> str:
+        # a budget is a cell of its own: a search compares points only at the same budget
+        return f"{self.estimator}|{self.model}|{self.dataset}|{self.bits}|{self.recipe}" + self._budget("|b")
+
+    @property
+    def label(self) -> str:
+        label = f"{self.estimator}-{self.model}-{self.dataset}-{self.bits}-{self.recipe}-s{self.seed}"
+        return label + self._budget("-b")
+
+    def _budget(self, sep: str) -> str:
+        return f"{sep}{self.budget:g}" if self.budget is not None else ""
 
 
 def run_key(config: RunConfig, suite: str | None = None) -> str:
@@ -235,6 +273,32 @@ def _complete_hparams(v: dict[str, Any]) -> None:
     base = v["estimator_hparams"] if v["activation_estimator"] == v["estimator"] else act_cls.hparam_defaults()
     check_hparam_types(act_cls, v["activation_hparams"], "activation")
     v["activation_hparams"] = {**base, **coerce_hparams(act_cls, v["activation_hparams"])}
+
+
+def check_model_args(model: str, args: dict[str, Any]) -> None:
+    """Model arguments against the model's signature: known names, sizes positive integers, known activations."""
+    from bench.models import model_args  # spec resolves models: config, below them, does not
+
+    valid = model_args(model)
+    for key, value in args.items():
+        if key not in valid:
+            raise ConfigError(f"unknown argument {key!r} for model {model!r}{did_you_mean(key, valid)}; valid: "
+                              f"{', '.join(valid)} (set with --set model.NAME=VALUE)")
+        default = valid[key]
+        if key == "act":
+            if value not in (None, "hardtanh", "relu", "prelu", "identity"):
+                raise ConfigError(f"model.act must be hardtanh, relu, prelu or identity, got {value!r}")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"model.{key} must be true or false, got {value!r}")
+        elif isinstance(default, (list, tuple)):
+            if (not isinstance(value, (list, tuple)) or not value
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+                raise ConfigError(f"model.{key} must be a non-empty list of positive integers (layer sizes), got "
+                                  f"{value!r} (e.g. --set model.{key}=[64,64])")
+        elif isinstance(default, int) or (default is None and key.endswith(("stride", "width", "hidden"))):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"model.{key} must be a positive integer, got {value!r}")
 
 
 def plan_stages(cfg: RunConfig, est: Any) -> tuple[StagePlan, ...]:

@@ -50,6 +50,7 @@ What a suite file may hold, checked before anything is expanded or started (each
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import reprlib
@@ -62,11 +63,9 @@ import yaml
 from bench.config import BITS, FIELDS, check_keys, check_space
 from bench.errors import BinbenchError, did_you_mean
 from bench.recipes import RECIPES
-from bench.spec import RunSpec, resolve
+from bench.spec import FP, RunIdentity, RunSpec, resolve
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
-#: the grid's name for a model/dataset's full-precision baseline cell
-FP = "fp"
 #: run-config keys a suite sets through its grid, not its defaults
 GRID_CONFIG_KEYS = ("estimator", "model", "dataset", "seed", "recipe", "w_bits", "a_bits")
 TOP_KEYS = {"name", "description", "grid", "fp_baseline", "defaults", "overrides", "search", "notes", "budgets"}
@@ -93,9 +92,10 @@ class SuiteError(BinbenchError):
             super().__init__(head + ":\n  " + "\n  ".join(problems))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Trial:
-    """One cell of the grid with one seed (and, in a search, one sampled point)."""
+    """One cell of the grid with one seed, resolved: what the driver hands an executor and the executor the trial
+    body (a search runs it at several sampled points)."""
 
     suite: str
     estimator: str  # "fp" for the full-precision baseline
@@ -105,34 +105,33 @@ class Trial:
     recipe: str
     seed: int
     config: dict[str, Any]  # user-level RunConfig values
-    spec: RunSpec | None = None  # resolved once, when the suite is expanded
+    spec: RunSpec  # resolved once, when the suite is expanded
     budget: float | None = None  # the share of the cell's epochs this trial runs (suites with ``budgets``)
+
+    @property
+    def identity(self) -> RunIdentity:
+        return RunIdentity(self.spec.key, self.suite, self.estimator, self.model, self.dataset, self.bits,
+                           self.recipe, self.seed, self.budget)
 
     @property
     def key(self) -> str:
         """The trial's identity (its spec's key): checkpoint folder, MLflow tag, what a report counts once."""
-        return self.spec.key if self.spec is not None else ""
+        return self.spec.key
 
     @property
     def cell(self) -> str:
-        # a budget is a cell of its own: a search compares points only at the same budget
-        return f"{self.estimator}|{self.model}|{self.dataset}|{self.bits}|{self.recipe}" + self._budget("|b")
+        return self.identity.cell
 
     @property
     def label(self) -> str:
-        label = f"{self.estimator}-{self.model}-{self.dataset}-{self.bits}-{self.recipe}-s{self.seed}"
-        return label + self._budget("-b")
+        return self.identity.label
 
-    def _budget(self, sep: str) -> str:
-        return f"{sep}{self.budget:g}" if self.budget is not None else ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"suite": self.suite, "estimator": self.estimator, "model": self.model, "dataset": self.dataset,
-                "bits": self.bits, "recipe": self.recipe, "seed": self.seed, "config": self.config, "key": self.key,
-                "cell": self.cell, "label": self.label, "spec": self.spec, "budget": self.budget}
+    def with_spec(self, spec: RunSpec) -> Trial:
+        """The same trial with execution settings (or a search point's values) applied to its spec."""
+        return dataclasses.replace(self, spec=spec)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Suite:
     name: str
     path: str
@@ -327,13 +326,20 @@ def count_trials(n_models: int, n_datasets: int, n_estimators: int, bits: list[s
     """How many trials the grid (and search) expands to, without expanding it."""
     per_pair = (1 if fp or "FP32" in bits else 0) + sum(b != "FP32" for b in bits) * n_estimators * n_recipes
     n = n_models * n_datasets * per_pair * n_seeds
-    if isinstance(search, dict):
-        ns = search.get("num_samples", 1)
-        n *= ns if isinstance(ns, int) and ns > 0 else 1
-        space = search.get("space")
-        for spec in (space.values() if isinstance(space, dict) else []):
-            if isinstance(spec, dict) and isinstance(spec.get("grid"), list):
-                n *= max(1, len(spec["grid"]))
+    return n * search_points(search)
+
+
+def search_points(search: Any) -> int:
+    """How many points a search runs per grid trial: its samples x every grid-searched value of its space; 1
+    without a search. Read before validation too, so anything malformed counts as 1."""
+    if not isinstance(search, dict):
+        return 1
+    ns = search.get("num_samples", 1)
+    n = ns if isinstance(ns, int) and ns > 0 else 1
+    space = search.get("space")
+    for spec in (space.values() if isinstance(space, dict) else []):
+        if isinstance(spec, dict) and isinstance(spec.get("grid"), list):
+            n *= max(1, len(spec["grid"]))
     return n
 
 
@@ -376,11 +382,12 @@ def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool
     trials: list[Trial] = []
     if not problems:
         trials, problems = expand_suite(where, grid, data_root)
-    if check_data and not problems:
-        problems += _missing_data(where, {t.dataset for t in trials}, data_root)
     if problems:
         raise SuiteError(where, problems)
-    return Suite(grid.name, where, grid.description, trials, grid.search)
+    suite = Suite(grid.name, where, grid.description, trials, grid.search)
+    if check_data and (problems := missing_data(suite)):
+        raise SuiteError(where, problems)
+    return suite
 
 
 def parse_suite(path: Path, raw: dict[str, Any]) -> tuple[_Grid, list[str]]:
@@ -539,12 +546,12 @@ def expand_suite(where: str, g: _Grid, data_root: str | None) -> tuple[list[Tria
                         "w_bits": w, "a_bits": a, "recipe": r, "seed": seed})
             if data_root:
                 cfg["data_root"] = data_root
-            t = Trial(g.name, e, m, d, b, r, seed, cfg)
             try:
-                t.spec = resolve(cfg, g.name)
+                trials.append(Trial(g.name, e, m, d, b, r, seed, cfg, resolve(cfg, g.name)))
             except BinbenchError as exc:
-                problems.append(f"{where}: grid cell {t.label}: {exc}")
-            trials += _at_budgets(where, t, g.budgets, problems) if g.budgets and t.spec else [t]
+                problems.append(f"{where}: grid cell {RunIdentity('', g.name, e, m, d, b, r, seed).label}: {exc}")
+                continue
+            trials += _at_budgets(where, trials.pop(), g.budgets, problems) if g.budgets else []
     if not trials and not problems:
         problems.append(f"{where}: the grid is empty (no estimator x model x dataset x bits x seed)")
     return trials, list(dict.fromkeys(problems))
@@ -558,18 +565,17 @@ def _at_budgets(where: str, full: Trial, budgets: tuple[float, ...], problems: l
     out, seen = [], {}
     for budget in budgets:
         n = max(1, round(budget * epochs))
-        t = Trial(full.suite, full.estimator, full.model, full.dataset, full.bits, full.recipe, full.seed,
-                  {**full.config, "epochs": n}, budget=budget)
         if n in seen:
             problems.append(f"{where}: budgets {seen[n]:g} and {budget:g} both give {n} epoch(s) of {epochs}: drop "
                             "one or raise the epochs")  # the same line for every trial it hits: said once
             continue
         seen[n] = budget
+        cfg = {**full.config, "epochs": n}
         try:
-            t.spec = resolve(t.config, full.suite)
+            out.append(dataclasses.replace(full, config=cfg, spec=resolve(cfg, full.suite), budget=budget))
         except BinbenchError as exc:
-            problems.append(f"{where}: grid cell {t.label} ({n} epoch(s)): {exc}")
-        out.append(t)
+            label = dataclasses.replace(full.identity, budget=budget).label
+            problems.append(f"{where}: grid cell {label} ({n} epoch(s)): {exc}")
     return out
 
 
@@ -597,16 +603,30 @@ def _check_search(where: str, search: Any) -> list[str]:
     return out
 
 
-def _missing_data(where: str, datasets: set[str], data_root: str | None) -> list[str]:
+def missing_data(suite: Suite) -> list[str]:
+    """Data the trials would not find where they will read it, one line per dataset and data root: a data root
+    that is no folder, or a dataset not in it (a trial allowed to download is not checked). Finds the files,
+    decodes nothing: what ``suite show`` prints and ``suite run`` refuses before anything starts."""
     from bench.data import dataset_source
     from bench.errors import DataNotFoundError
 
-    out = []
-    for name in sorted(datasets):
-        try:  # finds what a trial would load (torchvision's files or an image-folder copy), decodes nothing
-            dataset_source(name, data_root)
-        except DataNotFoundError as exc:
-            out.append(f"{where}: {exc}")
+    out: list[str] = []
+    seen: set[tuple[str, str | None]] = set()
+    for t in suite.trials:
+        root = t.spec.config.data_root
+        if (t.dataset, root) in seen:
+            continue
+        seen.add((t.dataset, root))
+        path = Path(root).expanduser().resolve() if root else None
+        if not t.spec.config.download:
+            try:  # its message names the folder looked in and how to get the files
+                dataset_source(t.dataset, str(path) if path else None)
+            except DataNotFoundError as exc:
+                out.append(f"{suite.path}: {exc}")
+                continue
+        if path is not None and not path.is_dir():  # even where the data is embedded or downloaded: a typo
+            out.append(f"{suite.path}: data_root {root!r} of trial {t.label} ({path}) is not a folder: fix "
+                       "data_root in the suite file or pass --data-root")
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import random
 import sys
@@ -290,7 +291,7 @@ class _Run:
     stage_hooks: list[StageHook]
     topk: bool
     steps_per_epoch: int
-    state: dict[str, Any] = field(default_factory=lambda: {"stage": 0, "epoch": 0, "history": [], "best": {}})
+    state: ckpt.RunState = field(default_factory=ckpt.RunState)
     status: str = "running"
     message: str = ""
     handoff: dict[int, dict[str, Any]] = field(default_factory=dict)  # stage -> its best weights, in memory
@@ -302,7 +303,7 @@ class _Run:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        return self.state["history"]
+        return self.state.history
 
 
 def train(spec: RunSpec, callbacks: list[EpochCallback] | None = None, reporter: Reporter | None = None,
@@ -351,7 +352,7 @@ def setup(spec: RunSpec, callbacks: list[EpochCallback], reporter: Reporter, sta
                callbacks, stage_hooks, ds.num_classes >= 10, min(n, cfg.limit_train_batches or n))
     if cfg.resume:
         run.state = _restore(run)
-        run.status = run.state.pop("status")
+        run.status = run.state.status
     if run.status == "running" and (bad := nonfinite(model)):  # a plugin's init, a resumed checkpoint
         run.status, run.message = "diverged", f"{bad} before the first epoch; check the model's and estimator's init"
     run.params = count_params(model)
@@ -380,7 +381,7 @@ def fit(run: _Run) -> RunResult:
                             "train_loss": float("nan"), "diverged": True})
         _publish(run, run.history[-1])
     for stage in run.spec.stages:
-        if run.status == "running" and stage.index >= run.state["stage"]:
+        if run.status == "running" and stage.index >= run.state.stage:
             run_stage(run, stage)
     return finish(run)
 
@@ -392,7 +393,7 @@ def finish(run: _Run) -> RunResult:
     result = _result(run)
     if run.ckpt_dir is not None:
         ckpt.save(run.ckpt_dir / "final.pt", {"key": run.spec.key, "code": run.spec.code, "status": run.status,
-                                              "history": run.history, "best": run.state["best"]})
+                                              "history": run.history, "best": run.state.best.to_dict()})
         _final_model(run.ckpt_dir, run.model)
     run.reporter.finish(result)
     return result
@@ -419,10 +420,10 @@ def open_stage(run: _Run, stage: StagePlan) -> tuple[torch.optim.Optimizer, Any,
     for hook in run.stage_hooks:
         hook("start", stage.index, run.model)
     start = 0
-    if stage.index == run.state["stage"] and run.state["epoch"] > 0:
-        start = run.state["epoch"]
-        optimizer.load_state_dict(run.state["optimizer"])
-        scheduler.load_state_dict(run.state["scheduler"])
+    if stage.index == run.state.stage and run.state.epoch > 0:
+        start = run.state.epoch
+        optimizer.load_state_dict(run.state.optimizer)
+        scheduler.load_state_dict(run.state.scheduler)
     return optimizer, scheduler, start
 
 
@@ -434,7 +435,7 @@ def close_stage(run: _Run, stage: StagePlan) -> None:
         _hand_off(run.model, run.handoff.get(stage.index), file, run.device)
     for hook in run.stage_hooks:
         hook("end", stage.index, run.model)
-    run.state["stage"], run.state["epoch"] = stage.index + 1, 0
+    run.state = dataclasses.replace(run.state, stage=stage.index + 1, epoch=0, optimizer=None, scheduler=None)
 
 
 def run_epoch(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler) -> bool:
@@ -469,7 +470,9 @@ def close_epoch(run: _Run, stage: StagePlan, epoch: int, optimizer, scheduler, r
         record.update(run.diag.collect())
     run.history.append(record)
     last = stage.index == len(run.spec.stages) - 1
-    if _update_best(run.state["best"], record, stage.index, last) and not last and run.cfg.stage_handoff == "best":
+    best, improved = _update_best(run.state.best, record, stage.index, last)
+    run.state = dataclasses.replace(run.state, best=best)
+    if improved and not last and run.cfg.stage_handoff == "best":
         run.handoff[stage.index] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         if run.ckpt_dir is not None:  # on disk too, so that a resumed run hands the same weights on
             ckpt.save(run.ckpt_dir / f"best_stage{stage.index}.pt", {"model": run.handoff[stage.index]})
@@ -595,20 +598,21 @@ def evaluate_epoch(model: nn.Module, est: Estimator | None, loaders: Loaders, ev
     return out
 
 
-def _update_best(best: dict[str, Any], record: dict[str, Any], si: int, last_stage: bool) -> bool:
+def _update_best(best: ckpt.Best, record: dict[str, Any], si: int, last_stage: bool) -> tuple[ckpt.Best, bool]:
     """Track the best test epoch (what the papers report) and the validation-selected one of the last stage, and
     the stage's best epoch for the hand-off (by validation when there is a split, else by test, as the official
-    code of two-stage methods does). Returns True when this epoch is the stage's best so far."""
+    code of two-stage methods does). Returns the best epochs and whether this epoch is the stage's best so far."""
     epoch = record["epoch"]
-    if last_stage and record["test_top1"] > best.get("top1", -1.0):
-        best.update(top1=record["test_top1"], top5=record.get("test_top5"), epoch=epoch)
-    if last_stage and "val_top1" in record and record["val_top1"] > best.get("val_top1", -1.0):
-        best.update(val_top1=record["val_top1"], selected_top1=record["test_top1"], selected_epoch=epoch)
+    if last_stage and record["test_top1"] > (best.top1 if best.top1 is not None else -1.0):
+        best = dataclasses.replace(best, top1=record["test_top1"], top5=record.get("test_top5"), epoch=epoch)
+    if last_stage and "val_top1" in record and record["val_top1"] > (best.val_top1 if best.val_top1 is not None
+                                                                       else -1.0):
+        best = dataclasses.replace(best, val_top1=record["val_top1"], selected_top1=record["test_top1"],
+                                   selected_epoch=epoch)
     score = record.get("val_top1", record["test_top1"])
-    if score > best.get(f"stage{si}", -1.0):
-        best[f"stage{si}"] = score
-        return True
-    return False
+    if score > best.stages.get(si, -1.0):
+        return dataclasses.replace(best, stages={**best.stages, si: score}), True
+    return best, False
 
 
 def _hand_off(model: nn.Module, in_memory: dict[str, Any] | None, file: Path | None, device) -> None:
@@ -628,15 +632,15 @@ def quantized_weights(model: nn.Module):
 def _result(run: _Run) -> RunResult:
     evals = [h for h in run.history if "test_top1" in h]
     last = evals[-1] if evals else {}
-    best = run.state["best"]
+    best = run.state.best
     modes = {m: last.get(f"test_{m}_top1", last.get("test_top1", float("nan"))) for m in run.spec.eval_modes}
     timed = [h["epoch_seconds"] for h in run.history if "epoch_seconds" in h]
     return RunResult(
-        selected_top1=best.get("selected_top1"), selected_epoch=_one_based(best.get("selected_epoch")),
+        selected_top1=best.selected_top1, selected_epoch=_one_based(best.selected_epoch),
         late_gain=late_gain([h["test_top1"] for h in evals]),
         status=run.status, config=run.cfg.to_dict(), top1=last.get("test_top1", float("nan")),
-        best_top1=best.get("top1", float("nan")), best_epoch=_one_based(best.get("epoch")),
-        top5=last.get("test_top5"), best_top5=best.get("top5"), eval_modes=modes, history=run.history,
+        best_top1=best.top1 if best.top1 is not None else float("nan"), best_epoch=_one_based(best.epoch),
+        top5=last.get("test_top5"), best_top5=best.top5, eval_modes=modes, history=run.history,
         epoch_seconds=float(np.median(timed)) if timed else float("nan"), params=run.params, env=describe(run.device),
         message=run.message, stages=[s.to_dict() for s in run.spec.stages], data_source=run.loaders.source,
         data_digest=run.loaders.digest,
@@ -656,10 +660,10 @@ def late_gain(top1_per_epoch: list[float]) -> float | None:
 
 
 def _save(run: _Run, optimizer, scheduler, stage: int, epoch: int) -> None:
-    ckpt.save(run.ckpt_dir / "last.pt", {
-        "key": run.spec.key, "code": run.spec.code, "model": run.model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "stage": stage, "epoch": epoch,
-        "history": run.history, "best": run.state["best"], "status": "running", "rng": torch.get_rng_state(),
+    state = dataclasses.replace(run.state, stage=stage, epoch=epoch, optimizer=optimizer.state_dict(),
+                                scheduler=scheduler.state_dict(), status="running")
+    state.save(run.ckpt_dir / "last.pt", run.spec.key, {
+        "code": run.spec.code, "model": run.model.state_dict(), "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "diag": run.diag.state_dict() if run.diag is not None else {},
     })
@@ -714,7 +718,7 @@ def _field(saved: dict[str, Any], key: str, file: Path) -> Any:
     return saved[key]
 
 
-def _restore(run: _Run) -> dict[str, Any]:
+def _restore(run: _Run) -> ckpt.RunState:
     """The state of the run in its checkpoint folder, loaded into its model. The ending recorded in ``final.pt``
     counts only when it belongs to this run (its key) and, for "finished", when ``last.pt`` shows every epoch
     of the plan done; otherwise training continues from ``last.pt``."""
@@ -722,15 +726,15 @@ def _restore(run: _Run) -> dict[str, Any]:
     if not last.exists():
         print(f"binbench: --resume: nothing to resume in {run.ckpt_dir} (no last.pt): training from scratch",
               file=sys.stderr)
-        return {**run.state, "status": "running"}
-    saved = ckpt.load(last)
+        return run.state
+    state, saved = ckpt.RunState.load(last)
     if _field(saved, "key", last) != run.spec.key:
         raise ConfigError(f"the checkpoint in {run.ckpt_dir} was written by a different configuration; "
                           "drop --resume or use another --checkpoint-dir")
     if saved.get("code") != run.spec.code:  # the same experiment, other estimator code: its epochs do not count
         print(f"binbench: the checkpoint in {run.ckpt_dir} was written by other estimator code "
               f"({', '.join(run.spec.estimators.values())}); training from scratch", file=sys.stderr)
-        return {**run.state, "status": "running"}
+        return run.state
     try:
         run.model.load_state_dict(_field(saved, "model", last))
         torch.set_rng_state(_field(saved, "rng", last))
@@ -741,14 +745,12 @@ def _restore(run: _Run) -> dict[str, Any]:
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise ckpt.CheckpointError(f"{last} does not fit this run's model ({type(exc).__name__}): delete it, or "
                                    "rerun without --resume") from None
-    state = {k: _field(saved, k, last) for k in ("stage", "epoch", "history", "best", "optimizer", "scheduler")}
-    state["status"] = "running"
+    state = dataclasses.replace(state, status="running")
     if final.exists():
         fin, plan = ckpt.load(final), run.spec.stages
-        done = (state["stage"] == len(plan) - 1 and state["epoch"] >= plan[-1].epochs
-                and len(state["history"]) == sum(p.epochs for p in plan))
+        done = (state.stage == len(plan) - 1 and state.epoch >= plan[-1].epochs
+                and len(state.history) == sum(p.epochs for p in plan))
         if fin.get("key") == saved["key"] and (fin.get("status") == "diverged" or done):
-            state["status"] = fin["status"]
-            if fin["status"] == "diverged":
-                state["history"] = fin.get("history", state["history"])
+            history = fin.get("history", state.history) if fin["status"] == "diverged" else state.history
+            state = dataclasses.replace(state, status=fin["status"], history=history)
     return state

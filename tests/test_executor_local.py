@@ -1,4 +1,4 @@
-"""The local executor (bench.executor_local) on fake trials: retries after an exception and after a worker's
+"""The local executor (bench.exec.local) on fake trials: retries after an exception and after a worker's
 death, as Ray Tune's FailureConfig(max_failures=2) does; a killed or interrupted driver leaves no worker behind."""
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.executor_local import MAX_FAILURES, run_local
-from bench.progress import SuiteLines
+from bench.exec.local import MAX_FAILURES, run_local
+from bench.exec.progress import SuiteLines
 
+from . import executor_fakes
 from .conftest import REPO
-
-FAKE = "tests.executor_fakes:trial"
 
 
 class NoWatch:
@@ -29,9 +28,9 @@ class NoWatch:
 
 
 def run(tmp_path: Path, modes: list[str], workers: int) -> None:
-    trials = [{"key": f"k{i}", "label": f"t{i}", "mode": m} for i, m in enumerate(modes)]
-    run_local(trials, {"cpus_per_trial": 1, "log": str(tmp_path)}, workers, SuiteLines(len(trials), tty=False),
-              NoWatch(), target=FAKE)
+    trials = [executor_fakes.FakeTrial(f"k{i}", f"t{i}", m) for i, m in enumerate(modes)]
+    run_local(trials, executor_fakes.context(str(tmp_path)), workers, SuiteLines(len(trials), tty=False), NoWatch(),
+              body=executor_fakes.trial)
 
 
 def attempts(tmp_path: Path, key: str) -> list[int]:
@@ -66,17 +65,18 @@ def test_dead_worker_is_replaced_and_its_trial_retried(tmp_path, capsys, mode, s
 
 DRIVER = """
 import sys
-from bench.executor_local import run_local
-from bench.progress import SuiteLines
+from bench.exec.local import run_local
+from bench.exec.progress import SuiteLines
+from tests import executor_fakes
 
 class NoWatch:
     lost = False
     def check(self): pass
 
-trials = [{"key": f"k{i}", "label": f"t{i}", "mode": "sleep"} for i in range(3)]
+trials = [executor_fakes.FakeTrial(f"k{i}", f"t{i}", "sleep") for i in range(3)]
 try:
-    run_local(trials, {"cpus_per_trial": 1, "log": sys.argv[1]}, 2, SuiteLines(3, tty=False), NoWatch(),
-              target="tests.executor_fakes:trial")
+    run_local(trials, executor_fakes.context(sys.argv[1]), 2, SuiteLines(3, tty=False), NoWatch(),
+              body=executor_fakes.trial)
 except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
 """

@@ -19,8 +19,8 @@ from bench.export import fileformat
 from bench.export.graph import build_graph
 from bench.export.runs import check_export, export_run, load_exported, load_run
 from bench.layers import binary_layers
-from bench.record import FinalModel
 from bench.spec import resolve
+from bench.track.record import FinalModel
 from bench.train import train
 
 ESTIMATORS = [n for n in bench.list_estimators() if not n.startswith("test_")]
@@ -202,7 +202,7 @@ def _cli(capsys, *args) -> tuple[int, str, str]:
 
 @pytest.mark.slow  # a tracked run and three commands: ~15 s idle, a minute on a loaded 2-core machine
 def test_tracked_run_records_its_export_and_cli_exports_it(tmp_path, capsys, monkeypatch):
-    from bench.tracking import mlflow_client
+    from bench.track.store import mlflow_client
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

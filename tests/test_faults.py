@@ -281,12 +281,12 @@ def test_unwritable_results_folder(tmp_path, capsys):
 
 
 def test_lock_held_by_another_process_is_refused_and_freed_at_its_death(tmp_path, capsys):
-    from bench.runner import results_lock
+    from bench.exec.checks import results_lock
 
     res = tmp_path / "res"
     res.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from bench.runner import results_lock\n"
+                               "from bench.exec.checks import results_lock\n"
                                "with results_lock(Path(sys.argv[1]), 'other'):\n print('held', flush=True); "
                                "time.sleep(600)", str(res)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

@@ -20,6 +20,10 @@ import torch
 
 from .conftest import REPO
 
+# longer than the default timeout (pyproject): its module fixture pip-installs the example package
+# (a fixture's set-up counts against the first test that uses it)
+pytestmark = pytest.mark.timeout(900)
+
 #: what the example package promises: its estimators and the kinds each binarizes
 PLUGIN_KINDS = {"sign_swish": ("weight", "activation"), "rsign": ("activation",),
                 "rbnn_sign": ("weight", "activation"), "rsign_lazy": ("activation",)}
@@ -185,6 +189,7 @@ def _expected_registry_tests(name, kinds):
     return ids
 
 
+@pytest.mark.slow  # a nested pytest run of the registry tests over the installed plugins
 def test_registry_tests_cover_plugins(plugin_site, tmp_path):
     """The registry-parametrized tests pick every plugin estimator up without being edited."""
     report = tmp_path / "junit.xml"

@@ -13,6 +13,10 @@ import yaml
 
 from .conftest import REPO
 
+# longer than the default timeout (pyproject): a suite on Ray, a trial crashing and retried
+# (a fixture's set-up counts against the first test that uses it)
+pytestmark = pytest.mark.timeout(900)
+
 CRASH_ONCE = '''
 import os
 from pathlib import Path

@@ -14,6 +14,10 @@ from scipy import stats
 
 from .conftest import REPO
 
+# longer than the default timeout (pyproject): its module fixtures run a suite three times and report it
+# (a fixture's set-up counts against the first test that uses it)
+pytestmark = pytest.mark.timeout(900)
+
 
 def _frozen_registered() -> bool:
     from bench.estimator import list_estimators

@@ -98,3 +98,20 @@ def test_lazy_parameter_is_materialised_before_the_optimizer():
     assert res.status == "finished" and res.params["estimator_state"] > 0
     assert len(seen["before"]) >= 1 and seen["before"][0].shape == (32,)  # the hidden layer's input width
     assert any(not torch.equal(a, b) for a, b in zip(seen["before"], seen["after"], strict=True))  # it trained
+
+
+def test_one_boolean_vocabulary_for_config_keys_and_hyperparameters():
+    """--set, suite files and estimator hyperparameters read true/false words alike (they had three lists)."""
+    from bench.config import check_type
+    from bench.errors import ConfigError
+    from bench.estimator import BOOL_WORDS
+
+    for word, value in BOOL_WORDS.items():
+        for text in (word, word.upper()):
+            assert check_type("diagnostics", text) is value
+            spec = resolve({**TINY, "estimator": "dsq", "estimator_hparams": {"learnable_alpha": text}})
+            assert spec.config.estimator_hparams["learnable_alpha"] is value
+    with pytest.raises(ConfigError):
+        check_type("diagnostics", "maybe")
+    with pytest.raises(ConfigError):
+        resolve({**TINY, "estimator": "dsq", "estimator_hparams": {"learnable_alpha": "maybe"}})

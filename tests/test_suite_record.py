@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench.exec.progress import SuiteLines
+from bench.exec.ray_tune import TuneEvents
 from bench.progress import format_duration
-from bench.record import SYSTEM_METRICS_INTERVAL_S
-from bench.suite_progress import SuiteProgress, expected_trials
+from bench.suite import count_trials, search_points
+from bench.track.record import SYSTEM_METRICS_INTERVAL_S
 
 from .test_suites import cli
+
+# longer than the default timeout (pyproject): its module fixture runs a suite through the CLI
+# (a fixture's set-up counts against the first test that uses it)
+pytestmark = pytest.mark.timeout(900)
 
 BODY = {"name": "recordme", "grid": {"estimators": ["ste", "clipped_ste"], "models": ["mlp"], "datasets": ["digits"],
                                     "seeds": [0]},
@@ -48,15 +56,16 @@ def test_progress_lines_per_trial(suite_run):
 
 def test_expected_trials_and_durations():
     search = {"num_samples": 2, "space": {"lr": {"loguniform": [0.01, 0.1]}, "optimizer": {"grid": ["sgd", "adam"]}}}
-    assert expected_trials(3, None) == 3 and expected_trials(3, search) == 12
+    assert search_points(None) == 1 and search_points(search) == 4
+    assert count_trials(1, 1, 3, ["W1A1"], 1, 1, False, search) == 12  # the file's count, before expansion
     assert [format_duration(s) for s in (12.34, 600, 7200)] == ["12.3 s", "10.0 min", "2.0 h"]
 
 
 def test_progress_survives_pickling():
     import pickle
 
-    cb = SuiteProgress(2, tty=False)
-    assert pickle.loads(pickle.dumps(cb)).total == 2  # Tune keeps its callbacks in the experiment state
+    cb = TuneEvents(SuiteLines(2, tty=False), [])
+    assert pickle.loads(pickle.dumps(cb)).events.total == 2  # Tune keeps its callbacks in the experiment state
 
 
 def _client_and_runs(res: Path):
@@ -67,6 +76,9 @@ def _client_and_runs(res: Path):
     runs = client.search_runs([exp.experiment_id])
     kinds = {k: [r for r in runs if r.data.tags.get("binbench.kind") == k] for k in ("suite", "trial")}
     return client, exp, kinds
+
+
+PSUTIL_IN_TRIALS = subprocess.run([sys.executable, "-c", "import psutil"], capture_output=True).returncode == 0
 
 
 def test_mlflow_holds_the_complete_record(suite_run):
@@ -98,8 +110,10 @@ def test_mlflow_holds_the_complete_record(suite_run):
         assert not {"resume", "checkpoint_dir", "threads", "device", "data_root"} & set(r.data.params)
         assert r.data.tags["exec.threads"] == "1" and r.data.tags["exec.device"] == "cpu"
         assert r.data.tags["mlflow.source.name"] == "binbench" and r.data.tags["mlflow.source.type"] == "LOCAL"
-        # MLflow's system metrics while it trained (Ray brings psutil); sampled every 5 s, so only a longer run has one
-        if (r.info.end_time - r.info.start_time) / 1000 > 2 * SYSTEM_METRICS_INTERVAL_S:
+        # MLflow's system metrics while it trained, where the trial can import psutil (optional; asked of a fresh
+        # interpreter, as Ray puts a copy of its own on this process's path); sampled every 5 s, so only a longer
+        # run has one
+        if (PSUTIL_IN_TRIALS and (r.info.end_time - r.info.start_time) / 1000 > 2 * SYSTEM_METRICS_INTERVAL_S):
             assert "system/cpu_utilization_percentage" in r.data.metrics
         # per-layer diagnostics by layer path: the MLP's second linear is its one binary layer here
         assert {k for k in r.data.metrics if k.count("/") == 2} == {
@@ -161,8 +175,9 @@ def test_evaluate_unknown_run_is_one_line(tmp_path):
 def test_progress_tells_stopped_from_finished(capsys):
     from types import SimpleNamespace
 
-    cb = SuiteProgress(3, tty=False, epochs={"k1": 4, "k2": 4, "k3": 4})
-    trials = [SimpleNamespace(trial_id=f"t{i}", config={"trial": {"label": f"l{i}", "key": f"k{i}"}},
+    points = [SimpleNamespace(label=f"l{i}", key=f"k{i}") for i in range(4)]
+    cb = TuneEvents(SuiteLines(3, tty=False), points, epochs={"k1": 4, "k2": 4, "k3": 4})
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"trial": i},
                               last_result=r)
               for i, r in enumerate([{"test_top1": 80.0, "training_iteration": 4, "done": True},
                                      {"test_top1": 50.0, "training_iteration": 2, "done": True},
@@ -181,7 +196,7 @@ def test_unwritable_artifact_location_is_a_tag_not_a_failed_trial(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from bench.record import log_run_record
+    from bench.track.record import log_run_record
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     blocker = tmp_path / "a-file"
@@ -197,8 +212,8 @@ def test_progress_bar_on_a_terminal(capsys):
     pytest.importorskip("tqdm")
     from types import SimpleNamespace
 
-    cb = SuiteProgress(2, tty=True)
-    trial = SimpleNamespace(trial_id="t1", config={"trial": {"label": "l1", "key": "k1"}},
+    cb = TuneEvents(SuiteLines(2, tty=True), [SimpleNamespace(label="l1", key="k1")])
+    trial = SimpleNamespace(trial_id="t1", config={"trial": 0},
                             last_result={"test_top1": 80.0, "training_iteration": 1})
     cb.on_trial_start(0, [trial], trial)
     cb.on_trial_complete(0, [trial], trial)
@@ -212,7 +227,7 @@ def test_copied_store_writes_no_artifacts_outside_its_folder(tmp_path):
     """A store made on another machine keeps its absolute artifact location: nothing is created there."""
     from mlflow.tracking import MlflowClient
 
-    from bench.record import log_suite_file
+    from bench.track.record import log_suite_file
 
     elsewhere = tmp_path / "gone" / "results" / "artifacts"  # its parent folder does not exist here
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -140,6 +140,7 @@ def _group_alive(pgid: int) -> list[int]:
 SIGKILL_CONCURRENCY = {"local": "2", "ray": "1"}
 
 
+@pytest.mark.slow  # ~2 minutes per executor on 2 cores: a suite killed mid-run, then resumed
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_sigkill_then_resume_runs_each_trial_once(tmp_path, executor):
     body = {"name": "killme", "grid": {"estimators": ["ste", "clipped_ste", "approx_sign"], "models": ["mlp"],
@@ -243,6 +244,7 @@ def test_local_executor_refuses_what_needs_ray(tmp_path, capsys, argv, needle):
     assert not (tmp_path / "res").exists()
 
 
+@pytest.mark.slow  # ~75 s on 2 cores: a Ray search with ASHA (test_cell_asha_* check the scheduler fast)
 def test_search_suite_asha_per_cell(tmp_path):
     path = _write(tmp_path, SEARCH)  # the default executor (auto) picks Ray for a search suite
     out = cli("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), timeout=400)
@@ -268,8 +270,10 @@ def test_search_suite_asha_per_cell(tmp_path):
 
 
 class _Trial:
-    def __init__(self, trial_id: str, cell: str):
-        self.trial_id, self.config = trial_id, {"trial": {"cell": cell}}
+    """A Tune trial as CellASHA sees it: its id and its config's grid point (an index into the suite's trials)."""
+
+    def __init__(self, trial_id: str, point: int):
+        self.trial_id, self.config = trial_id, {"trial": point}
 
 
 def test_cell_asha_decides_within_a_cell_only():
@@ -277,7 +281,7 @@ def test_cell_asha_decides_within_a_cell_only():
     point and stops its own weaker ones, where one ASHA over both cells would stop the weaker cell's every point."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-    from bench.search import CellASHA
+    from bench.exec.asha import CellASHA
 
     trials = {t.label: t for t in load_suite_body(SEARCH | {"grid": {**SEARCH["grid"], "seeds": [0, 1]}}).trials}
     ste0, ste1 = trials["ste-mlp-digits-W1A1-common-s0"], trials["ste-mlp-digits-W1A1-common-s1"]
@@ -288,10 +292,11 @@ def test_cell_asha_decides_within_a_cell_only():
            ("b1", reste0.cell, 10.0, "CONTINUE"), ("b2", reste0.cell, 20.0, "CONTINUE"),
            ("b3", reste0.cell, 5.0, "STOP"), ("a3", ste0.cell, 95.0, "CONTINUE")]
     kw = {"metric": "test_top1", "mode": "max", "max_t": 5, "grace_period": 1, "reduction_factor": 2}
-    per_cell, pooled = CellASHA(**kw), AsyncHyperBandScheduler(**kw)
+    points = list(trials.values())
+    per_cell, pooled = CellASHA(points, **kw), AsyncHyperBandScheduler(**kw)
     got, got_pooled = [], []
     for sched, out in ((per_cell, got), (pooled, got_pooled)):
-        objs = {tid: _Trial(tid, cell) for tid, cell, _, _ in seq}
+        objs = {tid: _Trial(tid, next(i for i, t in enumerate(points) if t.cell == cell)) for tid, cell, _, _ in seq}
         for t in objs.values():
             sched.on_trial_add(None, t)
         for tid, _, top1, _ in seq:
@@ -306,13 +311,12 @@ def test_cell_asha_never_stops_a_trial_at_its_last_epoch():
     trained to the end, and record a finished run as stopped: the last epoch continues whatever it scores."""
     from ray.tune.schedulers import TrialScheduler
 
-    from bench.search import CellASHA
+    from bench.exec.asha import CellASHA
 
     t = load_suite_body(SEARCH).trials[0]
-    sched = CellASHA(metric="test_top1", mode="max", max_t=5, grace_period=1, reduction_factor=2)
-    runs = {tid: _Trial(tid, t.cell) for tid in ("good", "bad")}
+    sched = CellASHA([t], metric="test_top1", mode="max", max_t=5, grace_period=1, reduction_factor=2)
+    runs = {tid: _Trial(tid, 0) for tid in ("good", "bad")}
     for tr in runs.values():
-        tr.config["trial"]["spec"] = t.spec
         sched.on_trial_add(None, tr)
     out = {}
     for it in (1, 2, 3, 4):
@@ -334,8 +338,11 @@ def test_search_suite_hands_tune_one_scheduler_per_cell(tmp_path, monkeypatch):
     and CellASHA with the file's ASHA settings (max_t past the longest run)."""
     from ray import tune
 
-    from bench import runner
-    from bench.search import CellASHA
+    from bench.exec import ray_tune
+    from bench.exec.asha import CellASHA
+    from bench.exec.progress import SuiteLines
+    from bench.exec.trial import SuiteContext, run_trial
+    from bench.track.store import StoreWatch
 
     seen = {}
 
@@ -348,12 +355,11 @@ def test_search_suite_hands_tune_one_scheduler_per_cell(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tune, "Tuner", FakeTuner)
     suite = load_suite(str(_write(tmp_path, SEARCH)))
-    ctx = {"tracking_uri": "sqlite:///x.db", "experiment_id": "0", "parent_run_id": "parent",
-           "results_dir": str(tmp_path), "resume": False, "cpus_per_trial": 1, "gpus_per_trial": 0}
-    runner._fit(suite, suite.trials, ctx, None, lambda m: None)
-    points = seen["space"]["trial"]["grid_search"]
-    assert [(p["key"], p["cell"]) for p in points] == [(t.key, t.cell) for t in suite.trials]
-    assert len({p["cell"] for p in points}) == 2
+    ctx = SuiteContext("sqlite:///x.db", "0", "parent", tmp_path, False, 1, 0.0)
+    ray_tune.run_on_ray(suite, suite.trials, ctx, run_trial, SuiteLines(1, tty=False), StoreWatch("sqlite:///x.db"),
+                        log=lambda m: None)
+    points = [suite.trials[i] for i in seen["space"]["trial"]["grid_search"]]  # indices into the typed trials
+    assert points == list(suite.trials) and len({p.cell for p in points}) == 2
     assert set(seen["space"]) >= {"lr", "optimizer"} and seen["cfg"].num_samples == 2
     sched = seen["cfg"].scheduler
     assert isinstance(sched, CellASHA)

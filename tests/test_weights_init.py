@@ -178,7 +178,7 @@ def test_a_run_names_its_code_and_resume_does_not_continue_other_code(tmp_path, 
 
 
 def test_resume_skips_only_trials_of_the_same_code(tmp_path):
-    from bench import tracking
+    from bench.track import store as tracking
 
     class Run:
         def __init__(self, key, code):

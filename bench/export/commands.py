@@ -16,8 +16,8 @@ def _by_key(ref: str, tracking_uri: str | None) -> str | None:
     """The latest finished run whose key (tag ``binbench.key``) or name is ``ref``, in the stores searched."""
     if not re.fullmatch(r"[\w.\- ]+", ref):
         return None
-    from bench.record import default_run_store
-    from bench.tracking import KEY_TAG, mlflow_client
+    from bench.track.record import default_run_store
+    from bench.track.store import KEY_TAG, mlflow_client
 
     uris = [tracking_uri] if tracking_uri else [default_run_store(), *(
         f"sqlite:///{p.resolve()}" for p in sorted(Path("results").glob("*/mlflow.db")))]
@@ -37,7 +37,7 @@ def _by_key(ref: str, tracking_uri: str | None) -> str | None:
 def find_weights(ref: str, tracking_uri: str | None) -> tuple[Any, dict[str, Any]]:
     """(the recorded run, its final state_dict) for a run id, a run's artifact folder, or a suite trial's key or
     label."""
-    from bench.evaluate import find_run
+    from bench.track.evaluate import find_run
 
     try:
         rec = find_run(ref, tracking_uri)

@@ -90,7 +90,7 @@ def export_and_check(config: dict[str, Any], weights: dict[str, Any], folder: Pa
 def log_export(client: Any, run_id: str, config: dict[str, Any], result: Any, weights: dict[str, Any] | None,
                key: str | None = None) -> None:
     """Export a finished run with binary weights and record it in its MLflow run; failures become a tag."""
-    from bench.record import foreign_artifact_root
+    from bench.track.record import foreign_artifact_root
 
     if weights is None or result.status != "finished" or config.get("w_bits") != 1:
         return  # a diverged run has no network worth deploying; a full-precision one nothing to pack

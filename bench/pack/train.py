@@ -119,7 +119,7 @@ def start_members(specs: Sequence[RunSpec], callbacks: Sequence[list[EpochCallba
         run = setup(spec, list(callbacks[i]) if callbacks else [], Reporter(enabled=False), [])
         # a resumed member continues where its checkpoint stands, with the random state it saved
         members.append(Member(run, MemberRng(run.device), any(e.stochastic for e in run.estimators),
-                              stage=run.state["stage"], epoch=run.state["epoch"]))
+                              stage=run.state.stage, epoch=run.state.epoch))
     _share_data(members)
     return members
 

@@ -77,7 +77,7 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
            out_dir: str | Path | None = None, notes: list[str] | None = None
            ) -> tuple[Collected, dict[str, Path], list[Path]]:
     from bench.suite import find_suite, suite_identity
-    from bench.tracking import default_tracking_uri, probe_server
+    from bench.track.store import default_tracking_uri, probe_server
 
     try:
         find_suite(suite)
@@ -103,7 +103,7 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     paths["html"] = write_html(c, t, out, captioned)
     if (out / notes_mod.FILE).is_file():
         paths["notes"] = out / notes_mod.FILE
-    from bench.record import log_report
+    from bench.track.record import log_report
 
     log_report(uri, name, [*paths.values(), *figs])  # the suite's latest parent run keeps what its report showed
     return c, paths, figs

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BinbenchError
+from bench.track.store import BUDGET_TAG  # the share of its cell's epochs a budget run trained
 
 DIAG = ("diag/qe", "diag/laplace_b", "diag/flip")
 
@@ -24,7 +25,6 @@ DIAG = ("diag/qe", "diag/laplace_b", "diag/flip")
 LAYER_METRIC = re.compile(r"diag/(.+)/(flip|qe)$")
 
 
-BUDGET_TAG = "binbench.budget"  # the share of its cell's epochs a run of a suite with ``budgets`` trained
 #: final metrics a row may lack (older stores, runs without a validation split): nan columns, not KeyErrors
 FINAL_METRICS = ("top1", "best_top1", "selected_top1", "late_gain", "params_binary_weights",
                  "params_layer_weights", "params_binary_layers", "params_layers")
@@ -95,7 +95,7 @@ def _hparams(p: dict[str, str], prefix: str = "estimator_hparams.") -> dict[str,
 
 def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any]:
     """One trial run as a row: identity tags, the setup a reader needs, final metrics."""
-    from bench import tracking as tg
+    from bench.track import store as tg
 
     t, m, p = r.data.tags, r.data.metrics, r.data.params
     row = {"run_id": r.info.run_id, "key": t.get(tg.KEY_TAG), "estimator": t.get(tg.ESTIMATOR_TAG),
@@ -129,7 +129,7 @@ def collect(uri: str, suite: str, search_keys: tuple[str, ...] = (),
     definition of the suite, or a binbench that resolved configurations differently) are left out and said so
     in the notes. None: every trial in the store counts. A mapping gives each trial key's budget (suites with
     ``budgets``), for runs recorded before their budget was tagged."""
-    from bench import tracking
+    from bench.track import store as tracking
 
     client = tracking.mlflow_client(uri)
     exp = client.get_experiment_by_name(suite)

@@ -392,8 +392,7 @@ def _fig_sensitivity(runs: pd.DataFrame) -> Any:
 def latent_histograms(c: Collected, runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per method label, the first of its runs that carries ``latent_hist.json``: ``{"edges", "first": (epoch,
     counts), "last": (epoch, counts)}``; labels without one are absent (stores written before it was logged)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from bench.track.store import MlflowClient, MlflowException
 
     client, out = MlflowClient(tracking_uri=c.uri), {}
     for label, g in runs[runs.role == "method"].groupby("display"):

@@ -58,8 +58,8 @@ def _parse(text: str) -> Any:
 def replay_run(run: Any, history: dict[str, dict[int, float]], epochs: int, data_root: str | None,
                threads: int | None) -> Replayed:
     """Replay one recorded trial run (an MLflow Run) for ``epochs`` epochs; ``history``: metric -> step -> value."""
-    from bench import tracking
     from bench.spec import resolve
+    from bench.track import store as tracking
     from bench.train import train
 
     tags = run.data.tags
@@ -108,7 +108,7 @@ def platform_differences(tags: dict[str, str]) -> list[str]:
 def replay_suite(uri: str, suite: str, epochs: int = 1, per_estimator: int = 1, data_root: str | None = None,
                  threads: int | None = None, log=print) -> list[Replayed]:
     """Replay ``per_estimator`` finished trials of each estimator (and the FP baseline) of ``suite`` in ``uri``."""
-    from bench import tracking
+    from bench.track import store as tracking
 
     client = tracking.mlflow_client(uri)
     exp = client.get_experiment_by_name(suite)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ KIND_TAG, KEY_TAG, STATUS_TAG = "binbench.kind", "binbench.key", "binbench.statu
 TRIAL_TAG = "binbench.trial"
 #: the run's code (``RunSpec.code``, a digest of its estimators' sources) and each estimator's origin by role
 CODE_TAG, ORIGIN_TAG_PREFIX = "binbench.code", "binbench.origin."
+BUDGET_TAG = "binbench.budget"  # the share of its cell's epochs a run of a suite with ``budgets`` trained
 #: the results folder a run belongs to, and one trial attempt's identity (its checkpoint folder's name)
 RESULTS_TAG, ATTEMPT_TAG = "binbench.results_dir", "binbench.attempt"
 #: tags every trial run carries (``TrialRun``), named once here and read by reports
 ESTIMATOR_TAG, MODEL_TAG, DATASET_TAG, BITS_TAG, RECIPE_TAG, SEED_TAG = (
     "estimator", "model", "dataset", "bits", "recipe", "seed")
 SUITE_TAG, CELL_TAG, ROLE_TAG = "suite", "cell", "role"
-#: tags of what a run came to and where it came from (``bench.record.final_tags``, the executors)
+#: tags of what a run came to and where it came from (``bench.track.record.final_tags``, the executors)
 HEADLINE_TAG, STAGE_EPOCHS_TAG, DATA_SOURCE_TAG = "headline_mode", "stage_epochs", "dataset_source"
 COMMIT_TAG, COMMAND_TAG, ERROR_TAG, MESSAGE_TAG = "git_commit", "command", "error", "message"
 #: MLflow's HTTP retries for a suite: its defaults (7 retries, backoff factor 2, 120 s timeout) wait minutes
@@ -37,11 +39,46 @@ HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF
 PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_uri(path: str | os.PathLike) -> str:
+    """The tracking URI of the SQLite store at ``path`` (made absolute: trials run in other working folders)."""
+    return f"{SQLITE}{Path(path).expanduser().resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` tracking URI, None for any other store (a server, an in-memory database)."""
+    if not uri.startswith(SQLITE) or uri[len(SQLITE):] in ("", ":memory:"):
+        return None
+    return Path(uri[len(SQLITE):])
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative SQLite path made absolute (the trials do not run in the driver's folder)."""
+    db = sqlite_path(uri)
+    return sqlite_uri(db) if db is not None else uri
+
+
 def default_tracking_uri(results_dir: str | os.PathLike) -> str:
-    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+    return sqlite_uri(Path(results_dir) / "mlflow.db")
 
 
-def mlflow_client(uri: str):
+def __getattr__(name: str) -> Any:
+    # MLflow's client and error classes for modules outside bench.track (the report): imported on first use, as
+    # importing MLflow takes seconds and the fast CLI paths never need it
+    if name == "MlflowClient":
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient
+    if name == "MlflowException":
+        from mlflow.exceptions import MlflowException
+
+        return MlflowException
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def mlflow_client(uri: str) -> Any:
     """The MLflow client of a store: every binbench module asks here."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
@@ -84,10 +121,20 @@ def source_tags(git_commit: str | None) -> dict[str, str]:
     return tags
 
 
+def environment_tags() -> dict[str, str]:
+    """Where and with what a run ran: the git commit, package versions, hardware, and MLflow's own source tags.
+    Every run carries them: a suite's parent run, its trials, and ``binbench run``."""
+    from bench.env import describe
+
+    info = describe()
+    return {COMMIT_TAG: str(info["git_commit"]), **{f"version.{k}": v for k, v in info["versions"].items()},
+            **{f"hardware.{k}": v for k, v in info["hardware"].items()}, **source_tags(str(info["git_commit"]))}
+
+
 def start_parent(uri: str, exp_id: str, suite: str, tags: dict[str, str]) -> str:
     client = mlflow_client(uri)
     run = client.create_run(exp_id, run_name=f"{suite} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                            tags={KIND_TAG: "suite", **source_tags(tags.get(COMMIT_TAG)), **tags})
+                            tags={KIND_TAG: "suite", **environment_tags(), **tags})
     return run.info.run_id
 
 
@@ -204,51 +251,6 @@ def end_earlier_attempts(client, exp_id: str, parent_id: str | None, attempt: st
     return _kill(client, [r for r in runs if r.info.run_id != keep], "worker lost; retried")
 
 
-class TrialRun:
-    """The child run of one trial, written from inside the trial process."""
-
-    def __init__(self, uri: str, exp_id: str, parent_id: str | None, trial: dict[str, Any], tags: dict[str, str]):
-        from mlflow.entities import Param, RunTag
-
-        self.client = mlflow_client(uri)
-        self.Param, self.RunTag = Param, RunTag
-        base = {KIND_TAG: "trial", KEY_TAG: trial["key"], SUITE_TAG: trial["suite"], ESTIMATOR_TAG: trial["estimator"],
-                RECIPE_TAG: trial["recipe"], MODEL_TAG: trial["model"], DATASET_TAG: trial["dataset"],
-                BITS_TAG: trial["bits"], SEED_TAG: str(trial["seed"]), CELL_TAG: trial["cell"], STATUS_TAG: "running",
-                **tags}
-        base.update(source_tags(tags.get(COMMIT_TAG)))
-        if parent_id:
-            base["mlflow.parentRunId"] = parent_id
-        run = self.client.create_run(exp_id, run_name=trial["label"], tags=base)
-        self.run_id = run.info.run_id
-        if ATTEMPT_TAG in base:
-            end_earlier_attempts(self.client, exp_id, parent_id, base[ATTEMPT_TAG], self.run_id)
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k[:250], v[:6000]) for k, v in flatten(params).items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
-
-    def end(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status)
-
-
 def _set_env(values: dict[str, str]) -> dict[str, str | None]:
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -297,8 +299,8 @@ def check_store(uri: str, suite: str, artifact_root: str | None = None) -> str:
     u = urlparse(uri)
     probe_server(uri)
     if u.scheme == "sqlite":
-        db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-        if db is not None and str(db) not in ("", ":memory:") and not db.parent.is_dir():
+        db = sqlite_path(uri)
+        if db is not None and not db.parent.is_dir():
             raise BinbenchError(f"--tracking-uri {uri}: folder {db.parent} does not exist; create it or pass "
                                 "another URI")
         if db is not None and db.exists() and not db.is_file():
@@ -318,3 +320,36 @@ def check_store(uri: str, suite: str, artifact_root: str | None = None) -> str:
 def suite_http_env() -> dict[str, str]:
     """MLflow HTTP settings for the driver and the trials: the user's own, else :data:`HTTP_ENV`."""
     return {k: os.environ.get(k, v) for k, v in HTTP_ENV.items()}
+
+
+class StoreWatch:
+    """When a trial fails and the tracking server no longer answers, stop the suite: every further attempt would
+    fail the same way. Finished work is kept; ``--resume`` continues once the server is back. Executors ask
+    :meth:`check` after a failed attempt and stop handing out trials once :attr:`lost` is set."""
+
+    def __init__(self, uri: str, log: Callable[[str], None] = print):
+        self.uri, self.log, self.lost = uri, log, False
+
+    # Tune pickles its callbacks and stoppers with the experiment state; the log function need not survive that
+    # (print may be wrapped by then, and a wrapped print does not pickle)
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "log"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, log=print)
+
+    def check(self) -> None:
+        """After a trial failed: does the server still take a connection? If not, stop (``lost``)."""
+        import socket
+        from urllib.parse import urlparse
+
+        u = urlparse(self.uri)
+        if self.lost or u.scheme not in ("http", "https"):
+            return
+        try:
+            with socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=3):
+                return
+        except OSError:
+            self.lost = True
+            self.log(f"tracking server {self.uri} no longer answers: stopping the suite (finished trials and "
+                     "checkpoints are kept; run again with --resume once it is back)")

@@ -29,14 +29,15 @@ class Recorded:
 def _stores(tracking_uri: str | None) -> list[str]:
     if tracking_uri:
         return [tracking_uri]
-    from bench.record import default_run_store
+    from bench.track.record import default_run_store
+    from bench.track.store import sqlite_uri
 
     dbs = sorted(Path("results").glob("*/mlflow.db"))
-    return list(dict.fromkeys([default_run_store(), *(f"sqlite:///{p.resolve()}" for p in dbs)]))
+    return list(dict.fromkeys([default_run_store(), *(sqlite_uri(p) for p in dbs)]))
 
 
 def _from_folder(folder: Path) -> Recorded:
-    from bench.record import CONFIG, WEIGHTS
+    from bench.track.record import CONFIG, WEIGHTS
 
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         raise BinbenchError(f"{folder} holds no {CONFIG} and {WEIGHTS}: give a run id or a run's artifact folder")
@@ -49,11 +50,12 @@ def find_run(ref: str, tracking_uri: str | None = None) -> Recorded:
         return _from_folder(Path(ref))
     from mlflow.exceptions import MlflowException
 
-    from bench.tracking import mlflow_client
+    from bench.track.store import mlflow_client, sqlite_path
 
     searched = []
     for uri in _stores(tracking_uri):
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        db = sqlite_path(uri)
+        if db is not None and not db.exists():
             continue
         searched.append(uri)
         client = mlflow_client(uri)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bench.spec import EXECUTION_KEYS
+from bench.track import store
 
 # config keys that describe one execution, not the experiment (bench.spec.EXECUTION_KEYS): ``exec.<key>`` tags
 #: switches that only act on CUDA: on a CPU they change nothing, so they are execution facts there
@@ -64,8 +65,9 @@ def artifact_root(tracking_uri: str, results_dir: str | os.PathLike | None = Non
     server's default) for a remote tracking server."""
     if results_dir is not None:
         return (Path(results_dir).resolve() / "artifacts").as_uri()
-    if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+    db = store.sqlite_path(tracking_uri)
+    if db is not None:
+        return (db.resolve().parent / "artifacts").as_uri()
     return None
 
 
@@ -234,11 +236,9 @@ def final_metrics(res: Any) -> dict[str, float]:
 
 
 def final_tags(res: Any) -> dict[str, str]:
-    from bench.tracking import DATA_SOURCE_TAG, HEADLINE_TAG, MESSAGE_TAG, STAGE_EPOCHS_TAG, STATUS_TAG
-
-    return {STATUS_TAG: res.status, HEADLINE_TAG: next(iter(res.eval_modes)), MESSAGE_TAG: res.message,
-            DATA_SOURCE_TAG: res.data_source,
-            STAGE_EPOCHS_TAG: ", ".join(f"{st['name']}: {st['epochs']}" for st in res.stages)}
+    return {store.STATUS_TAG: res.status, store.HEADLINE_TAG: next(iter(res.eval_modes)),
+            store.MESSAGE_TAG: res.message, store.DATA_SOURCE_TAG: res.data_source,
+            store.STAGE_EPOCHS_TAG: ", ".join(f"{st['name']}: {st['epochs']}" for st in res.stages)}
 
 
 RUN_EXPERIMENT = "binbench-run"
@@ -250,63 +250,7 @@ def default_run_store() -> str:
     env = os.environ.get("BINBENCH_RUN_STORE")
     if env:
         return env
-    return f"sqlite:///{(Path('results') / 'runs' / 'mlflow.db').resolve()}"
-
-
-class SingleRun:
-    """The MLflow run of one ``binbench run``: params, per-epoch metrics, final metrics, the record above."""
-
-    def __init__(self, uri: str, spec: Any):
-        from bench import tracking
-        from bench.env import describe
-
-        quiet_mlflow()
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        config = spec.config.to_dict()
-        self.uri, self.config = uri, config
-        exp_id = tracking.prepare(uri, RUN_EXPERIMENT, artifact_root(uri))
-        bits = spec.config.bits
-        est = config["estimator"] if config["w_bits"] == 1 else "fp"
-        label = f"{est}-{config['model']}-{config['dataset']}-{bits}-{config['recipe']}-s{config['seed']}"
-        trial = {"key": spec.key, "suite": "", "estimator": est, "recipe": config["recipe"], "model": config["model"],
-                 "dataset": config["dataset"], "bits": bits, "seed": config["seed"], "cell": "", "label": label}
-        info = describe()
-        tags = {tracking.KIND_TAG: "run", tracking.COMMIT_TAG: info["git_commit"],
-                **{f"version.{k}": v for k, v in info["versions"].items()}, **tracking.code_tags(spec)}
-        self.run = tracking.TrialRun(uri, exp_id, None, trial, tags)
-        params, exec_tags = split_config(config)
-        self.run.log_params(params)
-        self.run.set_tags(exec_tags)
-        self.final_model = FinalModel()
-        self.monitor = start_system_metrics(self.run.run_id, uri)
-
-    @property
-    def run_id(self) -> str:
-        return self.run.run_id
-
-    def on_epoch(self, record: dict[str, Any]) -> None:
-        self.run.log_metrics(record, int(record["global_epoch"]))
-
-    def finish(self, res: Any) -> None:
-        stop_system_metrics(self.monitor)
-        self.run.log_metrics(final_metrics(res), len(res.history))
-        self.run.set_tags(final_tags(res))
-        ckpt = Path(self.config["checkpoint_dir"]) / "model.pt" if self.config.get("checkpoint_dir") else None
-        weights = self.final_model.state_dict(ckpt)
-        log_run_record(self.run.client, self.run.run_id, self.config, res, weights,
-                       self.final_model.latent_histogram(len(res.history)))
-        from bench.export.tracked import log_export
-
-        log_export(self.run.client, self.run.run_id, self.config, res, weights)  # the deployable network
-        self.run.end("FINISHED" if res.status == "finished" else "FAILED")
-
-    def fail(self, exc: BaseException) -> None:
-        from bench.tracking import ERROR_TAG, STATUS_TAG
-
-        stop_system_metrics(self.monitor)
-        self.run.set_tags({STATUS_TAG: "failed", ERROR_TAG: f"{type(exc).__name__}: {exc}"})
-        self.run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+    return store.sqlite_uri(Path("results") / "runs" / "mlflow.db")
 
 
 def log_report(uri: str, suite: str, files: list[Path]) -> str | None:
@@ -317,13 +261,11 @@ def log_report(uri: str, suite: str, files: list[Path]) -> str | None:
     """
     from mlflow.exceptions import MlflowException
 
-    from bench.tracking import KIND_TAG, mlflow_client
-
-    client = mlflow_client(uri)
+    client = store.mlflow_client(uri)
     exp = client.get_experiment_by_name(suite)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'suite'",
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{store.KIND_TAG}` = 'suite'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         return None

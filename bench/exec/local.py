@@ -3,8 +3,9 @@
 Trials run in long-lived worker processes, or in the driver's own process when one runs at a time. A worker
 imports torch and MLflow once (they are preloaded in a forkserver, so a replacement worker starts in a fraction
 of a second), keeps each dataset it loaded in memory (``bench.data.keep_in_memory``) and runs trial after trial.
-Each trial is ``bench.trial.run_trial``, exactly as under Ray, so the MLflow records, checkpoints and resume are
-the same; the driver side (stale runs, finished keys, the parent run) is ``bench.runner``'s for both executors.
+The driver hands it the trial body (``bench.exec.trial.run_trial``, as it hands Ray), so the MLflow records,
+checkpoints and resume are the same; the driver side (stale runs, finished keys, the parent run) is
+``bench.exec.driver``'s for both executors. Progress goes to the driver's ``bench.exec.progress.TrialEvents``.
 
 Failures as under Ray Tune with ``FailureConfig(max_failures=2)``: a trial whose training raises, or whose worker
 dies, is retried up to twice (in a new worker after a death), continuing from its checkpoint; then it is failed.
@@ -19,17 +20,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from bench.exec.progress import TrialEvents
+from bench.exec.trial import SuiteContext, TrialBody
+from bench.suite import Trial
+from bench.track.store import StoreWatch
 
 #: a trial is tried at most 1 + MAX_FAILURES times, as Ray Tune's FailureConfig(max_failures=2)
 MAX_FAILURES = 2
 #: what the forkserver imports once for every worker it forks
-PRELOAD = ["torch", "mlflow", "bench.trial", "bench.train", "bench.record", "bench.tracking"]
-#: the trial function, as module:function
-TARGET = "bench.trial:run_trial"
+PRELOAD = ["torch", "mlflow", "bench.exec.trial", "bench.train", "bench.track.run"]
 #: the trial runs' tag that says which executor ran them
 LOCAL_TAGS = {"executor": "local"}
 #: how long stopped workers get to end their runs (KILLED) before they are killed
@@ -41,23 +44,23 @@ class Job:
     """One trial and what the driver knows of it."""
 
     number: int
-    trial: dict[str, Any]
+    trial: Trial
     failures: int = 0
-    view: Any = field(default=None)  # what the progress lines read: trial_id, config, last_result
+    top1: float | None = None  # the last epoch's test top-1: what the end line shows
 
-    def __post_init__(self) -> None:
-        self.view = SimpleNamespace(trial_id=f"local-{self.number}", config={"trial": self.trial}, last_result={})
+    @property
+    def point(self) -> str:
+        return f"local-{self.number}"
 
-    def report(self, metrics: dict[str, Any]) -> None:
-        """An epoch's metrics: the last ones are what the end line shows (as Tune's last_result)."""
-        n = int(self.view.last_result.get("training_iteration", 0)) + 1
-        self.view.last_result = {**metrics, "training_iteration": n}
+    def report(self, metrics: dict[str, float]) -> None:
+        top1 = metrics.get("test_top1")
+        self.top1 = float(top1) if isinstance(top1, (int, float)) else self.top1
 
 
 class Book:
     """The queue of trials, their retries and the progress lines, for the driver and for a pool alike."""
 
-    def __init__(self, trials: list[dict[str, Any]], progress: Any, watch: Any):
+    def __init__(self, trials: Sequence[Trial], progress: TrialEvents, watch: StoreWatch):
         self.pending = [Job(i, t) for i, t in enumerate(trials)]
         self.progress, self.watch = progress, watch
 
@@ -66,52 +69,49 @@ class Book:
 
     def started(self, job: Job) -> None:
         if job.failures == 0:
-            self.progress.on_trial_start(0, [], job.view)
+            self.progress.started(job.point, job.trial)
 
     def ended(self, job: Job, status: str) -> None:
-        job.view.last_result = {**job.view.last_result, "diverged": status == "diverged"}
-        self.progress.on_trial_complete(0, [], job.view)
+        self.progress.ended(job.point, job.trial, status, None if status == "diverged" else job.top1)
 
     def errored(self, job: Job) -> None:
         """A failed attempt: retried first thing (from its checkpoint) while it has retries left, else failed."""
         self.watch.check()  # a lost tracking server fails every attempt alike: stop instead (watch.lost)
         job.failures += 1
         if job.failures > MAX_FAILURES or self.watch.lost:
-            self.progress.on_trial_error(0, [], job.view)
+            self.progress.failed(job.point, job.trial)
             return
-        self.progress.on_trial_recover(0, [], job.view)
+        self.progress.retried(job.point, job.trial)
         self.pending.insert(0, job)
 
     def close(self) -> None:
-        self.progress.on_experiment_end([])
+        self.progress.closed()
 
 
-def run_local(trials: list[dict[str, Any]], ctx: dict[str, Any], workers: int, progress: Any, watch: Any,
-              target: str = TARGET) -> None:
-    """Run ``trials`` with ``workers`` at a time: in this process for one, else in a pool of worker processes.
-
-    ``target`` names the trial function as ``module:function`` (tests put a fake one in)."""
+def run_local(trials: Sequence[Trial], ctx: SuiteContext, workers: int, progress: TrialEvents, watch: StoreWatch,
+              body: TrialBody) -> None:
+    """Run ``body`` on each of ``trials``, ``workers`` at a time: in this process for one, else in a pool of
+    worker processes (``body`` must then be a module-level function: the workers receive it by reference)."""
     book = Book(trials, progress, watch)
     try:
         if workers == 1:
-            _run_here(book, ctx, target)
+            _run_here(book, ctx, body)
         else:
-            Pool(workers, ctx, target).run(book)
+            Pool(workers, ctx, body).run(book)
     finally:
         book.close()
 
 
-def _run_here(book: Book, ctx: dict[str, Any], target: str) -> None:
+def _run_here(book: Book, ctx: SuiteContext, body: TrialBody) -> None:
     """One trial at a time in the driver's process: no worker to start at all."""
     from bench.data import keep_in_memory
 
-    run_trial = _resolve(target)
     keep_in_memory(True)
     try:
         while (job := book.next()) is not None:
             book.started(job)
             try:
-                status = run_trial(job.trial, ctx, job.report, tags=LOCAL_TAGS)
+                status = body(job.trial, ctx, job.report, tags=LOCAL_TAGS)
             except Exception:  # the run is FAILED with the error as a tag; Ctrl-C and exits propagate
                 book.errored(job)
                 continue
@@ -131,20 +131,20 @@ class Worker:
 class Pool:
     """``size`` worker processes, replaced when one dies; all of them stopped when the pool ends."""
 
-    def __init__(self, size: int, ctx: dict[str, Any], target: str = TARGET):
+    def __init__(self, size: int, ctx: SuiteContext, body: TrialBody):
         import multiprocessing as mp
 
         # forkserver: workers fork from a clean process that imported torch once and started no threads (fork of
         # the driver could copy a held lock of one of its threads); spawn would import torch in every worker
         self.mp = mp.get_context("forkserver")
         self.mp.set_forkserver_preload(PRELOAD)
-        self.size, self.ctx, self.target = size, ctx, target
+        self.size, self.ctx, self.body = size, ctx, body
         self.workers: list[Worker] = []
 
     def _start_worker(self) -> Worker:
         parent, child = self.mp.Pipe()
-        cpus = int(self.ctx["cpus_per_trial"])
-        p = self.mp.Process(target=worker_main, args=(child, os.getpid(), cpus, self.target), daemon=True,
+        cpus = self.ctx.cpus_per_trial
+        p = self.mp.Process(target=worker_main, args=(child, os.getpid(), cpus, self.body), daemon=True,
                             name="binbench-worker")
         with _thread_env(cpus):
             p.start()
@@ -252,24 +252,23 @@ def _thread_env(cpus: int):
 
 
 # -- inside a worker ----------------------------------------------------------------------------------------
-def worker_main(conn: Any, driver: int, cpus: int, target: str = TARGET) -> None:
+def worker_main(conn: Any, driver: int, cpus: int, body: TrialBody) -> None:
     """A worker's life: run the trials the driver sends until it sends None, closes the pipe or stops it."""
     _die_with_driver(driver)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the driver decides
     signal.signal(signal.SIGTERM, _interrupt)  # the driver stops this worker: end the run KILLED, not FAILED
     try:
-        _serve(conn, cpus, target)
+        _serve(conn, cpus, body)
     except KeyboardInterrupt:  # stopped between trials or while starting: nothing to end, and no traceback
         pass
 
 
-def _serve(conn: Any, cpus: int, target: str) -> None:
+def _serve(conn: Any, cpus: int, body: TrialBody) -> None:
     """Receive (trial, ctx), run it, send its epochs' metrics and its end; exit on None or EOF."""
     import torch
 
     from bench.data import keep_in_memory
 
-    run_trial = _resolve(target)
     torch.set_num_threads(cpus)
     keep_in_memory(True)
     send: Callable[[tuple], None] = conn.send
@@ -282,18 +281,11 @@ def _serve(conn: Any, cpus: int, target: str) -> None:
             return
         trial, ctx = msg
         try:
-            status = run_trial(trial, ctx, lambda m: send(("report", m)), tags=LOCAL_TAGS)
+            status = body(trial, ctx, lambda m: send(("report", m)), tags=LOCAL_TAGS)
         except Exception as exc:  # the run is FAILED with the error as a tag; the driver decides on a retry
             send(("error", f"{type(exc).__name__}: {exc}"))
             continue
         send(("done", status))
-
-
-def _resolve(target: str) -> Callable[..., str]:
-    import importlib
-
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
