@@ -194,3 +194,21 @@ def test_resume_skips_only_trials_of_the_same_code(tmp_path):
         assert tracking.finished_keys("u", "e") == {"a", "b"}
     finally:
         tracking.trial_runs = orig
+
+
+def test_report_provenance_names_estimator_code_and_bf16():
+    """The report's provenance names each estimator's package, version and digest, and bf16 where runs used it."""
+    import pandas as pd
+
+    from bench.report.tables import _code_lines
+
+    df = pd.DataFrame({"estimator": ["ste", "rsign_x"], "model": ["mlp", "mlp"], "bits": ["W1A1", "W1A1"],
+                       "origin": ["ste: binbench 0.1.0 sha256:aaa", "rsign_x: my-pkg 2.0 sha256:bbb"],
+                       "precision": ["float32", "bf16"]})
+    code, precision = _code_lines(df)
+    assert "ste: binbench 0.1.0 sha256:aaa" in code and "rsign_x: my-pkg 2.0 sha256:bbb" in code
+    assert precision.startswith("precision: bf16 autocast in 1 of 2 runs (rsign_x mlp W1A1)")
+    old = pd.DataFrame({"estimator": ["ste"], "model": ["mlp"], "bits": ["W1A1"], "origin": [""],
+                        "precision": ["float32"]})
+    assert _code_lines(old) == ["estimator code (package version, source digest): not recorded",
+                                "precision: float32"]

@@ -111,7 +111,11 @@ def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any
            "widths": _param(p, "model_args.hidden") or _param(p, "model_args.widths"),
            "first_last_binary": _param(p, "model_args.binarize_first_last") == "True",
            "stage_epochs": t.get(tg.STAGE_EPOCHS_TAG), "dataset_source": t.get(tg.DATA_SOURCE_TAG),
-           "budget": _float(t.get(BUDGET_TAG))}
+           "budget": _float(t.get(BUDGET_TAG)),
+           # which code trained it (stores before it was recorded: "") and in what precision (amp is a param only
+           # where it acted, on CUDA: bf16 autocast; elsewhere the run computed in float32)
+           "origin": "; ".join(v for k, v in sorted(t.items()) if k.startswith(tg.ORIGIN_TAG_PREFIX)),
+           "precision": "bf16" if p.get("amp") == "True" else "float32"}
     # final metrics never overwrite the params and tags above: a run logs its last epoch's ``lr`` as a metric,
     # and that value (a cosine schedule's ~0 at the end) is not the lr the run was configured with
     row.update({k: v for k, v in m.items() if ("/" not in k or k in DIAG or k.startswith("export/")) and k not in row})

@@ -38,6 +38,22 @@ def _setting_lines(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def _code_lines(df: pd.DataFrame) -> list[str]:
+    """Which code trained the runs (each estimator's package, version and source digest) and in what precision:
+    bf16 named wherever a run used it."""
+    origins = sorted({o for v in df.get("origin", pd.Series(dtype=str)).fillna("") for o in v.split("; ") if o})
+    missing = int((df.get("origin", pd.Series("", index=df.index)).fillna("") == "").sum())
+    lines = []
+    if origins or missing:
+        lines.append("estimator code (package version, source digest): " + ("; ".join(origins) or "not recorded")
+                     + (f" ({missing} run(s) recorded before binbench recorded it)" if missing and origins else ""))
+    bf16 = df[df.get("precision", pd.Series("float32", index=df.index)) == "bf16"]
+    lines.append("precision: float32" if bf16.empty else
+                 f"precision: bf16 autocast in {len(bf16)} of {len(df)} runs ("
+                 + ", ".join(sorted(set(bf16.estimator + " " + bf16.model + " " + bf16.bits))) + "), float32 elsewhere")
+    return lines
+
+
 def provenance(c: Collected, results_dir: Path) -> list[str]:
     df = c.runs
     fmt = "%Y-%m-%d %H:%M UTC"
@@ -60,7 +76,7 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
     if len(points):
         lines.append(f"searched: {len(points)} points of ({df['search_point'].iloc[0].split('=')[0]}, ...); Top-1 "
                      "aggregates every finished point and seed of a cell (sensitivity.png shows them one by one)")
-    lines += _setting_lines(df)
+    lines += _setting_lines(df) + _code_lines(df)
     lines += [f"note: {' '.join(n.split())}" for n in c.notes]  # one line each: no escape from a comment
     design = suite_description(c)
     if design:
