@@ -218,6 +218,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         values["download"] = True
     if args.resume:
         values["resume"] = True
+        if args.checkpoint_dir and not (Path(args.checkpoint_dir) / "last.pt").is_file():
+            print(f"binbench: --resume: nothing to resume in {args.checkpoint_dir} (no last.pt): training from "
+                  "scratch", file=sys.stderr)
     if args.dry_run:
         return _dry_run(values, args.json)
     from bench.spec import resolve

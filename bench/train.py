@@ -724,9 +724,7 @@ def _restore(run: _Run) -> ckpt.RunState:
     of the plan done; otherwise training continues from ``last.pt``."""
     final, last = run.ckpt_dir / "final.pt", run.ckpt_dir / "last.pt"
     if not last.exists():
-        print(f"binbench: --resume: nothing to resume in {run.ckpt_dir} (no last.pt): training from scratch",
-              file=sys.stderr)
-        return run.state
+        return run.state  # nothing to resume: start from scratch (binbench run --resume says so)
     state, saved = ckpt.RunState.load(last)
     if _field(saved, "key", last) != run.spec.key:
         raise ConfigError(f"the checkpoint in {run.ckpt_dir} was written by a different configuration; "

@@ -211,6 +211,7 @@ def start_system_metrics(run_id: str, tracking_uri: str) -> Any:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     except ImportError:
         return None
+    quiet_mlflow()  # its start and stop lines (INFO) in every trial worker are noise on the suite's console
     monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, samples_before_logging=1,
                                    tracking_uri=tracking_uri)
     monitor.start()
