@@ -93,6 +93,14 @@ def _hparams(p: dict[str, str], prefix: str = "estimator_hparams.") -> dict[str,
     return out
 
 
+def _bf16(tags: dict[str, str], params: dict[str, str]) -> bool:
+    """Whether a run computed in bf16: amp on, on a GPU (amp does nothing on a CPU; older stores logged it as a
+    param on CPU runs too, so the device decides)."""
+    amp = params.get("amp", tags.get("exec.amp"))
+    gpu = tags.get("hardware.gpu", "none") not in ("none", "?", "")
+    return amp == "True" and gpu and not str(tags.get("exec.device", params.get("device", ""))).startswith("cpu")
+
+
 def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any]:
     """One trial run as a row: identity tags, the setup a reader needs, final metrics."""
     from bench.track import store as tg
@@ -115,7 +123,7 @@ def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any
            # which code trained it (stores before it was recorded: "") and in what precision (amp is a param only
            # where it acted, on CUDA: bf16 autocast; elsewhere the run computed in float32)
            "origin": "; ".join(v for k, v in sorted(t.items()) if k.startswith(tg.ORIGIN_TAG_PREFIX)),
-           "precision": "bf16" if p.get("amp") == "True" else "float32"}
+           "precision": "bf16" if _bf16(t, p) else "float32"}
     # final metrics never overwrite the params and tags above: a run logs its last epoch's ``lr`` as a metric,
     # and that value (a cosine schedule's ~0 at the end) is not the lr the run was configured with
     row.update({k: v for k, v in m.items() if ("/" not in k or k in DIAG or k.startswith("export/")) and k not in row})
