@@ -151,7 +151,7 @@ LEGEND = ("Binary layers: conv/linear layers with 1-bit weights; params by preci
 
 def markdown(summ: pd.DataFrame, suite: str) -> str:
     """``complexity.md``: the totals table with its legend."""
-    from bench.report import md_table
+    from bench.report.escape import md_table
 
     return "\n".join([f"# {escape.markdown(suite)}: model complexity", "", md_table(display(summ)), "", LEGEND, ""])
 

@@ -60,3 +60,17 @@ def html(value: Any) -> str:
 
 
 __all__ = ["html", "latex", "latex_comment", "markdown", "one_line"]
+
+
+def md_table(df: Any, bold: tuple[str, ...] = ("Method", "Final-epoch Top-1")) -> str:
+    """A DataFrame as a Markdown table, every cell escaped; a row whose ``_best`` is true has its ``bold``
+    columns in bold; columns starting with "_" are not shown. (Here, beside the escaping, so that every report
+    module can write tables without importing the report package: that was an import cycle.)"""
+    cols = [c for c in df.columns if not c.startswith("_")]
+    lines = ["| " + " | ".join(markdown(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        cells = [markdown(r[c]) for c in cols]
+        if r.get("_best", False):
+            cells = [f"**{x}**" if c in bold else x for c, x in zip(cols, cells, strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

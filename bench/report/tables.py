@@ -17,6 +17,7 @@ from bench.export.columns import LEGEND as EXPORT_LEGEND
 from bench.export.columns import display as export_display
 from bench.report import budget, complexity, escape, latex
 from bench.report.collect import Collected, method_label, reference
+from bench.report.escape import md_table
 from bench.report.leaderboard import LATE_GAIN, _setting_labels, leaderboard
 from bench.report.paths import relative
 from bench.report.stats import FLAG, _known, diagnostics_table, discrimination, paired
@@ -417,14 +418,3 @@ def _diag_display(dg: pd.DataFrame) -> pd.DataFrame:
             d[col] = d[col].map(lambda v: _fmt(v, 4))
     d["stage"] = d["stage"].astype(int)
     return d
-
-
-def md_table(df: pd.DataFrame) -> str:
-    cols = [c for c in df.columns if not c.startswith("_")]
-    lines = ["| " + " | ".join(escape.markdown(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in df.iterrows():
-        cells = [escape.markdown(r[c]) for c in cols]
-        if r.get("_best", False):
-            cells = [f"**{x}**" if c in ("Method", FINAL_COL) else x for c, x in zip(cols, cells, strict=True)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
