@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BinbenchError
-from bench.recipes import RECIPES
+from bench.words import RECIPES
 
 
 def _json_default(o: Any) -> Any:

@@ -15,8 +15,7 @@ from typing import Any
 import yaml
 
 from bench.errors import ConfigError, did_you_mean, type_words
-from bench.estimator import BOOL_WORDS, parse_bool
-from bench.recipes import RECIPES
+from bench.words import BOOL_WORDS, RECIPES, parse_bool
 
 #: the bit widths a run can have: name -> (weight bits, activation bits)
 BITS = {"W1A1": (1, 1), "W1A32": (1, 32), "FP32": (32, 32)}

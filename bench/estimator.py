@@ -40,21 +40,7 @@ from torch import Tensor, nn
 
 from bench.errors import ConfigError, did_you_mean, type_words
 from bench.registry import Registry
-
-#: ``native_activation`` of an estimator whose own recipe uses the common recipe's activation estimator (the
-#: estimator declaring ``common_activation``); defined here, below the recipes, so that they import the registry
-#: and not the other way round
-COMMON_ACTIVATION = ":common"
-#: the one vocabulary of true/false words binbench reads from text (--set, suite files, hyperparameters)
-BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def parse_bool(text: str) -> bool:
-    """``text`` as a boolean (:data:`BOOL_WORDS`, any case); ValueError for anything else."""
-    try:
-        return BOOL_WORDS[text.strip().lower()]
-    except KeyError:
-        raise ValueError(f"not a boolean: {text!r}") from None
+from bench.words import BOOL_WORDS, COMMON_ACTIVATION, parse_bool  # noqa: F401 - re-exported (bench/words.py)
 
 KINDS = ("weight", "activation")
 

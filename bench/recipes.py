@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 from bench.errors import ConfigError
 from bench.estimator import COMMON_ACTIVATION, get_estimator_class, native_activation_of
+from bench.words import RECIPES  # noqa: E402,F401 - one definition, read without torch by the CLI
 
-RECIPES = ("common", "published")
 #: COMMON_ACTIVATION (``bench.estimator``), an estimator's ``native_activation`` and the common recipe's
 #: ``activation_estimator``, means "the registered estimator that declares ``common_activation``"; resolved to its
 #: name when a run is resolved
