@@ -40,7 +40,8 @@ def test_run_json(capsys):
                            "--set", "model.hidden=[32]", "--set", "threads=1")
     assert code == 0
     res = json.loads(out)
-    assert res["status"] == "finished" and len(res["history"]) == 2 and res["config"]["model_args"] == {"binarize_first_last": True, "hidden": [32]}
+    assert res["status"] == "finished" and len(res["history"]) == 2
+    assert res["config"]["model_args"] == {"binarize_first_last": True, "hidden": [32]}  # the default: all binary
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
