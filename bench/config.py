@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from bench.errors import ConfigError, did_you_mean, type_words
+from bench.errors import ConfigError, did_you_mean, example_of, type_words
 from bench.words import BOOL_WORDS, RECIPES, parse_bool
 
 #: the bit widths a run can have: name -> (weight bits, activation bits)
@@ -231,7 +231,7 @@ def check_hparam_types(est_cls, values: dict[str, Any], side: str = "estimator")
             continue  # unknown names: coerce_hparams says so, with the valid ones
         d = defaults[key]
         if d is None:  # the declared type tells ("float | None")
-            d = {"bool": False, "int": 0, "float": 0.0, "str": ""}.get(declared.get(key, "").split("|")[0].strip())
+            d = example_of(declared.get(key, ""))
             if d is None:
                 continue
         if isinstance(d, bool):

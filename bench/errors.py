@@ -46,3 +46,13 @@ def type_words(annotation: str) -> str:
     parts = [p.strip().split("[")[0].split(".")[-1] for p in str(annotation).replace("Optional[", "").split("|")]
     words = list(dict.fromkeys(_TYPE_WORDS.get(p.rstrip("]"), p) for p in parts if p))
     return " or ".join(words)
+
+
+def example_of(annotation: str) -> object:
+    """A value of the first basic type an annotation names ("float | None" -> 0.0): what a hyperparameter whose
+    default is None is checked and converted against; None where it names none."""
+    for part in str(annotation).split("|"):
+        example = {"bool": False, "int": 0, "float": 0.0, "str": ""}.get(part.strip())
+        if example is not None:
+            return example
+    return None

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from bench.errors import ConfigError, did_you_mean, type_words
+from bench.errors import ConfigError, did_you_mean, example_of, type_words
 from bench.registry import Registry
 from bench.words import BOOL_WORDS, COMMON_ACTIVATION, parse_bool  # noqa: F401 - re-exported (bench/words.py)
 
@@ -303,18 +303,9 @@ def coerce_hparams(cls: type[Estimator], values: Mapping[str, Any]) -> dict[str,
             )
         default = defaults[key]
         if default is None:  # the declared type says what it takes ("float | None": a number, or none)
-            default = _example_of(cls.hparam_types().get(key, ""))
+            default = example_of(cls.hparam_types().get(key, ""))
         out[key] = _coerce(cls.name, key, value, default)
     return out
-
-
-def _example_of(annotation: str) -> Any:
-    """A value of the first basic type an annotation names (for _coerce), None where it names none."""
-    for part in str(annotation).split("|"):
-        example = {"bool": False, "int": 0, "float": 0.0, "str": ""}.get(part.strip())
-        if example is not None:
-            return example
-    return None
 
 
 def _coerce(est: str, key: str, value: Any, default: Any) -> Any:

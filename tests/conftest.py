@@ -38,3 +38,12 @@ def _isolated_run_store(tmp_path_factory, monkeypatch):
     store = tmp_path_factory.getbasetemp() / "run-store"
     store.mkdir(exist_ok=True)
     monkeypatch.setenv("BINBENCH_RUN_STORE", f"sqlite:///{store / 'mlflow.db'}")
+
+
+def cli(*args: str, timeout: float = 600, env: dict | None = None):
+    """``python -m bench.cli ARGS`` from the repository, its output captured (the suite and report tests)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})}, timeout=timeout)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import yaml
 from scipy import stats
 
-from .conftest import REPO
+from .conftest import cli as run_cli
 
 # longer than the default timeout (pyproject): its module fixtures run a suite three times and report it
 # (a fixture's set-up counts against the first test that uses it)
@@ -37,8 +34,7 @@ STDOUT: dict[str, str] = {}  # what the real suite's commands printed: "run", "r
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ), timeout=600)
+    return run_cli(*args, timeout=600)
 
 
 @pytest.fixture(scope="module")

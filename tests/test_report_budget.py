@@ -5,16 +5,13 @@ with the largest's. Notes given to one report stay in every later one of the sam
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import yaml
 from scipy import stats
 
-from .conftest import REPO
+from .conftest import cli as run_cli
 
 EPOCHS = 4
 BUDGETS = [0.25, 0.5, 1]
@@ -26,8 +23,7 @@ SUITE = {"name": "budgety", "grid": {"estimators": METHODS, "models": ["mlp"], "
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ), timeout=900)
+    return run_cli(*args, timeout=900)
 
 
 @pytest.fixture(scope="module")
