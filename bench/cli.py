@@ -438,7 +438,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
     out = run_suite(suite, results_dir, resume=args.resume, address=args.address,
                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                    tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent, executor=args.executor)
+                    tracking_uri=args.tracking_uri, max_concurrent=args.max_concurrent, executor=args.executor,
+                    pack=args.pack)
     counts: dict[str, int] = {}
     for st in out.statuses.values():
         counts[st] = counts.get(st, 0) + 1
@@ -468,6 +469,7 @@ def _show_suite(suite, args: argparse.Namespace) -> int:
     if suite.search:
         print(f"search: {suite.search.get('num_samples', 1)} sample(s) per trial over "
               f"{', '.join(suite.search['space'])} with ASHA per grid cell")
+    _show_packing(suite, args)
     missing = missing_data(suite)
     print(f"cost estimate: {format_flop(cost['flop'])}, ~{format_duration(cost['cpu_hours'] * 3600)} on a "
           f"2-core CPU, ~{format_duration(cost['gpu_hours'] * 3600)} on one GPU (nominal rates, rough)")
@@ -476,6 +478,22 @@ def _show_suite(suite, args: argparse.Namespace) -> int:
     if args.action == "run":
         print("dry run: nothing started")
     return 0
+
+
+def _show_packing(suite, args: argparse.Namespace) -> None:
+    """How ``suite run`` with these arguments packs the trials (``--pack``, the workers, the memory)."""
+    from bench.exec.driver import local_workers
+    from bench.exec.plan import PackMode, describe, plan_packs
+
+    mode = PackMode.parse(getattr(args, "pack", "auto"))
+    workers = local_workers(getattr(args, "cpus_per_trial", 1), getattr(args, "gpus_per_trial", 0.0),
+                            getattr(args, "max_concurrent", None), len(suite.trials))
+    packs = plan_packs(suite.trials, mode, workers, search=bool(suite.search))
+    why = ("a search suite's trials each sample their own point" if suite.search else
+           "--pack off" if mode.mode == "off" else f"--pack {mode.cap or 'auto'}, {workers} worker(s)")
+    print(f"packing: {len(suite.trials)} trials in {len(packs)} unit(s) ({why})")
+    for line in describe(packs) if len(packs) < len(suite.trials) else []:
+        print(f"  {line}")
 
 
 def _print_summary(uri: str, suite) -> None:
@@ -669,7 +687,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "GPU trials, local otherwise")
     su.add_argument("--cpus-per-trial", type=int, default=1)
     su.add_argument("--gpus-per-trial", type=float, default=0.0)
-    su.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    su.add_argument("--max-concurrent", type=int, help="at most this many trials (or packs) at once")
+    su.add_argument("--pack", default="auto", metavar="auto|off|N",
+                    help="train trials that share model, data, batch size and epochs as one program (a pack; each "
+                         "trial keeps its own run, checkpoints and numbers): auto (default) packs as many as memory "
+                         "allows, off trains every trial alone, N caps a pack at N trials")
     su.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the results folder)")
     su.add_argument("--results-dir", help="where the MLflow store, checkpoints and Ray files go "
                                           "(default: results/<suite>)")

@@ -15,6 +15,7 @@ import pytest
 
 from bench.exec.local import MAX_FAILURES, run_local
 from bench.exec.progress import SuiteLines
+from bench.exec.trial import Pack
 
 from . import executor_fakes
 from .conftest import REPO
@@ -27,9 +28,14 @@ class NoWatch:
         pass
 
 
-def run(tmp_path: Path, modes: list[str], workers: int) -> None:
+def run(tmp_path: Path, modes: list[str], workers: int, sizes: list[int] | None = None) -> None:
+    """Fake trials with these modes, alone or in packs of ``sizes`` consecutive trials."""
     trials = [executor_fakes.FakeTrial(f"k{i}", f"t{i}", m) for i, m in enumerate(modes)]
-    run_local(trials, executor_fakes.context(str(tmp_path)), workers, SuiteLines(len(trials), tty=False), NoWatch(),
+    packs, i = [], 0
+    for n in sizes or [1] * len(trials):
+        packs.append(Pack(tuple(trials[i:i + n])))
+        i += n
+    run_local(packs, executor_fakes.context(str(tmp_path)), workers, SuiteLines(len(trials), tty=False), NoWatch(),
               body=executor_fakes.trial)
 
 
@@ -63,17 +69,37 @@ def test_dead_worker_is_replaced_and_its_trial_retried(tmp_path, capsys, mode, s
     assert out.count("retry t0") == tries - 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_pack_reports_each_member_and_a_diverged_member_ends_at_once(tmp_path, capsys, workers):
+    run(tmp_path, ["ok", "diverge", "ok", "ok"], workers, sizes=[3, 1])
+    out = capsys.readouterr().out
+    assert ends(out) == {"t0": "finished", "t1": "diverged", "t2": "finished", "t3": "finished"}
+    # each member's own top-1 on its own end line; the diverged member's end line before its pack's others
+    assert re.search(r"end t2 \(k2\) top-1 52.00", out) and re.search(r"end t0 \(k0\) top-1 50.00", out)
+    assert out.index("end t1 ") < out.index("end t0 ")
+    assert len(re.findall(r"trial \d+/4 start", out)) == 4
+
+
+def test_a_failing_pack_is_retried_whole_then_its_open_members_fail(tmp_path, capsys):
+    run(tmp_path, ["ok", "raise", "ok"], 1, sizes=[3])
+    out = capsys.readouterr().out
+    assert ends(out) == {"t0": "failed", "t1": "failed", "t2": "failed"}
+    assert len(attempts(tmp_path, "k0")) == 1 + MAX_FAILURES and not (tmp_path / "k2").exists()
+    assert out.count("retry t0 (k0)") == MAX_FAILURES and out.count("retry t1 (k1)") == MAX_FAILURES
+
+
 DRIVER = """
 import sys
 from bench.exec.local import run_local
 from bench.exec.progress import SuiteLines
+from bench.exec.trial import Pack
 from tests import executor_fakes
 
 class NoWatch:
     lost = False
     def check(self): pass
 
-trials = [executor_fakes.FakeTrial(f"k{i}", f"t{i}", "sleep") for i in range(3)]
+trials = [Pack((executor_fakes.FakeTrial(f"k{i}", f"t{i}", "sleep"),)) for i in range(3)]
 try:
     run_local(trials, executor_fakes.context(sys.argv[1]), 2, SuiteLines(3, tty=False), NoWatch(),
               body=executor_fakes.trial)

@@ -138,19 +138,22 @@ def _frozen(cls: type) -> bool:
 
 
 def test_typed_objects_cross_the_driver_executor_trial_boundary():
-    """What the driver hands an executor and an executor the trial body are frozen dataclasses and a function,
-    never dicts read by string keys."""
+    """What the driver hands an executor and an executor the body are frozen dataclasses and a function, never
+    dicts read by string keys: packs of typed trials, the suite context, members' reports."""
     from bench.exec import local, ray_tune
     from bench.exec.driver import Execution, SuiteOutcome
-    from bench.exec.trial import SuiteContext, run_trial
+    from bench.exec.plan import PackMode
+    from bench.exec.trial import MemberReport, Pack, SuiteContext, run_pack
     from bench.spec import RunIdentity, RunSpec
     from bench.suite import Suite, Trial
 
-    for cls in (SuiteContext, Trial, Suite, RunIdentity, RunSpec, Execution, SuiteOutcome):
+    for cls in (SuiteContext, Trial, Suite, RunIdentity, RunSpec, Execution, SuiteOutcome, Pack, PackMode,
+                MemberReport):
         assert _frozen(cls), cls
-    hints = typing.get_type_hints(run_trial)
-    assert hints["trial"] is Trial and hints["ctx"] is SuiteContext
+    hints = typing.get_type_hints(run_pack)
+    assert hints["pack"] is Pack and hints["ctx"] is SuiteContext
+    assert typing.get_args(typing.get_type_hints(Pack)["trials"])[0] is Trial
     for fn in (local.run_local, ray_tune.run_on_ray):
         h = typing.get_type_hints(fn)
-        assert h["ctx"] is SuiteContext and "body" in h and typing.get_args(h.get("trials", h.get("todo")))[0] is Trial
+        assert h["ctx"] is SuiteContext and "body" in h and typing.get_args(h.get("packs", h.get("todo")))[0] is Pack
     assert not any(f.type in (dict, "dict") for f in dataclasses.fields(SuiteContext))

@@ -175,7 +175,9 @@ def test_evaluate_unknown_run_is_one_line(tmp_path):
 def test_progress_tells_stopped_from_finished(capsys):
     from types import SimpleNamespace
 
-    points = [SimpleNamespace(label=f"l{i}", key=f"k{i}") for i in range(4)]
+    from bench.exec.trial import Pack
+
+    points = [Pack((SimpleNamespace(label=f"l{i}", key=f"k{i}"),)) for i in range(4)]
     cb = TuneEvents(SuiteLines(3, tty=False), points, epochs={"k1": 4, "k2": 4, "k3": 4})
     trials = [SimpleNamespace(trial_id=f"t{i}", config={"trial": i},
                               last_result=r)
@@ -212,7 +214,9 @@ def test_progress_bar_on_a_terminal(capsys):
     pytest.importorskip("tqdm")
     from types import SimpleNamespace
 
-    cb = TuneEvents(SuiteLines(2, tty=True), [SimpleNamespace(label="l1", key="k1")])
+    from bench.exec.trial import Pack
+
+    cb = TuneEvents(SuiteLines(2, tty=True), [Pack((SimpleNamespace(label="l1", key="k1"),))])
     trial = SimpleNamespace(trial_id="t1", config={"trial": 0},
                             last_result={"test_top1": 80.0, "training_iteration": 1})
     cb.on_trial_start(0, [trial], trial)
@@ -238,3 +242,21 @@ def test_copied_store_writes_no_artifacts_outside_its_folder(tmp_path):
     log_suite_file(client, run.info.run_id, suite_file)
     assert not (tmp_path / "gone").exists()
     assert "does not exist here" in client.get_run(run.info.run_id).data.tags["record_error"]
+
+
+def test_tune_events_end_each_member_of_a_pack_with_its_own_result(capsys):
+    """On Ray a pack is one Tune trial whose results carry the member's index: each member ends with its own."""
+    from types import SimpleNamespace
+
+    from bench.exec.trial import Pack
+
+    pack = Pack(tuple(SimpleNamespace(label=f"l{i}", key=f"k{i}", model="mlp", dataset="digits") for i in range(2)))
+    cb = TuneEvents(SuiteLines(2, tty=False), [pack])
+    trial = SimpleNamespace(trial_id="t1", config={"trial": 0}, last_result={})
+    cb.on_trial_start(0, [trial], trial)
+    cb.on_trial_result(0, [trial], trial, {"member": 0, "test_top1": 61.0})
+    cb.on_trial_result(0, [trial], trial, {"member": 1, "diverged": True, "train_loss": float("nan")})
+    trial.last_result = {"member": 1, "diverged": True}
+    cb.on_trial_complete(0, [trial], trial)
+    ends = dict(re.findall(r"end (l\d) \(k\d\) (top-1 \S+ \(\w+\))", capsys.readouterr().out))
+    assert ends == {"l0": "top-1 61.00 (finished)", "l1": "top-1 - (diverged)"}

@@ -341,7 +341,7 @@ def test_search_suite_hands_tune_one_scheduler_per_cell(tmp_path, monkeypatch):
     from bench.exec import ray_tune
     from bench.exec.asha import CellASHA
     from bench.exec.progress import SuiteLines
-    from bench.exec.trial import SuiteContext, run_trial
+    from bench.exec.trial import Pack, SuiteContext, run_pack
     from bench.track.store import StoreWatch
 
     seen = {}
@@ -356,9 +356,10 @@ def test_search_suite_hands_tune_one_scheduler_per_cell(tmp_path, monkeypatch):
     monkeypatch.setattr(tune, "Tuner", FakeTuner)
     suite = load_suite(str(_write(tmp_path, SEARCH)))
     ctx = SuiteContext("sqlite:///x.db", "0", "parent", tmp_path, False, 1, 0.0)
-    ray_tune.run_on_ray(suite, suite.trials, ctx, run_trial, SuiteLines(1, tty=False), StoreWatch("sqlite:///x.db"),
+    packs = [Pack((t,)) for t in suite.trials]  # a search suite's trials run alone
+    ray_tune.run_on_ray(suite, packs, ctx, run_pack, SuiteLines(1, tty=False), StoreWatch("sqlite:///x.db"),
                         log=lambda m: None)
-    points = [suite.trials[i] for i in seen["space"]["trial"]["grid_search"]]  # indices into the typed trials
+    points = [packs[i].trials[0] for i in seen["space"]["trial"]["grid_search"]]  # indices into the typed packs
     assert points == list(suite.trials) and len({p.cell for p in points}) == 2
     assert set(seen["space"]) >= {"lr", "optimizer"} and seen["cfg"].num_samples == 2
     sched = seen["cfg"].scheduler

@@ -1,8 +1,8 @@
 """Running a suite: the driver. One execution per ``suite run``, every trial tracked in MLflow, resumable.
 
 The driver checks what can be checked in seconds (``bench.exec.checks``), holds the results folder's lock, opens
-the execution's parent run, hands the unfinished trials, the suite context and the trial body
-(``bench.exec.trial.run_trial``) to an executor (``bench.exec.local`` or ``bench.exec.ray_tune``) and closes the
+the execution's parent run, packs the unfinished trials (``bench.exec.plan``: trials of one shape train as one
+program), hands the packs, the suite context and the body (``bench.exec.trial.run_pack``) to an executor (``bench.exec.local`` or ``bench.exec.ray_tune``) and closes the
 parent run with what they came to.
 
 Resumption does not rely on Ray's experiment state (after a SIGKILL of the driver Ray restarts every trial):
@@ -29,7 +29,8 @@ from bench.exec.checks import (
     probe_address,
     results_lock,
 )
-from bench.exec.trial import SuiteContext, run_trial
+from bench.exec.plan import PackMode
+from bench.exec.trial import SuiteContext, run_pack
 from bench.suite import Suite, Trial
 from bench.track import store as tracking
 
@@ -58,11 +59,13 @@ class Execution:
     cpus_per_trial: int = 1
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
+    pack: PackMode = PackMode("auto")
 
 
 def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = False, address: str | None = None,
               cpus_per_trial: int = 1, gpus_per_trial: float = 0.0, tracking_uri: str | None = None,
-              max_concurrent: int | None = None, executor: str = "auto", log: Log = print) -> SuiteOutcome:
+              max_concurrent: int | None = None, executor: str = "auto", pack: str | int = "auto",
+              log: Log = print) -> SuiteOutcome:
     """Check everything that can be checked in seconds, then run the suite's unfinished trials on Ray Tune or
     the local executor (``executor``: local, ray, or auto, see :func:`pick_executor`).
 
@@ -70,10 +73,11 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, resume: bool = Fa
     address (a socket probe), the results folder (a folder, writable), its lock (one suite execution per folder),
     the tracking store (reached within seconds). Then runs a killed driver or worker left RUNNING are marked
     KILLED, and the executor starts; on any exit the suite's runs are ended (KILLED on an interruption).
+    ``pack``: auto (trials of one shape train as one program, as many as memory allows), off, or a cap N.
     """
     check_arguments(cpus_per_trial, gpus_per_trial, max_concurrent, address)
     how = Execution(pick_executor(executor, suite, address, gpus_per_trial), resume, address, cpus_per_trial,
-                    gpus_per_trial, max_concurrent)
+                    gpus_per_trial, max_concurrent, PackMode.parse(pack))
     check_trial_data(suite)
     if address:
         probe_address(address)
@@ -117,25 +121,30 @@ def _run_locked(suite: Suite, results: Path, how: Execution, tracking_uri: str |
 
 
 def _execute(suite: Suite, todo: Sequence[Trial], ctx: SuiteContext, how: Execution, log: Log) -> None:
-    """Hand ``todo`` and the trial body to the executor; Ray is imported (and started) only for Ray."""
+    """Pack ``todo`` and hand the packs and the body to the executor; Ray is imported (and started) only for Ray."""
+    from bench.exec.plan import plan_packs
     from bench.exec.progress import SuiteLines
 
     watch = tracking.StoreWatch(ctx.tracking_uri, log)
+    workers = local_workers(how.cpus_per_trial, how.gpus_per_trial, how.max_concurrent, len(todo))
+    packs = plan_packs(todo, how.pack, workers if how.executor == "local" or not how.address else 1,
+                       search=bool(suite.search))
+    packed = f" in {len(packs)} pack(s)" if len(packs) < len(todo) else ""
     if how.executor == "local":
         from bench.exec.local import run_local
 
-        workers = local_workers(how.cpus_per_trial, how.gpus_per_trial, how.max_concurrent, len(todo))
+        workers = min(workers, len(packs))
         where = "in this process" if workers == 1 else f"in {workers} worker processes"
         gpus = f", {how.gpus_per_trial:g} GPU" if how.gpus_per_trial else ""
-        log(f"suite {suite.name}: {len(todo)} trial(s) on this machine {where} ({how.cpus_per_trial} CPU{gpus} "
-            f"each); tracking {ctx.tracking_uri}")
-        run_local(todo, ctx, workers, SuiteLines(len(todo)), watch, body=run_trial)
+        log(f"suite {suite.name}: {len(todo)} trial(s){packed} on this machine {where} ({how.cpus_per_trial} CPU"
+            f"{gpus} each); tracking {ctx.tracking_uri}")
+        run_local(packs, ctx, workers, SuiteLines(len(todo)), watch, body=run_pack)
         return
     from bench.exec import ray_tune
 
     ray_tmp = ray_tune.start_ray(how.address, how.cpus_per_trial, how.gpus_per_trial)
     try:
-        ray_tune.run_on_ray(suite, todo, ctx, run_trial, SuiteLines(ray_tune.tune_trials(suite, todo)), watch,
+        ray_tune.run_on_ray(suite, packs, ctx, run_pack, SuiteLines(ray_tune.tune_trials(suite, packs)), watch,
                             how.max_concurrent, log)
     finally:  # also after Ctrl-C: the session folder of a Ray started here goes with it
         if ray_tmp is not None:

@@ -1,15 +1,17 @@
 """Suite trials on this machine without Ray: start-up is paid once, not per trial.
 
-Trials run in long-lived worker processes, or in the driver's own process when one runs at a time. A worker
-imports torch and MLflow once (they are preloaded in a forkserver, so a replacement worker starts in a fraction
-of a second), keeps each dataset it loaded in memory (``bench.data.keep_in_memory``) and runs trial after trial.
-The driver hands it the trial body (``bench.exec.trial.run_trial``, as it hands Ray), so the MLflow records,
-checkpoints and resume are the same; the driver side (stale runs, finished keys, the parent run) is
-``bench.exec.driver``'s for both executors. Progress goes to the driver's ``bench.exec.progress.TrialEvents``.
+Packs (``bench.exec.trial.Pack``: trials trained as one program, or one trial) run in long-lived worker
+processes, or in the driver's own process when one runs at a time. A worker imports torch and MLflow once (they
+are preloaded in a forkserver, so a replacement worker starts in a fraction of a second), keeps each dataset it
+loaded in memory (``bench.data.keep_in_memory``) and runs pack after pack. The driver hands it the body
+(``bench.exec.trial.run_pack``, as it hands Ray), so the MLflow records, checkpoints and resume are the same; the
+driver side (stale runs, finished keys, the parent run) is ``bench.exec.driver``'s for both executors. Progress
+goes to the driver's ``bench.exec.progress.TrialEvents``, one trial per member.
 
-Failures as under Ray Tune with ``FailureConfig(max_failures=2)``: a trial whose training raises, or whose worker
-dies, is retried up to twice (in a new worker after a death), continuing from its checkpoint; then it is failed.
-A diverged trial is a result. Workers die with the driver: PR_SET_PDEATHSIG on Linux, a parent check elsewhere,
+Failures as under Ray Tune with ``FailureConfig(max_failures=2)``: a pack whose training raises, or whose worker
+dies, is retried up to twice (in a new worker after a death), each member continuing from its checkpoint (a
+member that already ended keeps its result); then its unfinished members are failed. A diverged trial is a
+result. Workers die with the driver: PR_SET_PDEATHSIG on Linux, a parent check elsewhere,
 and a closed pipe ends one waiting for work.
 """
 
@@ -21,18 +23,17 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench.exec.progress import TrialEvents
-from bench.exec.trial import SuiteContext, TrialBody
-from bench.suite import Trial
+from bench.exec.trial import MemberReport, Pack, PackBody, SuiteContext
 from bench.track.store import StoreWatch
 
 #: a trial is tried at most 1 + MAX_FAILURES times, as Ray Tune's FailureConfig(max_failures=2)
 MAX_FAILURES = 2
 #: what the forkserver imports once for every worker it forks
-PRELOAD = ["torch", "mlflow", "bench.exec.trial", "bench.train", "bench.track.run"]
+PRELOAD = ["torch", "mlflow", "bench.exec.trial", "bench.train", "bench.pack", "bench.track.run"]
 #: the trial runs' tag that says which executor ran them
 LOCAL_TAGS = {"executor": "local"}
 #: how long stopped workers get to end their runs (KILLED) before they are killed
@@ -41,27 +42,28 @@ STOP_GRACE_S = 10.0
 
 @dataclass
 class Job:
-    """One trial and what the driver knows of it."""
+    """One pack and what the driver knows of it."""
 
     number: int
-    trial: Trial
+    pack: Pack
     failures: int = 0
-    top1: float | None = None  # the last epoch's test top-1: what the end line shows
+    top1: dict[int, float] = field(default_factory=dict)  # member -> its last epoch's test top-1 (the end line)
+    ended: dict[int, str] = field(default_factory=dict)  # member -> its status, once it ended
+
+    def point(self, member: int) -> str:
+        return f"local-{self.number}" if len(self.pack.trials) == 1 else f"local-{self.number}.{member}"
 
     @property
-    def point(self) -> str:
-        return f"local-{self.number}"
-
-    def report(self, metrics: dict[str, float]) -> None:
-        top1 = metrics.get("test_top1")
-        self.top1 = float(top1) if isinstance(top1, (int, float)) else self.top1
+    def open(self) -> list[int]:
+        """The members that have not ended."""
+        return [i for i in range(len(self.pack.trials)) if i not in self.ended]
 
 
 class Book:
-    """The queue of trials, their retries and the progress lines, for the driver and for a pool alike."""
+    """The queue of packs, their retries and the progress lines, for the driver and for a pool alike."""
 
-    def __init__(self, trials: Sequence[Trial], progress: TrialEvents, watch: StoreWatch):
-        self.pending = [Job(i, t) for i, t in enumerate(trials)]
+    def __init__(self, packs: Sequence[Pack], progress: TrialEvents, watch: StoreWatch):
+        self.pending = [Job(i, p) for i, p in enumerate(packs)]
         self.progress, self.watch = progress, watch
 
     def next(self) -> Job | None:
@@ -69,30 +71,46 @@ class Book:
 
     def started(self, job: Job) -> None:
         if job.failures == 0:
-            self.progress.started(job.point, job.trial)
+            for i, trial in enumerate(job.pack.trials):
+                self.progress.started(job.point(i), trial)
 
-    def ended(self, job: Job, status: str) -> None:
-        self.progress.ended(job.point, job.trial, status, None if status == "diverged" else job.top1)
+    def report(self, job: Job, r: MemberReport) -> None:
+        """A member's epoch (its top-1 for the end line) or its end (its end line now, not when the pack ends)."""
+        top1 = r.metrics.get("test_top1")
+        if isinstance(top1, (int, float)):
+            job.top1[r.member] = float(top1)
+        if r.status is not None and r.member not in job.ended:
+            job.ended[r.member] = r.status
+            self.progress.ended(job.point(r.member), job.pack.trials[r.member], r.status,
+                                None if r.status == "diverged" else job.top1.get(r.member))
+
+    def done(self, job: Job, statuses: Sequence[str]) -> None:
+        for i, status in enumerate(statuses):
+            self.report(job, MemberReport(i, {}, status))
 
     def errored(self, job: Job) -> None:
-        """A failed attempt: retried first thing (from its checkpoint) while it has retries left, else failed."""
+        """A failed attempt: retried first thing (from its members' checkpoints) while it has retries left, else
+        its unfinished members are failed."""
         self.watch.check()  # a lost tracking server fails every attempt alike: stop instead (watch.lost)
         job.failures += 1
-        if job.failures > MAX_FAILURES or self.watch.lost:
-            self.progress.failed(job.point, job.trial)
-            return
-        self.progress.retried(job.point, job.trial)
-        self.pending.insert(0, job)
+        retry = job.failures <= MAX_FAILURES and not self.watch.lost
+        for i in job.open:
+            if retry:
+                self.progress.retried(job.point(i), job.pack.trials[i])
+            else:
+                self.progress.failed(job.point(i), job.pack.trials[i])
+        if retry:
+            self.pending.insert(0, job)
 
     def close(self) -> None:
         self.progress.closed()
 
 
-def run_local(trials: Sequence[Trial], ctx: SuiteContext, workers: int, progress: TrialEvents, watch: StoreWatch,
-              body: TrialBody) -> None:
-    """Run ``body`` on each of ``trials``, ``workers`` at a time: in this process for one, else in a pool of
+def run_local(packs: Sequence[Pack], ctx: SuiteContext, workers: int, progress: TrialEvents, watch: StoreWatch,
+              body: PackBody) -> None:
+    """Run ``body`` on each of ``packs``, ``workers`` at a time: in this process for one, else in a pool of
     worker processes (``body`` must then be a module-level function: the workers receive it by reference)."""
-    book = Book(trials, progress, watch)
+    book = Book(packs, progress, watch)
     try:
         if workers == 1:
             _run_here(book, ctx, body)
@@ -102,8 +120,8 @@ def run_local(trials: Sequence[Trial], ctx: SuiteContext, workers: int, progress
         book.close()
 
 
-def _run_here(book: Book, ctx: SuiteContext, body: TrialBody) -> None:
-    """One trial at a time in the driver's process: no worker to start at all."""
+def _run_here(book: Book, ctx: SuiteContext, body: PackBody) -> None:
+    """One pack at a time in the driver's process: no worker to start at all."""
     from bench.data import keep_in_memory
 
     keep_in_memory(True)
@@ -111,11 +129,11 @@ def _run_here(book: Book, ctx: SuiteContext, body: TrialBody) -> None:
         while (job := book.next()) is not None:
             book.started(job)
             try:
-                status = body(job.trial, ctx, job.report, tags=LOCAL_TAGS)
-            except Exception:  # the run is FAILED with the error as a tag; Ctrl-C and exits propagate
+                statuses = body(job.pack, ctx, lambda r, j=job: book.report(j, r), tags=LOCAL_TAGS)
+            except Exception:  # the runs are FAILED with the error as a tag; Ctrl-C and exits propagate
                 book.errored(job)
                 continue
-            book.ended(job, status)
+            book.done(job, statuses)
     finally:
         keep_in_memory(False)
 
@@ -131,7 +149,7 @@ class Worker:
 class Pool:
     """``size`` worker processes, replaced when one dies; all of them stopped when the pool ends."""
 
-    def __init__(self, size: int, ctx: SuiteContext, body: TrialBody):
+    def __init__(self, size: int, ctx: SuiteContext, body: PackBody):
         import multiprocessing as mp
 
         # forkserver: workers fork from a clean process that imported torch once and started no threads (fork of
@@ -170,7 +188,7 @@ class Pool:
             self.stop()
 
     def _assign(self, book: Book) -> None:
-        """Give every idle worker (starting one where the pool is short) the next trial."""
+        """Give every idle worker (starting one where the pool is short) the next pack."""
         for w in [w for w in self.workers if w.job is None and not w.process.is_alive()]:
             self.workers.remove(w)  # died between trials (the OOM killer, a kill): its place is started anew
         while True:
@@ -183,7 +201,7 @@ class Pool:
             w = idle[0] if idle else self._start_worker()
             book.started(job)
             try:
-                w.conn.send((job.trial, self.ctx))
+                w.conn.send((job.pack, self.ctx))
             except OSError:  # it died just now: a lost attempt, as a death mid-trial (bounded by the retries)
                 w.process.join(timeout=5)
                 self.workers.remove(w)
@@ -197,11 +215,11 @@ class Pool:
             while w.conn.poll():
                 kind, value = w.conn.recv()
                 if kind == "report":
-                    w.job.report(value)
+                    book.report(w.job, value)
                     continue
                 job, w.job = w.job, None
                 if kind == "done":
-                    book.ended(job, value)
+                    book.done(job, value)
                 else:
                     book.errored(job)
                 return
@@ -252,7 +270,7 @@ def _thread_env(cpus: int):
 
 
 # -- inside a worker ----------------------------------------------------------------------------------------
-def worker_main(conn: Any, driver: int, cpus: int, body: TrialBody) -> None:
+def worker_main(conn: Any, driver: int, cpus: int, body: PackBody) -> None:
     """A worker's life: run the trials the driver sends until it sends None, closes the pipe or stops it."""
     _die_with_driver(driver)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the driver decides
@@ -263,8 +281,8 @@ def worker_main(conn: Any, driver: int, cpus: int, body: TrialBody) -> None:
         pass
 
 
-def _serve(conn: Any, cpus: int, body: TrialBody) -> None:
-    """Receive (trial, ctx), run it, send its epochs' metrics and its end; exit on None or EOF."""
+def _serve(conn: Any, cpus: int, body: PackBody) -> None:
+    """Receive (pack, ctx), run it, send its members' epochs and ends and its end; exit on None or EOF."""
     import torch
 
     from bench.data import keep_in_memory
@@ -279,13 +297,13 @@ def _serve(conn: Any, cpus: int, body: TrialBody) -> None:
             return
         if msg is None:
             return
-        trial, ctx = msg
+        pack, ctx = msg
         try:
-            status = body(trial, ctx, lambda m: send(("report", m)), tags=LOCAL_TAGS)
-        except Exception as exc:  # the run is FAILED with the error as a tag; the driver decides on a retry
+            statuses = body(pack, ctx, lambda r: send(("report", r)), tags=LOCAL_TAGS)
+        except Exception as exc:  # the runs are FAILED with the error as a tag; the driver decides on a retry
             send(("error", f"{type(exc).__name__}: {exc}"))
             continue
-        send(("done", status))
+        send(("done", statuses))
 
 
 def _interrupt(signum: int, frame: Any) -> None:

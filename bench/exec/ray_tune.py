@@ -1,10 +1,11 @@
 """The Ray Tune executor: the suite's trials as one Tune experiment, and Tune's hooks adapted to binbench's.
 
-The driver hands :func:`run_on_ray` the trials, the suite context and the trial body; the trainable gets the
-three through ``tune.with_parameters`` and calls the body with the trial Tune picked. Tune's param space holds
-each trial's index (Tune would take a dataclass apart) and the search space's samplers. Tune's callback hooks
-become ``bench.exec.progress.TrialEvents`` (:class:`TuneEvents`) and the tracking server watch
-(``bench.track.store.StoreWatch``) a Tune stopper and callback. Ray's start-up banners, tips and tables are kept
+The driver hands :func:`run_on_ray` the packs (``bench.exec.trial.Pack``: trials trained as one program, or one
+trial; a search suite's are all of one), the suite context and the body; the trainable gets the three through
+``tune.with_parameters`` and calls the body with the pack Tune picked: one Tune trial per pack. Tune's param space
+holds each pack's index (Tune would take a dataclass apart) and the search space's samplers. Tune's callback
+hooks become ``bench.exec.progress.TrialEvents`` for each member (:class:`TuneEvents`) and the tracking server
+watch (``bench.track.store.StoreWatch``) a Tune stopper and callback. Ray's start-up banners, tips and tables are kept
 off the console: the suite's own progress lines replace them.
 """
 
@@ -23,8 +24,8 @@ from ray import tune
 
 from bench.errors import BinbenchError
 from bench.exec.progress import TrialEvents
-from bench.exec.trial import SuiteContext, TrialBody
-from bench.suite import Suite, Trial, search_points
+from bench.exec.trial import MemberReport, Pack, PackBody, SuiteContext
+from bench.suite import Suite, search_points
 from bench.track.store import StoreWatch
 
 
@@ -40,29 +41,46 @@ def quiet_ray() -> dict[str, Any]:
 
 
 class TuneEvents(tune.Callback):
-    """Tune's callback hooks as :class:`bench.exec.progress.TrialEvents`, in the driver.
+    """Tune's callback hooks as :class:`bench.exec.progress.TrialEvents` for each member of a pack, in the driver.
 
-    ``epochs`` (grid trial key -> epochs it trains when nothing stops it) is given when a scheduler may stop
-    trials early: Tune marks the last result done whether the trial ended or the scheduler (ASHA) stopped it, and
-    the epoch count (one report per epoch) tells them apart."""
+    ``epochs`` (trial key -> epochs it trains when nothing stops it) is given when a scheduler may stop trials
+    early: Tune marks the last result done whether the trial ended or the scheduler (ASHA) stopped it, and the
+    epoch count (one report per epoch) tells them apart. A member's results carry its index in the pack."""
 
-    def __init__(self, events: TrialEvents, points: Sequence[Trial], epochs: dict[str, int] | None = None):
-        self.events, self.points, self.epochs = events, tuple(points), epochs or {}
+    def __init__(self, events: TrialEvents, packs: Sequence[Pack], epochs: dict[str, int] | None = None):
+        self.events, self.packs, self.epochs = events, tuple(packs), epochs or {}
+        self.last: dict[tuple[str, int], dict[str, Any]] = {}  # (Tune trial, member) -> its last result
+        self.ended: set[tuple[str, int]] = set()
+
+    def _members(self, trial: Any) -> list[tuple[str, Any]]:
+        pack = self.packs[trial.config["trial"]]
+        one = len(pack.trials) == 1
+        return [(trial.trial_id if one else f"{trial.trial_id}.{i}", t) for i, t in enumerate(pack.trials)]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.events.started(trial.trial_id, self.points[trial.config["trial"]])
+        for point, t in self._members(trial):
+            self.events.started(point, t)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.events.retried(trial.trial_id, self.points[trial.config["trial"]])
+        for i, (point, t) in enumerate(self._members(trial)):
+            if (trial.trial_id, i) not in self.ended:
+                self.events.retried(point, t)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.last[(trial.trial_id, int(result.get("member", 0)))] = result
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result, point = trial.last_result or {}, self.points[trial.config["trial"]]
-        top1 = result.get("test_top1")
-        top1 = float(top1) if isinstance(top1, (int, float)) and not result.get("diverged") else None
-        self.events.ended(trial.trial_id, point, _status(result, self.epochs.get(point.key)), top1)
+        for i, (point, t) in enumerate(self._members(trial)):
+            result = self.last.get((trial.trial_id, i)) or trial.last_result or {}
+            top1 = result.get("test_top1")
+            top1 = float(top1) if isinstance(top1, (int, float)) and not result.get("diverged") else None
+            self.ended.add((trial.trial_id, i))
+            self.events.ended(point, t, _status(result, self.epochs.get(t.key)), top1)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.events.failed(trial.trial_id, self.points[trial.config["trial"]])
+        for i, (point, t) in enumerate(self._members(trial)):
+            if (trial.trial_id, i) not in self.ended:
+                self.events.failed(point, t)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.events.closed()
@@ -181,21 +199,27 @@ def _space(spec: dict[str, Any]) -> Any:
             "choice": tune.choice, "randint": lambda a: tune.randint(*a), "grid": tune.grid_search}[kind](args)
 
 
-def _ray_trial(config: dict[str, Any], trials: Sequence[Trial], ctx: SuiteContext, body: TrialBody) -> None:
-    """Runs inside a Ray worker: ``body`` on the trial Tune picked, its epochs reported to Tune."""
+def _ray_trial(config: dict[str, Any], packs: Sequence[Pack], ctx: SuiteContext, body: PackBody) -> None:
+    """Runs inside a Ray worker: ``body`` on the pack Tune picked, its members' epochs reported to Tune."""
     sampled = {k: v for k, v in config.items() if k != "trial"}  # the search point's values
-    body(trials[config["trial"]], ctx, tune.report, sampled=sampled,
-         restored=tune.get_checkpoint(),  # set when Ray retries this trial after a crash
+    body(packs[config["trial"]], ctx, _tune_report, sampled=sampled,
+         restored=tune.get_checkpoint() if len(packs[config["trial"]].trials) == 1 else None,  # a Ray retry's
          tags={"executor": "ray", "ray_node": ray.get_runtime_context().get_node_id()})
 
 
-def _tune_config(suite: Suite, todo: Sequence[Trial], max_concurrent: int | None) -> tuple[dict, dict]:
-    """(param space, TuneConfig arguments): every trial's index a grid point, the search's samplers and its
-    per-cell ASHA."""
+def _tune_report(r: MemberReport) -> None:
+    """A member's epoch as one Tune result (with its index in the pack); its end is in its last epoch's result."""
+    if r.status is None:
+        tune.report({**r.metrics, "member": r.member})
+
+
+def _tune_config(suite: Suite, todo: Sequence[Pack], max_concurrent: int | None) -> tuple[dict, dict]:
+    """(param space, TuneConfig arguments): every pack's index a grid point, the search's samplers and its
+    per-cell ASHA (a search suite's packs are single trials)."""
     space: dict[str, Any] = {"trial": tune.grid_search(list(range(len(todo))))}
     cfg: dict[str, Any] = {"max_concurrent_trials": max_concurrent, "reuse_actors": True,
                            "trial_name_creator": lambda t: todo[t.config["trial"]].label,
-                           "trial_dirname_creator": lambda t: f"{todo[t.config['trial']].label}-{t.trial_id}"}
+                           "trial_dirname_creator": lambda t: f"{_dirname(todo[t.config['trial']])}-{t.trial_id}"}
     if suite.search:
         from bench.exec.asha import CellASHA
 
@@ -205,19 +229,23 @@ def _tune_config(suite: Suite, todo: Sequence[Trial], max_concurrent: int | None
         if suite.search.get("asha") is not None:
             asha = {k: v for k, v in (suite.search.get("asha") or {}).items() if k != "max_t"}
             # past the longest run: a trial that reaches its last epoch ends by itself, not by the scheduler
-            max_t = max(t.spec.config.epochs for t in todo) + 1
-            cfg["scheduler"] = CellASHA(todo, metric=suite.search.get("metric", "test_top1"),
+            max_t = max(p.trials[0].spec.config.epochs for p in todo) + 1
+            cfg["scheduler"] = CellASHA([p.trials[0] for p in todo], metric=suite.search.get("metric", "test_top1"),
                                         mode=suite.search.get("mode", "max"), max_t=max_t, **asha)
     return space, cfg
 
 
-def run_on_ray(suite: Suite, todo: Sequence[Trial], ctx: SuiteContext, body: TrialBody, events: TrialEvents,
+def _dirname(pack: Pack) -> str:
+    return pack.label if len(pack.trials) == 1 else f"pack-{pack.key}"
+
+
+def run_on_ray(suite: Suite, todo: Sequence[Pack], ctx: SuiteContext, body: PackBody, events: TrialEvents,
                watch: StoreWatch, max_concurrent: int | None = None, log: Callable[[str], None] = print) -> None:
     """Run ``body`` on each of ``todo`` as one Ray Tune experiment (a search suite's samplers and ASHA included)."""
     space, cfg = _tune_config(suite, todo, max_concurrent)
     # only a scheduler stops trials early: without one every trial ends
-    epochs = {t.key: t.spec.config.epochs for t in todo} if "scheduler" in cfg else None
-    trainable = tune.with_resources(tune.with_parameters(_ray_trial, trials=tuple(todo), ctx=ctx, body=body),
+    epochs = {t.key: t.spec.config.epochs for p in todo for t in p.trials} if "scheduler" in cfg else None
+    trainable = tune.with_resources(tune.with_parameters(_ray_trial, packs=tuple(todo), ctx=ctx, body=body),
                                     {"cpu": ctx.cpus_per_trial, "gpu": ctx.gpus_per_trial})
     tuner = tune.Tuner(
         trainable, param_space=space, tune_config=tune.TuneConfig(**cfg),
@@ -226,11 +254,13 @@ def run_on_ray(suite: Suite, todo: Sequence[Trial], ctx: SuiteContext, body: Tri
             failure_config=tune.FailureConfig(max_failures=2), stop=_WatchStopper(watch),
             callbacks=[_WatchCallback(watch), TuneEvents(events, todo, epochs)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
-    log(f"suite {suite.name}: {len(todo)} trial(s) on Ray ({ctx.cpus_per_trial} CPU, {ctx.gpus_per_trial} GPU "
+    trials = sum(len(p.trials) for p in todo)
+    packed = f" in {len(todo)} pack(s)" if len(todo) < trials else ""
+    log(f"suite {suite.name}: {trials} trial(s){packed} on Ray ({ctx.cpus_per_trial} CPU, {ctx.gpus_per_trial} GPU "
         f"each); tracking {ctx.tracking_uri}")
     tuner.fit()
 
 
-def tune_trials(suite: Suite, todo: Sequence[Trial]) -> int:
-    """How many Tune trials running ``todo`` starts: each grid trial at every point of the suite's search."""
-    return len(todo) * search_points(suite.search)
+def tune_trials(suite: Suite, todo: Sequence[Pack]) -> int:
+    """How many trials running ``todo`` trains: each grid trial at every point of the suite's search."""
+    return sum(len(p.trials) for p in todo) * search_points(suite.search)

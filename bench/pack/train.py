@@ -27,11 +27,12 @@ from bench.errors import ConfigError
 from bench.estimator import Progress
 from bench.pack.model import MemberRng, NotPackable, PackedModel, check_per_member
 from bench.progress import Reporter
-from bench.spec import RunSpec
+from bench.spec import FP, RunSpec
 from bench.train import (
     EpochCallback,
     EpochStart,
     RunResult,
+    StageHook,
     _Run,
     close_epoch,
     close_stage,
@@ -44,6 +45,9 @@ from bench.train import (
 
 #: called after every packed step with (step within the epoch, the members' losses (M,), the members in the pack)
 StepHook = Callable[[int, torch.Tensor, Sequence["Member"]], None]
+#: called once per member as soon as its result is known, with (its index in the pack, its result): a member
+#: that diverges is reported when it leaves the pack, not when the others end
+ResultHook = Callable[[int, RunResult], None]
 
 #: the config keys members of one pack share: what fixes the model's shape, the data and the step count
 PACK_KEYS = ("model", "model_args", "dataset", "train_subset", "val_split", "augment", "batch_size",
@@ -52,11 +56,12 @@ PACK_KEYS = ("model", "model_args", "dataset", "train_subset", "val_split", "aug
 
 
 def pack_key(spec: RunSpec) -> str:
-    """What runs must share to pack: the keys of :data:`PACK_KEYS` and the total epoch count of the stage plan
-    (members may differ in estimators, hyperparameters, optimizer, lr, weight decay, schedule, stages and seed)."""
+    """What runs must share to pack: the keys of :data:`PACK_KEYS`, the total epoch count of the stage plan and
+    whether the network is full precision (members may differ in estimators, hyperparameters, optimizer, lr, weight decay, schedule, stages and seed)."""
     cfg = spec.config.to_dict()
-    return json.dumps({**{k: cfg.get(k) for k in PACK_KEYS}, "epochs": sum(s.epochs for s in spec.stages)},
-                      sort_keys=True, default=str)
+    # a full-precision network has plain layers where the others have binary ones: they pack among themselves
+    return json.dumps({**{k: cfg.get(k) for k in PACK_KEYS}, "epochs": sum(s.epochs for s in spec.stages),
+                       "full_precision": spec.config.estimator == FP}, sort_keys=True, default=str)
 
 
 def packable(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
@@ -84,29 +89,35 @@ class Member:
 
 
 def train_pack(specs: Sequence[RunSpec], callbacks: Sequence[list[EpochCallback]] | None = None,
-               step_hooks: Sequence[StepHook] = (), fallback: bool = True) -> list[RunResult]:
+               step_hooks: Sequence[StepHook] = (), fallback: bool = True,
+               stage_hooks: Sequence[list[StageHook]] | None = None,
+               on_result: ResultHook | None = None) -> list[RunResult]:
     """Train ``specs`` (one pack: :func:`packable`) as one program; one result per spec, in order, each what
     ``bench.train.train(spec)`` returns (its checkpoints, with ``checkpoint_dir``, in its own folder as the solo
     run writes them; with ``resume`` each member continues from its own). ``callbacks[i]`` get member i's epoch
-    records; ``step_hooks`` every packed step. A model that does not pack (:class:`NotPackable`) trains its
-    members one after another when ``fallback``, else raises.
+    records and ``stage_hooks[i]`` its stage boundaries, as ``train``'s; ``step_hooks`` every packed step;
+    ``on_result`` each member's result as soon as it is known. A model that does not pack
+    (:class:`NotPackable`) trains its members one after another when ``fallback``, else raises.
 
     A member's ``epoch_seconds`` is its share of the pack's epoch (the pack's wall time over its members): what
     packing cost it, not what the member costs alone, so step-cost comparisons between estimators need solo runs."""
-    members = start_members(specs, callbacks)
+    members = start_members(specs, callbacks, stage_hooks)
     try:
-        return Pack(members, list(step_hooks)).run()
+        return Pack(members, list(step_hooks), on_result).run()
     except NotPackable:
         if not fallback:
             raise
         results = []
-        for m in members:
+        for i, m in enumerate(members):
             with m.rng.active():
                 results.append(fit(m.run))
+            if on_result is not None:
+                on_result(i, results[-1])
         return results
 
 
-def start_members(specs: Sequence[RunSpec], callbacks: Sequence[list[EpochCallback]] | None = None) -> list[Member]:
+def start_members(specs: Sequence[RunSpec], callbacks: Sequence[list[EpochCallback]] | None = None,
+                  stage_hooks: Sequence[list[StageHook]] | None = None) -> list[Member]:
     """Every member set up as its solo run is; a member's random stream starts where its solo training would."""
     if not specs:
         raise ConfigError("a pack needs at least one run")
@@ -116,7 +127,8 @@ def start_members(specs: Sequence[RunSpec], callbacks: Sequence[list[EpochCallba
                           "group them with bench.pack.packable")
     members = []
     for i, spec in enumerate(specs):
-        run = setup(spec, list(callbacks[i]) if callbacks else [], Reporter(enabled=False), [])
+        run = setup(spec, list(callbacks[i]) if callbacks else [], Reporter(enabled=False),
+                    list(stage_hooks[i]) if stage_hooks else [])
         # a resumed member continues where its checkpoint stands, with the random state it saved
         members.append(Member(run, MemberRng(run.device), any(e.stochastic for e in run.estimators),
                               stage=run.state.stage, epoch=run.state.epoch))
@@ -136,9 +148,11 @@ def _share_data(members: list[Member]) -> None:
 class Pack:
     """The packed training loop over members that are set up (:func:`start_members`)."""
 
-    def __init__(self, members: list[Member], step_hooks: list[StepHook]):
+    def __init__(self, members: list[Member], step_hooks: list[StepHook], on_result: ResultHook | None = None):
         self.members = members
         self.step_hooks = step_hooks
+        self.on_result = on_result
+        self.results: dict[int, RunResult] = {}
         self.active: list[Member] = []
         self.packed: PackedModel | None = None
         running = [m for m in members if m.run.status == "running"]
@@ -164,6 +178,8 @@ class Pack:
             if m.run.status == "running":
                 with m.rng.active():
                     _catch_up(m)
+            else:  # diverged before its first epoch (its init, a resumed checkpoint): it never joins the pack
+                self._result(m)
         for g in range(sum(s.epochs for s in self.members[0].run.spec.stages)):
             members = [m for m in self.members if m.run.status == "running" and _position(m) == g]
             if not members:
@@ -175,12 +191,22 @@ class Pack:
             records = self.train_epoch()
             for m, record in zip(self.active, records, strict=True):
                 with m.rng.active():
-                    _end_epoch(m, record)
-        results = []
+                    if not _end_epoch(m, record):
+                        self._result(m)  # it leaves the pack: its result now, not when the others end
         for m in self.members:
-            with m.rng.active():
-                results.append(fit(m.run) if m.run.status == "diverged" and not m.run.history else finish(m.run))
-        return results
+            self._result(m)
+        return [self.results[i] for i in range(len(self.members))]
+
+    def _result(self, m: Member) -> None:
+        """A member's ending, once: the solo loop's ``finish`` (or ``fit`` for a run that diverged before its
+        first epoch, which records that epoch), then ``on_result``."""
+        i = next(i for i, x in enumerate(self.members) if x is m)
+        if i in self.results:
+            return
+        with m.rng.active():
+            self.results[i] = fit(m.run) if m.run.status == "diverged" and not m.run.history else finish(m.run)
+        if self.on_result is not None:
+            self.on_result(i, self.results[i])
 
     def train_epoch(self) -> list[dict[str, Any]]:
         """One epoch of packed steps; each member's loss and accuracy accumulate on the device, read once."""
@@ -292,4 +318,5 @@ def _record(m: Member, loss: float, top1: float, seconds: float) -> dict[str, An
             "lr": m.lr, "train_loss": loss, "train_top1": top1, "epoch_seconds": seconds}
 
 
-__all__ = ["Member", "NotPackable", "Pack", "PACK_KEYS", "pack_key", "packable", "start_members", "train_pack"]
+__all__ = ["Member", "NotPackable", "Pack", "PACK_KEYS", "ResultHook", "pack_key", "packable", "start_members",
+           "train_pack"]

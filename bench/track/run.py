@@ -99,6 +99,9 @@ class TrackedRun:
         self.ended = True
 
     def abort(self, status: str, mlflow_status: str, error: str | None = None) -> None:
+        """End a run that has no result (nothing happens to one that already ended with its result)."""
+        if self.ended:  # a packed member that ended (diverged, left its pack) keeps its result when the pack fails
+            return
         record.stop_system_metrics(self.monitor)
         self.run.set_tags({store.STATUS_TAG: status, **({store.ERROR_TAG: error} if error else {})})
         self.run.end(mlflow_status)

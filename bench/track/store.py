@@ -19,6 +19,7 @@ KIND_TAG, KEY_TAG, STATUS_TAG = "binbench.kind", "binbench.key", "binbench.statu
 #: the grid trial a run belongs to (its spec's key before a search point's values were applied): what
 #: ``--resume`` skips once ended; equal to the run's key outside a search. Older stores lack it: their key is.
 TRIAL_TAG = "binbench.trial"
+PACK_TAG, PACK_SIZE_TAG = "binbench.pack", "binbench.pack_size"  # the pack a suite trial trained in (its id, size)
 #: the run's code (``RunSpec.code``, a digest of its estimators' sources) and each estimator's origin by role
 CODE_TAG, ORIGIN_TAG_PREFIX = "binbench.code", "binbench.origin."
 BUDGET_TAG = "binbench.budget"  # the share of its cell's epochs a run of a suite with ``budgets`` trained
