@@ -68,15 +68,16 @@ class _DsqSign(torch.autograd.Function):
 
 
 def _range_ready(q) -> bool:
-    """``bool(q.range_ready)``, read from the buffer (a host sync) only when the buffer changed since the last read:
-    the flag changes only through in-place writes (the first batch's ``fill_``, ``load_state_dict``'s ``copy_``),
-    which bump the tensor's version counter."""
-    flag = q.range_ready
-    seen = q.__dict__.get("_range_ready_seen")  # (the buffer itself, its version, its value)
-    if seen is None or seen[0] is not flag or seen[1] != flag._version:
-        seen = (flag, flag._version, bool(flag))
-        q.__dict__["_range_ready_seen"] = seen
-    return seen[2]
+    """Whether the quantizer's range is set, from a Python mirror of its ``range_ready`` buffer: a training step never
+    reads the buffer (``bool`` of a device tensor is a host sync). The buffer changes in two places only: the first
+    training batch, which sets the mirror too, and ``load_state_dict`` (a checkpoint, a stage's hand-off, a replayed
+    epoch), after which :func:`_reread_range_ready` reads it once, outside any step."""
+    return q.__dict__["_range_ready"]
+
+
+def _reread_range_ready(q, incompatible_keys) -> None:
+    """``load_state_dict``'s post hook: the mirror follows the loaded buffer (one host read, at load time)."""
+    q.__dict__["_range_ready"] = bool(q.range_ready)
 
 
 @register_estimator("dsq")
@@ -140,7 +141,10 @@ class DsqSign(Estimator):
         u = torch.tensor(float(self.u))
         q.register_parameter("u", nn.Parameter(u)) if self.learnable_bounds else q.register_buffer("u", u)
         # activations learn their range from the first training batch; weights at construction (init_latent_)
-        q.register_buffer("range_ready", torch.tensor(self.range_init == "fixed" or q.kind == "weight"))
+        ready = self.range_init == "fixed" or q.kind == "weight"
+        q.register_buffer("range_ready", torch.tensor(ready))
+        q.__dict__["_range_ready"] = ready  # the buffer's value on the host (see _range_ready)
+        q.register_load_state_dict_post_hook(_reread_range_ready)
 
     def init_latent_(self, w: Tensor, q) -> None:
         if self.range_init == "minmax":
@@ -151,6 +155,7 @@ class DsqSign(Estimator):
             with torch.no_grad():
                 q.u.copy_(x.detach().abs().max().clamp_min(1e-8))
                 q.range_ready.fill_(True)
+            q.__dict__["_range_ready"] = True
         n = x.numel() if q.kind == "weight" or x.dim() < 2 else x[0].numel()  # activations: per image, as LSQ
         scale = n**-0.5 if self.grad_scale == "sqrt" else 1.0
         return _DsqSign.apply(x, q.alpha, q.u, scale)
