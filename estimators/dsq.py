@@ -84,14 +84,35 @@ def _reread_range_ready(q, incompatible_keys) -> None:
 class DsqSign(Estimator):
     r"""Differentiable Soft Quantization at 1 bit (Gong et al., ICCV 2019, arXiv 1908.05033).
 
-    Clipping range [l, u] = [-u, u], one interval: Delta = u - l, m = (l + u)/2 = 0.
-    Forward (hard):  x_b = l + Delta * (sign(x - m) + 1)/2  = u * sign(x)
-    Backward (soft): through Q_S(x) = l + Delta * (phi(x) + 1)/2 on [l, u], phi(x) = s * tanh(k (x - m)),
-                     k = ln(2/alpha - 1)/Delta,  s = 1/(1 - alpha);
-                     dQ_S/dx = (Delta/2) * s * k * (1 - tanh^2(k (x - m))) inside [l, u], 0 outside.
-                     Gradients also reach alpha (through s and k) and u when learnable.
-    The surrogate's peak (at x = 0) is s c with c = ln(2/alpha - 1)/2; at the range's edge |x| = u it is
-    sech^2(c) of the peak (0.36 at alpha = 0.2): the curve bends only if the range sits where the values live.
+    Clipping range :math:`[l, u] = [-u, u]`, one interval: :math:`\Delta = u - l`, :math:`m = (l + u)/2 = 0`.
+
+    Forward (hard):
+
+    .. math::
+
+        x_b = l + \Delta \frac{\operatorname{sign}(x - m) + 1}{2} = u \operatorname{sign}(x)
+
+    Backward (soft), through the soft quantizer :math:`Q_S` on :math:`[l, u]` (and through :math:`\alpha` and
+    :math:`u` when they are learnable):
+
+    .. math::
+
+        Q_S(x) = l + \Delta \frac{\varphi(x) + 1}{2}, \quad \varphi(x) = s \tanh(k (x - m)), \quad
+        k = \frac{\ln(2/\alpha - 1)}{\Delta}, \quad s = \frac{1}{1 - \alpha}
+
+        \frac{\partial L}{\partial x} = \frac{\partial L}{\partial x_b} \begin{cases}
+        \frac{\Delta}{2} s k (1 - \tanh^2(k (x - m))) & \text{if } |x| \le u \\
+        0 & \text{otherwise} \end{cases}
+
+    The surrogate's peak (at x = 0) is s c with :math:`c = \ln(2/\alpha - 1)/2`; at the range's edge |x| = u it is
+    :math:`\operatorname{sech}^2(c)` of the peak (0.36 at alpha = 0.2): the curve bends only if the range sits where
+    the values live.
+
+    Paper: https://openaccess.thecvf.com/content_ICCV_2019/html/Gong_Differentiable_Soft_Quantization_Bridging_Full-Precision_and_Low-Bit_Neural_Networks_ICCV_2019_paper.html
+    (arXiv: https://arxiv.org/abs/1908.05033).
+    Code: no official release; the third-party implementations binbench follows are
+    https://github.com/ModelTC/MQBench (``mqbench/fake_quantize/dsq.py``, from the authors' institution) and
+    https://github.com/ricky40403/DSQ (``DSQConv.py``).
 
     The range. With u = 1 fixed and kaiming-scale weights (|W| ~ 0.02-0.1) the tanh is flat over the whole weight
     range and "DSQ" is an STE scaled by ~1.37. So by default (``range_init="minmax"``) u starts at the tensor's own
