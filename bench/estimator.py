@@ -372,7 +372,8 @@ class Estimator:
         """The real value the estimator binarizes, w_hat: the quantization-error diagnostic, the flip count and
         ``"mean"`` scaling (mean |w_hat| per channel) are measured on it.
 
-        Called per epoch by the diagnostics, and in every forward of a layer with ``"mean"`` scaling (detached).
+        Called per epoch by the diagnostics, and in every forward of a layer with ``"mean"`` scaling (detached; there
+        it runs inside the training step: no host synchronisation).
 
         Args:
             w: a layer's latent weight (detached where it is called for a diagnostic).
@@ -390,7 +391,7 @@ class Estimator:
 
         Args:
             progress: stage index and name, epoch within the stage and the stage's epochs; ``progress.fraction`` is
-                e/E in [0, 1).
+                e/E (from 0 at a stage's first epoch; a probe may ask for any point in [0, 1]).
         The default keeps it as :attr:`progress`; an override calls ``super().set_progress(progress)``.
         """
         self.progress = progress

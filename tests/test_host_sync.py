@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,11 +171,17 @@ def _names(kind: str) -> list[str]:
 OPEN_PATHS = {"biper": {"tau": 0.03}, "ste": {"clip": 1.0}, "vispa": {"normalize": "persistent"}}
 
 
-def test_no_weight_estimator_syncs_the_host_in_a_packed_step(monkeypatch):
-    configs = [{**BASE, "estimator": n, "seed": i} for i, n in enumerate(_names("weight"))]
-    configs += [{**BASE, "estimator": n, "estimator_hparams": h, "seed": 10 + i}
-                for i, (n, h) in enumerate(OPEN_PATHS.items()) if n in _names("weight")]
-    configs.append({**BASE, "estimator": "vispa", "estimator_hparams": {"rank": 0, "clamp": True}, "seed": 20})
+@pytest.mark.parametrize("scaling", ["alpha", "mean", "native"])
+def test_no_weight_estimator_syncs_the_host_in_a_packed_step(scaling, monkeypatch):
+    """Every weight estimator (and the paths a loss term or a projection opens) under each scaling: ``mean`` calls
+    ``latent`` in every forward; ``native`` runs the estimators that scale inside ``quantize`` (internal scaling)."""
+    names = [n for n in _names("weight") if scaling != "native" or est_class(n).native_scaling == "internal"]
+    configs = [{**BASE, "estimator": n, "seed": i, "scaling": scaling} for i, n in enumerate(names)]
+    if scaling == "alpha":
+        configs += [{**BASE, "estimator": n, "estimator_hparams": h, "seed": 10 + i}
+                    for i, (n, h) in enumerate(OPEN_PATHS.items()) if n in names]
+        if "vispa" in names:
+            configs.append({**BASE, "estimator": "vispa", "estimator_hparams": {"rank": 0, "clamp": True}, "seed": 20})
     found = train_packed(configs, monkeypatch)
     assert found == [], "\n".join(map(str, found))
 
@@ -215,6 +222,32 @@ def test_a_resumed_run_does_not_sync_the_host_in_its_steps(name, monkeypatch, tm
     assert result.status == "finished" and len(result.history) == CONV["epochs"]
     assert found == [], "after the resume:\n" + "\n".join(map(str, found))
     assert before == [], "before the stop:\n" + "\n".join(map(str, before))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="torch.cuda.set_sync_debug_mode needs CUDA (the tests above trap the Python entry points)")
+def test_no_sync_in_a_packed_step_on_cuda(monkeypatch):
+    """On a GPU, CUDA's own detector: every synchronising call torch makes inside a packed step warns, and none
+    may come from our code. (Written for the first GPU session; CPU-only sessions skip it.)"""
+    pack_step, found = Pack.step, []
+
+    def packed(self, x, y):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                out = pack_step(self, x, y)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        found.extend(f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+                     if "synchroniz" in str(w.message) and w.filename.startswith(OWN_CODE))
+        return out
+
+    monkeypatch.setattr(Pack, "step", packed)
+    configs = [{**CONV, "estimator": n, "seed": i, "device": "cuda"} for i, n in enumerate(_names("weight"))]
+    results = Pack(start_members([resolve(c) for c in configs]), []).run()
+    assert [r.status for r in results] == ["finished"] * len(configs)
+    assert found == [], "\n".join(found)
 
 
 # -- the trap catches what it claims to catch -------------------------------------------------------------------
