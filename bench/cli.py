@@ -147,9 +147,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not args.name:
         raise BinbenchError("binbench show estimator needs a NAME (see `binbench list estimators`)")
     _check_plot_path(args.plot)
+    from bench.docmath import to_text
+
     info = estimator_info(args.name)
     print(f"{info['name']}  ({info['class']}, {info['source']})\n")
-    print(info["doc"])
+    print(to_text(info["doc"]))  # its LaTeX as plain text
     undocumented = {k: v for k, v in info["hparams"].items() if k not in info["doc"]}
     if undocumented:  # the docstring's own "Hyperparameters:" section lists the others with their meaning
         print("\nhyperparameters (not in the docstring):")

@@ -241,9 +241,14 @@ def training_step(model: nn.Module, est: Estimator | None, weight_qs: list, cons
 # -- evaluation -----------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: nn.Module, est: Estimator | None, loader, mode: str, topk: bool, autocast) -> dict[str, float]:
+    """Test metrics of ``model`` on ``loader`` in the estimator's evaluation ``mode`` (set for the pass through
+    ``Estimator.evaluating``, the one channel by which the mode reaches it)."""
     model.eval()
-    if est is not None:
-        est.eval_mode = mode
+    with est.evaluating(mode) if est is not None else contextlib.nullcontext():
+        return _evaluate(model, est, loader, topk, autocast)
+
+
+def _evaluate(model: nn.Module, est: Estimator | None, loader, topk: bool, autocast) -> dict[str, float]:
     dev = loader.device
     c1 = torch.zeros((), device=dev, dtype=torch.long)
     c5 = torch.zeros((), device=dev, dtype=torch.long)
@@ -251,7 +256,7 @@ def evaluate(model: nn.Module, est: Estimator | None, loader, mode: str, topk: b
     n = 0
     for xb, yb in loader.batches():
         with autocast():
-            logits = est.predict(model, xb, mode) if est is not None else model(xb)
+            logits = est.predict(model, xb) if est is not None else model(xb)
         logits = loss_precision(logits)
         loss += F.cross_entropy(logits, yb, reduction="sum")
         if topk:
@@ -264,8 +269,6 @@ def evaluate(model: nn.Module, est: Estimator | None, loader, mode: str, topk: b
     out = {"top1": 100.0 * c1.item() / n, "loss": loss.item() / n}
     if topk:
         out["top5"] = 100.0 * c5.item() / n
-    if est is not None:
-        est.eval_mode = est.eval_modes[0]
     return out
 
 

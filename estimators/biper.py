@@ -12,16 +12,34 @@ from bench.recipes import Rule
 class BiPer(Estimator):
     r"""Binary periodic functions (Vargas, Correa, Hinojosa, Arguello, CVPR 2024, arXiv 2404.01278).
 
-    Forward:   w_b = sign(sin(w0 * w))             square wave of period 2 pi / w0 (eq. 8)
-    Backward:  dw_b/dw = w0 * cos(w0 * w)          (eqs. 9-10: identity STE through the outer sign,
-                                                    autograd through sin)
-    Stages:    1 "real":   the conv uses w_hat = sin(w0 w) directly (real weights, binary activations);
-               2 "binary": the square wave, starting from stage 1's weights.
-    Loss term: L = CE + sum_layers tau * mean(sin^2(w0 w))      [CODE != PAPER: in the official code only;
-               tau = 0 here by default, the published recipe sets 0.037 (stage 1) and 0.0468 (stage 2)]
-    Scaling:   learnable per-channel alpha ~ U(0, 1) on the conv output (official code; the paper's eq. 3
-               describes one combined gamma).
-    Activations: ApproxSign on the per-sample std-normalised input (ReCU trick), in its own recipe.
+    Forward: a square wave of period :math:`2 \pi / \omega_0` (eq. 8; ``w0`` is :math:`\omega_0`):
+
+    .. math::
+
+        w_b = \operatorname{sign}(\sin(\omega_0 w))
+
+    Backward (eqs. 9-10: identity straight-through through the outer sign, autograd through the sine):
+
+    .. math::
+
+        \frac{\partial w_b}{\partial w} = \omega_0 \cos(\omega_0 w)
+
+    Stages: 1 "real": the conv uses :math:`\hat{w} = \sin(\omega_0 w)` directly (real weights, binary activations);
+    2 "binary": the square wave, starting from stage 1's weights.
+
+    Loss term [CODE != PAPER: in the official code only; tau = 0 here by default, the published recipe sets 0.037
+    (stage 1) and 0.0468 (stage 2)]:
+
+    .. math::
+
+        L = L_{CE} + \sum_{layers} \tau \operatorname{mean}(\sin^2(\omega_0 w))
+
+    Scaling: learnable per-channel alpha ~ U(0, 1) on the conv output (official code; the paper's eq. 3 describes
+    one combined gamma). Activations: ApproxSign on the per-sample std-normalised input (ReCU trick), in its own
+    recipe.
+
+    Paper: https://arxiv.org/abs/2404.01278 (CVPR 2024, "BiPer: Binary Neural Networks using a Periodic Function").
+    Code: https://github.com/edmav4/BiPer (``cifar10/modules/binarized_modules.py``).
 
     Hyperparameters:
         w0 (float, default 20.0): frequency (README/run scripts and the paper's ablation; argparse says 30).

@@ -16,8 +16,23 @@ def _clipped_grad(x: Tensor, t: float) -> Tensor:
 class ClippedSteSign(Estimator):
     r"""Clipped straight-through estimator, the gradient of hardtanh (BNN; Hubara et al., NeurIPS 2016).
 
-    Forward:   x_b = sign(x),  sign(0) = +1
-    Backward:  dL/dx = dL/dx_b * 1{|x| <= t}
+    Forward, with sign(0) = +1:
+
+    .. math::
+
+        x_b = \operatorname{sign}(x)
+
+    Backward:
+
+    .. math::
+
+        \frac{\partial L}{\partial x} = \frac{\partial L}{\partial x_b} \cdot \mathbb{1}\{|x| \le t\}
+
+    Paper: https://arxiv.org/abs/1602.02830 (Courbariaux, Hubara, Soudry, El-Yaniv, Bengio, "Binarized Neural
+    Networks: Training Deep Neural Networks with Weights and Activations Constrained to +1 or -1"; NeurIPS 2016 as
+    "Binarized Neural Networks", Hubara et al.).
+    Code: https://github.com/MatthieuCourbariaux/BinaryNet (the authors' Theano code; a PyTorch version by an
+    author: https://github.com/itayhubara/BinaryNet.pytorch).
 
     Hyperparameters:
         t (float, default 1.0): clipping threshold (ReSTE with o = 1 equals this with t = 1.5).

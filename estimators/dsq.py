@@ -68,29 +68,51 @@ class _DsqSign(torch.autograd.Function):
 
 
 def _range_ready(q) -> bool:
-    """``bool(q.range_ready)``, read from the buffer (a host sync) only when the buffer changed since the last read:
-    the flag changes only through in-place writes (the first batch's ``fill_``, ``load_state_dict``'s ``copy_``),
-    which bump the tensor's version counter."""
-    flag = q.range_ready
-    seen = q.__dict__.get("_range_ready_seen")  # (the buffer itself, its version, its value)
-    if seen is None or seen[0] is not flag or seen[1] != flag._version:
-        seen = (flag, flag._version, bool(flag))
-        q.__dict__["_range_ready_seen"] = seen
-    return seen[2]
+    """Whether the quantizer's range is set, from a Python mirror of its ``range_ready`` buffer: a training step never
+    reads the buffer (``bool`` of a device tensor is a host sync). The buffer changes in two places only: the first
+    training batch, which sets the mirror too, and ``load_state_dict`` (a checkpoint, a stage's hand-off, a replayed
+    epoch), after which :func:`_reread_range_ready` reads it once, outside any step."""
+    return q.__dict__["_range_ready"]
+
+
+def _reread_range_ready(q, incompatible_keys) -> None:
+    """``load_state_dict``'s post hook: the mirror follows the loaded buffer (one host read, at load time)."""
+    q.__dict__["_range_ready"] = bool(q.range_ready)
 
 
 @register_estimator("dsq")
 class DsqSign(Estimator):
     r"""Differentiable Soft Quantization at 1 bit (Gong et al., ICCV 2019, arXiv 1908.05033).
 
-    Clipping range [l, u] = [-u, u], one interval: Delta = u - l, m = (l + u)/2 = 0.
-    Forward (hard):  x_b = l + Delta * (sign(x - m) + 1)/2  = u * sign(x)
-    Backward (soft): through Q_S(x) = l + Delta * (phi(x) + 1)/2 on [l, u], phi(x) = s * tanh(k (x - m)),
-                     k = ln(2/alpha - 1)/Delta,  s = 1/(1 - alpha);
-                     dQ_S/dx = (Delta/2) * s * k * (1 - tanh^2(k (x - m))) inside [l, u], 0 outside.
-                     Gradients also reach alpha (through s and k) and u when learnable.
-    The surrogate's peak (at x = 0) is s c with c = ln(2/alpha - 1)/2; at the range's edge |x| = u it is
-    sech^2(c) of the peak (0.36 at alpha = 0.2): the curve bends only if the range sits where the values live.
+    Clipping range :math:`[l, u] = [-u, u]`, one interval: :math:`\Delta = u - l`, :math:`m = (l + u)/2 = 0`.
+
+    Forward (hard):
+
+    .. math::
+
+        x_b = l + \Delta \frac{\operatorname{sign}(x - m) + 1}{2} = u \operatorname{sign}(x)
+
+    Backward (soft), through the soft quantizer :math:`Q_S` on :math:`[l, u]` (and through :math:`\alpha` and
+    :math:`u` when they are learnable):
+
+    .. math::
+
+        Q_S(x) = l + \Delta \frac{\varphi(x) + 1}{2}, \quad \varphi(x) = s \tanh(k (x - m)), \quad
+        k = \frac{\ln(2/\alpha - 1)}{\Delta}, \quad s = \frac{1}{1 - \alpha}
+
+        \frac{\partial L}{\partial x} = \frac{\partial L}{\partial x_b} \begin{cases}
+        \frac{\Delta}{2} s k (1 - \tanh^2(k (x - m))) & \text{if } |x| \le u \\
+        0 & \text{otherwise} \end{cases}
+
+    The surrogate's peak (at x = 0) is s c with :math:`c = \ln(2/\alpha - 1)/2`; at the range's edge |x| = u it is
+    :math:`\operatorname{sech}^2(c)` of the peak (0.36 at alpha = 0.2): the curve bends only if the range sits where
+    the values live.
+
+    Paper: https://openaccess.thecvf.com/content_ICCV_2019/html/Gong_Differentiable_Soft_Quantization_Bridging_Full-Precision_and_Low-Bit_Neural_Networks_ICCV_2019_paper.html
+    (arXiv: https://arxiv.org/abs/1908.05033).
+    Code: no official release; the third-party implementations binbench follows are
+    https://github.com/ModelTC/MQBench (``mqbench/fake_quantize/dsq.py``, from the authors' institution) and
+    https://github.com/ricky40403/DSQ (``DSQConv.py``).
 
     The range. With u = 1 fixed and kaiming-scale weights (|W| ~ 0.02-0.1) the tanh is flat over the whole weight
     range and "DSQ" is an STE scaled by ~1.37. So by default (``range_init="minmax"``) u starts at the tensor's own
@@ -140,7 +162,10 @@ class DsqSign(Estimator):
         u = torch.tensor(float(self.u))
         q.register_parameter("u", nn.Parameter(u)) if self.learnable_bounds else q.register_buffer("u", u)
         # activations learn their range from the first training batch; weights at construction (init_latent_)
-        q.register_buffer("range_ready", torch.tensor(self.range_init == "fixed" or q.kind == "weight"))
+        ready = self.range_init == "fixed" or q.kind == "weight"
+        q.register_buffer("range_ready", torch.tensor(ready))
+        q.__dict__["_range_ready"] = ready  # the buffer's value on the host (see _range_ready)
+        q.register_load_state_dict_post_hook(_reread_range_ready)
 
     def init_latent_(self, w: Tensor, q) -> None:
         if self.range_init == "minmax":
@@ -151,6 +176,7 @@ class DsqSign(Estimator):
             with torch.no_grad():
                 q.u.copy_(x.detach().abs().max().clamp_min(1e-8))
                 q.range_ready.fill_(True)
+            q.__dict__["_range_ready"] = True
         n = x.numel() if q.kind == "weight" or x.dim() < 2 else x[0].numel()  # activations: per image, as LSQ
         scale = n**-0.5 if self.grad_scale == "sqrt" else 1.0
         return _DsqSign.apply(x, q.alpha, q.u, scale)

@@ -11,12 +11,24 @@ from bench.functional import sign
 class Frozen(Estimator):
     r"""The frozen-sign CONTROL, not a method: the binary weights are the signs at initialisation and never change.
 
-    Forward:   w_b = sign(w_0)         (the latent weights as the model initialised them)
-    Backward:  dL/dw = none            (no gradient reaches the latent weights, so neither SGD nor weight decay
-                                        moves them)
+    Forward, with :math:`w_0` the latent weights as the model initialised them:
+
+    .. math::
+
+        w_b = \operatorname{sign}(w_0)
+
+    Backward: no gradient reaches the latent weights, so neither SGD nor weight decay moves them:
+
+    .. math::
+
+        \frac{\partial L}{\partial w} = 0
+
     Everything else trains as usual: the scaling (alpha), BatchNorm, the full-precision layers, the activation
     estimator. A suite cell in which a real estimator does not beat this control by a clear margin cannot tell
     a trained binary network from an untrained one: its full-precision parts carry the accuracy.
+
+    No paper or code: a control of binbench's own (a network whose binary weights are never trained), not a
+    published method.
     """
 
     display_name = "control (frozen)"

@@ -72,12 +72,33 @@ def ede_schedule(fraction: float, t_min: float, t_max: float) -> tuple[float, fl
 class IrNetEde(Estimator):
     r"""IR-Net: Libra-PB and the error decay estimator (Qin et al., CVPR 2020; official code htqin/IR-Net).
 
-    Libra-PB:  w_hat = (w - mean_c w) / std_c(w) per output channel (with standardize=True)
-    Forward:   w_b = sign(w_hat) * 2^round(log2(mean_c |w_hat|))     (power-of-two scale, detached, when
-                                                                       scaling is internal)
-    Backward:  EDE  g(x) = k t (1 - tanh^2(t x)) for weights and activations
-    Schedule:  t = 10^(log10 T_min + (log10 T_max - log10 T_min) e/E),  k = max(1/t, 1)
-               (at T_min = 1e-3 it starts as an identity STE: k t = 1).
+    Libra-PB, per output channel c (with standardize=True):
+
+    .. math::
+
+        \hat{w} = \frac{w - \operatorname{mean}_c w}{\operatorname{std}_c(w)}
+
+    Forward, with a power-of-two scale (detached) when scaling is internal:
+
+    .. math::
+
+        w_b = \operatorname{sign}(\hat{w}) \cdot 2^{\operatorname{round}(\log_2 \operatorname{mean}_c |\hat{w}|)}
+
+    Backward, EDE, for weights and activations:
+
+    .. math::
+
+        \frac{\partial L}{\partial x} = \frac{\partial L}{\partial x_b} \cdot k t (1 - \tanh^2(t x))
+
+    Schedule (at :math:`T_{min} = 10^{-3}` it starts as an identity straight-through: k t = 1):
+
+    .. math::
+
+        t = 10^{\log_{10} T_{min} + (\log_{10} T_{max} - \log_{10} T_{min}) e/E}, \quad k = \max(1/t, 1)
+
+    Paper: https://openaccess.thecvf.com/content_CVPR_2020/html/Qin_Forward_and_Backward_Information_Retention_for_Accurate_Binary_Neural_Networks_CVPR_2020_paper.html
+    (arXiv: https://arxiv.org/abs/1909.10788).
+    Code: https://github.com/htqin/IR-Net (``CIFAR-10/ResNet20/1w1a/modules/ir_1w1a.py``).
 
     Hyperparameters:
         t_min (float, default 1e-3): the ResNet-20 trainer's value; the VGG-small script uses 0.1.

@@ -66,13 +66,36 @@ def tau_schedule(fraction: float, tau_min: float, tau_max: float) -> float:
 class ReCU(Estimator):
     r"""Rectified clamp unit (Xu et al., ICCV 2021; official code z-hXu/ReCU).
 
-    Standardise per output channel:  w1 = (w - mean_c w) / (sqrt(Var_c(w) + 1e-5) / (2 sqrt 2))  (Laplace b = 2)
-    Clamp:     w2 = clamp(w1, -Q_tau, Q_tau),  Q_tau = -mean|w1| * ln(2 - 2 tau)  (detached)
-    Forward:   w_b = sign(w2)
-    Backward:  identity STE through sign, autograd through the clamp and the standardisation
-               (so dw_b/dw1 = 1{|w1| <= Q_tau}).
-    Schedule:  tau(e) = A e^(e/E) + (tau_min - A),  A = (tau_max - tau_min)/(e - 1),  0.85 -> 0.99.
+    Standardise per output channel c (Laplace b = 2), then clamp at the detached bound :math:`Q_\tau`:
+
+    .. math::
+
+        w_1 = \frac{2 \sqrt{2} (w - \operatorname{mean}_c w)}{\sqrt{\operatorname{Var}_c(w) + 10^{-5}}}, \quad
+        w_2 = \operatorname{clamp}(w_1, -Q_\tau, Q_\tau), \quad Q_\tau = -\operatorname{mean}|w_1| \ln(2 - 2 \tau)
+
+    Forward:
+
+    .. math::
+
+        w_b = \operatorname{sign}(w_2)
+
+    Backward: identity straight-through through the sign, autograd through the clamp and the standardisation:
+
+    .. math::
+
+        \frac{\partial w_b}{\partial w_1} = \mathbb{1}\{|w_1| \le Q_\tau\}
+
+    Schedule, 0.85 -> 0.99:
+
+    .. math::
+
+        \tau(e) = A e^{e/E} + (\tau_{min} - A), \quad A = \frac{\tau_{max} - \tau_{min}}{e - 1}
+
     Activations: ApproxSign with std normalisation; learnable per-channel alpha scale.
+
+    Paper: https://openaccess.thecvf.com/content/ICCV2021/html/Xu_ReCU_Reviving_the_Dead_Weights_in_Binary_Neural_Networks_ICCV_2021_paper.html
+    (arXiv: https://arxiv.org/abs/2103.12369).
+    Code: https://github.com/z-hXu/ReCU (``cifar/modules/binarized_modules.py``).
 
     At the bound. binbench passes the gradient at exactly |w1| = Q_tau (the mask is ``|w1| <= Q``), as
     ``torch.clamp`` did when the official code ran (z-hXu/ReCU cifar/modules/binarized_modules.py:23-24 @9a73bed:

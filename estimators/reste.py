@@ -55,14 +55,38 @@ def o_schedule(fraction: float, o_end: float) -> float:
 class ReSte(Estimator):
     r"""Rectified straight-through estimator (Wu, Zheng, Liu, Zheng, ICCV 2023, arXiv 2308.06689).
 
-    Equivalent forward (the paper's view): ReSTE_o(x) = sign(x) |x|^(1/o), o >= 1 (identity at o = 1).
-    Forward:   x_b = sign(x)                          (times s = mean|W| over the layer, not detached,
-                                                       when scaling is internal, as the official code)
-    Backward:  g(x) = (1/o) |x|^((1-o)/o)            for eps < |x| <= t
-               g(x) = eps^(1/o) / eps                  for |x| <= eps  (chord slope; avoids the pole at 0)
-               g(x) = 0                                for |x| > t
-               e.g. at o = 3: 4.64 near 0, 1.55 just above 0.1, 0.254 at |x| = 1.5.
-    Schedule:  o(e) = 1 + (o_end - 1)(1 - cos(pi/2 * e/E)), per epoch, for weights and activations.
+    Equivalent forward (the paper's view), identity at o = 1:
+
+    .. math::
+
+        \operatorname{ReSTE}_o(x) = \operatorname{sign}(x) |x|^{1/o}, \quad o \ge 1
+
+    Forward (times :math:`s = \operatorname{mean}|W|` over the layer, not detached, when scaling is internal, as the
+    official code):
+
+    .. math::
+
+        x_b = \operatorname{sign}(x)
+
+    Backward (the chord slope near 0 avoids the pole; e.g. at o = 3: 4.64 near 0, 1.55 just above 0.1, 0.254 at
+    |x| = 1.5):
+
+    .. math::
+
+        \frac{\partial L}{\partial x} = \frac{\partial L}{\partial x_b} g(x), \quad g(x) = \begin{cases}
+        \frac{1}{o} |x|^{(1-o)/o} & \text{if } \epsilon < |x| \le t \\
+        \epsilon^{1/o} / \epsilon & \text{if } |x| \le \epsilon \\
+        0 & \text{if } |x| > t \end{cases}
+
+    Schedule, per epoch, for weights and activations:
+
+    .. math::
+
+        o(e) = 1 + (o_{end} - 1) (1 - \cos(\frac{\pi}{2} \frac{e}{E}))
+
+    Paper: https://arxiv.org/abs/2308.06689 (ICCV 2023, "Estimator Meets Equilibrium Perspective: A Rectified
+    Straight Through Estimator for Binary Neural Networks Training").
+    Code: https://github.com/DravenALG/ReSTE (``model/binary_module/binarized_modules.py``).
 
     Hyperparameters:
         o_end (float, default 3.0), t (float, default 1.5), eps (float, default 0.1).

@@ -10,8 +10,21 @@ from bench.functional import sign_ste
 class SteSign(Estimator):
     r"""Straight-through estimator (BinaryConnect; Courbariaux, Bengio, David, NeurIPS 2015).
 
-    Forward:   x_b = sign(x),  sign(0) = +1
-    Backward:  dL/dx = dL/dx_b            (identity)
+    Forward, with sign(0) = +1:
+
+    .. math::
+
+        x_b = \operatorname{sign}(x)
+
+    Backward (identity):
+
+    .. math::
+
+        \frac{\partial L}{\partial x} = \frac{\partial L}{\partial x_b}
+
+    Paper: https://arxiv.org/abs/1511.00363 (NeurIPS 2015, "BinaryConnect: Training Deep Neural Networks with binary
+    weights during propagations").
+    Code: https://github.com/MatthieuCourbariaux/BinaryConnect (the authors' Theano/Lasagne code).
 
     Hyperparameters:
         clip (float | None, default None): if set, latent weights are clipped to [-clip, clip] after every

@@ -51,16 +51,37 @@ class Vispa(Estimator):
     Official code: snownus/bnn_vi, `models/sdp_wo_entropy.py`, class BinarizeConv2dSDP (@835a7a3: M and Z
     initialised by ``xavier_normal_`` at lines 58-59; the forward normalises a copy at lines 68-74).
 
-    Per binary layer: mean M (the latent weight), low-rank factor Z (K, *M.shape), variance scale S.
-    Unit diagonal:  A_i = m_i^2 + ||z_i||^2 / S;  (m_n, z_n) = (M, Z) / sqrt(A)   (SDP, Burer-Monteiro rank K)
-    Sample:    eps ~ N(0, I_K), one draw per layer per forward, shared by all weights and images
-               (the code's r = eps / sqrt(S) ~ N(0, I_K / S));  w = m_n + eps^T z_n / sqrt(S)
-    Forward:   w_b = sign(w)                                       (identity STE, no clipping)
-    Backward:  dL/dM = dL/dw_b ;  dL/dZ = eps * dL/dw_b = sqrt(S) r dL/dw_b   (Theorem 1 in the coordinates
-               Z_paper = Z / sqrt(S): grad_Z E[L] = E[g eps^T]); no chain rule through the normalisation.
+    Per binary layer: mean M (the latent weight), low-rank factor Z (K, *M.shape), variance scale S. Unit diagonal
+    (SDP, Burer-Monteiro rank K), and the sample (one draw per layer per forward, shared by all weights and images;
+    the code's :math:`r = \epsilon / \sqrt{S} \sim N(0, I_K / S)`):
+
+    .. math::
+
+        A_i = m_i^2 + \frac{\|z_i\|^2}{S}, \quad (m_n, z_n) = \frac{(M, Z)}{\sqrt{A}}, \quad
+        \epsilon \sim N(0, I_K), \quad w = m_n + \frac{\epsilon^\top z_n}{\sqrt{S}}
+
+    Forward (identity straight-through, no clipping):
+
+    .. math::
+
+        w_b = \operatorname{sign}(w)
+
+    Backward (Theorem 1 in the coordinates :math:`Z_{paper} = Z / \sqrt{S}`: the gradient with respect to Z of the
+    expected loss is :math:`E[g \epsilon^\top]`; no chain rule through the normalisation):
+
+    .. math::
+
+        \frac{\partial L}{\partial M} = \frac{\partial L}{\partial w_b}, \quad
+        \frac{\partial L}{\partial Z} = \epsilon \frac{\partial L}{\partial w_b}
+        = \sqrt{S} r \frac{\partial L}{\partial w_b}
+
     Evaluation modes: ``ensemble`` (average the logits of L independently sampled networks; L = 40 as
                published; the headline), ``sample`` (one sampled network), ``mean`` (sign(M)).
     Scaling:   learnable per-channel alpha ~ U(0, 1).  Activations: ApproxSign (W1A1), real (W1A32).
+
+    Paper: https://openreview.net/forum?id=cIXETwTkhK (NeurIPS 2024, "Training Binary Neural Networks via Gaussian
+    Variational Inference and Low-Rank Semidefinite Programming").
+    Code: https://github.com/snownus/bnn_vi (``models/sdp_wo_entropy.py``).
 
     Code != paper on the normalisation. The official code normalises a *copy* in every forward (training and
     evaluation): it assigns ``.data`` of views of M and Z, which never reaches the parameters, so SGD and weight
@@ -195,8 +216,8 @@ class Vispa(Estimator):
         w.div_(gamma)
         q.Z.div_(gamma)
 
-    def predict(self, model: nn.Module, x: Tensor, mode: str) -> Tensor:
-        if mode != "ensemble" or self.rank == 0:
+    def predict(self, model: nn.Module, x: Tensor) -> Tensor:
+        if self.eval_mode != "ensemble" or self.rank == 0:
             return model(x)
         out = model(x).float()
         for _ in range(self.samples - 1):

@@ -83,13 +83,13 @@ def test_ensemble_with_one_sample_equals_sample_mode():
     x = torch.randn(16, 1, 8, 8)
     outs = {}
     for mode in ("ensemble", "sample", "mean"):
-        est.eval_mode = mode
         torch.manual_seed(5)
-        outs[mode] = est.predict(model, x, mode)
+        with est.evaluating(mode):
+            outs[mode] = est.predict(model, x)
     assert torch.equal(outs["ensemble"], outs["sample"])
     torch.manual_seed(6)
-    est.eval_mode = "mean"
-    assert torch.equal(est.predict(model, x, "mean"), outs["mean"])  # deterministic sign(M)
+    with est.evaluating("mean"):
+        assert torch.equal(est.predict(model, x), outs["mean"])  # deterministic sign(M)
 
 
 def test_run_reports_three_modes_and_overhead():
@@ -152,9 +152,9 @@ def test_rank_zero_has_no_z():
 
 
 def _predict(est, model, x, mode, seed):
-    est.eval_mode = mode  # as bench.train.evaluate sets it
     torch.manual_seed(seed)
-    return est.predict(model, x, mode)
+    with est.evaluating(mode):  # as bench.train.evaluate sets it
+        return est.predict(model, x)
 
 
 def test_ensemble_averages_independent_samples():
@@ -167,8 +167,8 @@ def test_ensemble_averages_independent_samples():
     x = torch.randn(32, 1, 8, 8)
     ens = _predict(est, model, x, "ensemble", 5)
     torch.manual_seed(5)
-    est.eval_mode = "sample"
-    singles = torch.stack([est.predict(model, x, "sample").float() for _ in range(L)])
+    with est.evaluating("sample"):
+        singles = torch.stack([est.predict(model, x).float() for _ in range(L)])
     assert torch.allclose(ens, singles.mean(0), atol=1e-5)
     assert not torch.allclose(singles[0], singles[1])  # each pass draws its own sample
     assert not torch.allclose(ens, singles[0])

@@ -94,7 +94,7 @@ def load_run(config: dict[str, Any], weights: dict[str, Any], key: str | None = 
         e.begin_stage(last.index, Stage(last.name, 1.0, last.estimator if e is est else {}))
         e.set_progress(Progress(last.index, last.name, last.epochs - 1, last.epochs))
     mode = export_mode(est)
-    if est is not None:
+    if est is not None:  # the loaded run's estimator stays in the exported network's mode
         est.eval_mode = mode
     model.eval()
     return LoadedRun(cfg.to_dict(), key or spec.key, model, est, mode, loaders.test, ds)
@@ -156,7 +156,7 @@ def check_export(run: LoadedRun, net: BitNet | Any, limit: int | None = None) ->
                 break
             if limit is not None:
                 xb, yb = xb[:limit - n], yb[:limit - n]
-            sim = run.estimator.predict(run.model, xb, run.mode) if run.estimator is not None else run.model(xb)
+            sim = run.estimator.predict(run.model, xb) if run.estimator is not None else run.model(xb)
             sim = sim.float()
             exp = torch.as_tensor(net(xb)).float()
             ps, pe = sim.argmax(1), exp.argmax(1)
