@@ -2,8 +2,8 @@
 
 The driver checks what can be checked in seconds (``bench.exec.checks``), holds the results folder's lock, opens
 the execution's parent run, packs the unfinished trials (``bench.exec.plan``: trials of one shape train as one
-program), hands the packs, the suite context and the body (``bench.exec.trial.run_pack``) to an executor (``bench.exec.local`` or ``bench.exec.ray_tune``) and closes the
-parent run with what they came to.
+program), hands the packs, the suite context and the body (``bench.exec.trial.run_pack``) to an executor
+(``bench.exec.local`` or ``bench.exec.ray_tune``) and closes the parent run with what they came to.
 
 Resumption does not rely on Ray's experiment state (after a SIGKILL of the driver Ray restarts every trial):
 the driver asks MLflow which trial keys already ended and submits only the others; each trial keeps its own

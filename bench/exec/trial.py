@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from bench.suite import Trial
 from bench.track import store
 
+
 @dataclass(frozen=True)
 class Pack:
     """What an executor runs as one unit: trials trained as one program (``bench.pack``: they share model, data,

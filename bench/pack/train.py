@@ -57,7 +57,8 @@ PACK_KEYS = ("model", "model_args", "dataset", "train_subset", "val_split", "aug
 
 def pack_key(spec: RunSpec) -> str:
     """What runs must share to pack: the keys of :data:`PACK_KEYS`, the total epoch count of the stage plan and
-    whether the network is full precision (members may differ in estimators, hyperparameters, optimizer, lr, weight decay, schedule, stages and seed)."""
+    whether the network is full precision (members may differ in estimators, hyperparameters, optimizer, lr,
+    weight decay, schedule, stages and seed)."""
     cfg = spec.config.to_dict()
     # a full-precision network has plain layers where the others have binary ones: they pack among themselves
     return json.dumps({**{k: cfg.get(k) for k in PACK_KEYS}, "epochs": sum(s.epochs for s in spec.stages),
