@@ -120,6 +120,7 @@ class EstimatorMetadata:
     role: str
     kinds: tuple[str, ...]
     stochastic: bool
+    sample_wise: bool
     eval_modes: tuple[str, ...]
     export_mode: str | None
     native_scaling: str
@@ -181,6 +182,13 @@ class Estimator:
     """True when :meth:`quantize` draws random numbers (from the global generator): a pack then gives each member
     its own random stream around the member's forward and :meth:`extra_loss`, and an export needs
     :attr:`export_mode`."""
+
+    sample_wise: ClassVar[bool] = False
+    """True when :meth:`quantize` of an activation treats each sample of the batch on its own, as a function of the
+    sample, its hyperparameters and its progress only: no statistics over the batch, no random draws, no state in
+    the quantizer (no parameters or buffers). A pack then binarizes the inputs of members whose activation
+    estimators are of this class with equal attributes in one call over their stacked batches (the same numbers
+    and gradients as one call per member, at a fraction of the cost). The default (False) is always correct."""
 
     eval_modes: ClassVar[tuple[str, ...]] = ("default",)
     """The evaluation modes, the first being the headline one. Every epoch is evaluated in each (a run's config may

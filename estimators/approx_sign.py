@@ -46,6 +46,7 @@ class ApproxSign(Estimator):
     common_activation = True  # the common recipe binarizes activations with it
 
     native_activation = None
+    sample_wise = True  # element by element (std_normalize: each sample's own variance)
 
     def __init__(self, std_normalize: bool = False):
         super().__init__()

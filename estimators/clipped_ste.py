@@ -44,6 +44,7 @@ class ClippedSteSign(Estimator):
     published_name = "bnn"  # published.csv names the method BNN
 
     native_activation = None  # itself
+    sample_wise = True  # sign with a clipped identity gradient: element by element
     published = None  # BNN's own recipe is not in an official repository binbench could read
 
     def __init__(self, t: float = 1.0):

@@ -110,6 +110,7 @@ class IrNetEde(Estimator):
 
     native_scaling = "internal"
     native_activation = None  # EDE for activations too
+    sample_wise = True  # activations: EDE's sign element by element, k and t from the progress only
     published = [
         Rule({}, {"amp": False, "channels_last": False, "schedule_unit": "epoch"},
              "htqin/IR-Net @f63a590: float32 (--half is opt-in and off: CIFAR-10/ResNet20/1w1a/trainer.py:49-50); "

@@ -98,6 +98,7 @@ class ReSte(Estimator):
 
     native_scaling = "internal"
     native_activation = None  # the same estimator binarizes activations
+    sample_wise = True  # activations: element by element, o from the progress only
     published = [
         Rule({}, {"amp": False, "channels_last": False, "schedule_unit": "epoch"},
              "DravenALG/ReSTE @0d3c36a: float32 (main.py:97-99 model.cuda(), :319 inputs.cuda(); no cast, no amp); "

@@ -37,6 +37,7 @@ class SteSign(Estimator):
     reference = True  # the estimator every other is measured against
 
     native_activation = "approx_sign"
+    sample_wise = True  # sign with an identity/clip gradient: element by element
     published = None  # no sourced recipe: BinaryConnect's clip and optimiser are not in a source binbench could check
 
     def __init__(self, clip: float | None = None):

@@ -397,3 +397,13 @@ def test_an_interrupted_pack_resumes_to_the_solo_results(tmp_path):
         for a, b in zip(r.history, s.history, strict=True):
             assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-9) and a["test_top1"] == b["test_top1"]
         assert r.eval_modes == s.eval_modes
+
+
+def test_every_activation_estimator_in_one_pack_matches_its_solo_run():
+    """Members binarizing their inputs with every activation estimator (twice each, with another seed, so that
+    equal sample-wise estimators share one call over their stacked batches) compute their solo runs' numbers."""
+    acts = [n for n in bench.list_estimators() if "activation" in est_class(n).kinds and not n.startswith("test_")]
+    configs = [{**MLP, "estimator": "ste", "activation_estimator": a, "a_bits": 1, "seed": s, "epochs": 2}
+               for a in acts for s in (0, 1)]
+    with default_dtype(torch.float64):
+        check_pack(configs, 5, 1e-9)

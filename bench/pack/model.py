@@ -69,6 +69,17 @@ def _in_rng(rng: MemberRng | None):
     return rng.active() if rng is not None else contextlib.nullcontext()
 
 
+def _sample_wise_key(layer: nn.Module) -> tuple | None:
+    """What makes two layers' input binarizations the same function of each sample (``Estimator.sample_wise``:
+    the estimator's class and attributes, the quantizer's mode), or None where the estimator is not sample-wise
+    or its quantizer holds state."""
+    q = layer.input_quantizer
+    est = q.estimator
+    if not est.sample_wise or next(q.parameters(), None) is not None or next(q.buffers(), None) is not None:
+        return None
+    return type(est), q.training, q.kind, repr(sorted(vars(est).items()))
+
+
 class _PackedLeaf(nn.Module):
     """A packed wrapper: the members' modules are plain attributes (not submodules), so the packed model owns no
     parameters of its own and its ``parameters()`` are not a second copy of the members'."""
@@ -94,14 +105,26 @@ class _PackedLeaf(nn.Module):
         return out
 
     def _inputs(self, xs: Tensor) -> Tensor:
-        """Member-wise input binarization of xs (M, B, ...), as each member's layer binarizes its own batch."""
+        """Member-wise input binarization of xs (M, B, ...), as each member's layer binarizes its own batch; one
+        call over the stacked batches of the members whose activation estimators are the same sample-wise
+        function (``Estimator.sample_wise``), one call per member for the others."""
         first = self.members[0]
         if not isinstance(first, (BinaryConv2d, BinaryLinear)) or first.input_quantizer is None:
             return xs
-        outs = []
-        for i, (layer, rng) in enumerate(zip(self.members, self.rngs, strict=True)):
-            with _in_rng(rng):
-                outs.append(layer.binary_input(xs[i]))
+        groups: dict[object, list[int]] = {}
+        for i, layer in enumerate(self.members):
+            key = _sample_wise_key(layer)
+            groups.setdefault(i if key is None else key, []).append(i)
+        outs: list[Tensor | None] = [None] * self.m
+        for idx in groups.values():
+            if len(idx) == 1:
+                with _in_rng(self.rngs[idx[0]]):
+                    outs[idx[0]] = self.members[idx[0]].binary_input(xs[idx[0]])
+                continue
+            part = xs[idx[0]:idx[-1] + 1] if idx == list(range(idx[0], idx[-1] + 1)) else xs[idx]
+            shared = self.members[idx[0]].binary_input(part.reshape(-1, *xs.shape[2:])).view(part.shape)
+            for j, i in enumerate(idx):
+                outs[i] = shared[j]
         return torch.stack(outs)
 
     def _alpha(self) -> Tensor | None:
