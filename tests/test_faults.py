@@ -164,8 +164,8 @@ def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tm
     done_before = {r.info.run_id for r in before if r.info.status == "FINISHED"
                    and r.data.tags.get("binbench.kind") == "trial"}
     assert 1 <= len(done_before) < 6
-    # the lock file still names the dead driver: it holds nothing, --resume proceeds
-    assert str(proc.pid) in (res / ".binbench.lock").read_text()
+    # the holder file still names the dead driver: its lock holds nothing, --resume proceeds
+    assert str(proc.pid) in (res / ".binbench.lock.json").read_text()
     out = cli("suite", "run", str(path), "--results-dir", str(res), "--resume", "--executor", executor, timeout=500)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "left RUNNING by an interrupted execution marked KILLED" in out.stdout
@@ -173,7 +173,7 @@ def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tm
     after = {r.info.run_id: r for r in runs(uri)}
     assert done_before <= {i for i, r in after.items() if r.info.status == "FINISHED"}  # not trained again
     assert after[victim.info.run_id].info.status == "KILLED"
-    assert (res / ".binbench.lock").read_text() == ""  # released and cleared on a normal exit
+    assert not (res / ".binbench.lock.json").exists()  # released and cleared on a normal exit
 
 
 @pytest.mark.slow  # ~85 s on 2 cores (each executor)
