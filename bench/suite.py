@@ -391,7 +391,11 @@ def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool
 
 
 def parse_suite(path: Path, raw: dict[str, Any]) -> tuple[_Grid, list[str]]:
-    """The file's parts, each checked for form and known names; (grid, problems)."""
+    """The file's parts, each checked for form and known names; (grid, problems).
+
+    Checked by hand rather than by a pydantic model: every problem of a file is collected and reported together,
+    one line each naming the file, the key and what would be valid (names from registries plugins extend); see
+    the comment above ``bench.config.check_type`` for what pydantic was measured to cost and say instead."""
     from bench.data import DATASETS
     from bench.estimator import ESTIMATORS
     from bench.models import MODELS
