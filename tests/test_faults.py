@@ -302,6 +302,28 @@ def test_lock_held_by_another_process_is_refused_and_freed_at_its_death(tmp_path
         assert f"pid {os.getpid()}" in lock.read_text()
 
 
+@pytest.mark.parametrize("error, says", [(OSError(38, "Function not implemented"), "has no file locks"),
+                                         (NotImplementedError("no flock"), "has no file locks"),
+                                         (PermissionError(13, "Permission denied"), "cannot create the lock file")])
+def test_a_lock_that_cannot_be_taken_is_one_line(tmp_path, monkeypatch, error, says):
+    """A file system without flock (filelock 3 raises NotImplementedError, 4 an ENOSYS OSError when told not to
+    fall back to a soft lock) or a lock file that cannot be created: one line, nothing held."""
+    from types import SimpleNamespace
+
+    from bench.errors import BinbenchError
+    from bench.exec import checks
+
+    def acquire():
+        raise error
+
+    monkeypatch.setattr(checks, "_file_lock", lambda path: SimpleNamespace(acquire=acquire))
+    with pytest.raises(BinbenchError) as exc:
+        with checks.results_lock(tmp_path, "faults"):
+            pass
+    assert says in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / checks.HOLDER_NAME).exists()
+
+
 @pytest.mark.parametrize("command", [["report", "smoke"], ["ui", "smoke"]])
 def test_dead_tracking_server_is_one_line_in_seconds_for_report_and_ui(command):
     import socket
