@@ -625,6 +625,72 @@ def _add_evaluate(sub: Any) -> None:
     ex.set_defaults(func=cmd_export)
 
 
+def _add_suite_commands(sub: Any) -> None:
+    """``suite`` and ``report``."""
+    su = sub.add_parser("suite", help="list, show or run suites (suites/*.yaml) on Ray Tune with MLflow tracking")
+    su.add_argument("action", choices=["list", "show", "run"])
+    su.add_argument("suite", nargs="?", help="a suite name (binbench suite list) or a path to a .yaml file")
+    su.add_argument("--resume", action="store_true", help="skip trials that already ended; continue unfinished ones")
+    su.add_argument("--dry-run", action="store_true", help="validate and print the trials; start nothing")
+    su.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT (default: this machine)")
+    su.add_argument("--executor", choices=["auto", "local", "ray"], default="auto",
+                    help="local: worker processes on this machine that start once (faster for short trials); ray: "
+                         "Ray Tune (clusters, search suites); auto (default): ray for --address, search suites and "
+                         "GPU trials, local otherwise")
+    su.add_argument("--cpus-per-trial", type=int, default=1)
+    su.add_argument("--gpus-per-trial", type=float, default=0.0)
+    su.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    su.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the results folder)")
+    su.add_argument("--results-dir", help="where the MLflow store, checkpoints and Ray files go "
+                                          "(default: runs/<suite> under the current directory)")
+    su.add_argument("--data-root")
+    su.add_argument("--max-trials", type=int, metavar="N",
+                    help="allow a suite of up to N trials (default 10000: a larger grid is refused before it is "
+                         "expanded)")
+    su.set_defaults(func=cmd_suite)
+
+    rp = sub.add_parser("report", help="tables and figures of a suite, from its MLflow runs")
+    rp.add_argument("suite", help="suite name or .yaml path")
+    rp.add_argument("--results-dir", help="where the suite ran (default: runs/<suite>; the committed reference "
+                    "results: results/<suite>)")
+    rp.add_argument("--tracking-uri")
+    rp.add_argument("--out", help="where to write (default: the results dir)")
+    rp.add_argument("--note", action="append", default=[], metavar="TEXT",
+                    help="a note for every table's header (e.g. why the numbers hold after a code change); kept in "
+                         "<results>/notes.txt, so later reports of the folder print it too; repeatable")
+    rp.set_defaults(func=cmd_report)
+
+
+def _add_tool_commands(sub: Any) -> None:
+    """``benchmark``, ``replay`` and ``ui``."""
+    bm = sub.add_parser("benchmark", help="speed and memory against a hand-written floor and the reference pipeline")
+    bm.add_argument("--out", default=os.path.join("runs", "benchmark"),
+                    help="where the tables go (default: runs/benchmark; the committed ones: results/perf)")
+    bm.add_argument("--data-root")
+    bm.add_argument("--repeats", type=int, default=3)
+    bm.add_argument("--quick", action="store_true", help="reduced sizes: checks that it runs, not for numbers")
+    bm.add_argument("--only", help="comma-separated subset of: overhead, estimators, suite, memory")
+    bm.set_defaults(func=cmd_benchmark)
+
+    rl = sub.add_parser("replay", help="train the first epochs of recorded suite trials again and compare their "
+                                       "metrics with the store's")
+    rl.add_argument("suite", help="suite name or .yaml path")
+    rl.add_argument("--results-dir", help="where the suite ran (default: runs/<suite>; the committed reference "
+                    "results: results/<suite>)")
+    rl.add_argument("--epochs", type=int, default=1, help="epochs to replay per trial (default 1)")
+    rl.add_argument("--per-estimator", type=int, default=1, help="trials per estimator (default 1)")
+    rl.add_argument("--data-root")
+    rl.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the suites' trials)")
+    rl.set_defaults(func=cmd_replay)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI for a suite's store on 127.0.0.1")
+    ui.add_argument("suite", nargs="?", help="the suite whose store to serve (runs/<suite>/mlflow.db)")
+    ui.add_argument("--results-dir", help="the folder holding the store (default: runs/<suite>)")
+    ui.add_argument("--tracking-uri")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="binbench", description="Benchmark harness for BNN binarization estimators.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -670,66 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "sqlite runs/mlflow.db under the current directory)")
     r.set_defaults(func=cmd_run)
     _add_evaluate(sub)
-
-    su = sub.add_parser("suite", help="list, show or run suites (suites/*.yaml) on Ray Tune with MLflow tracking")
-    su.add_argument("action", choices=["list", "show", "run"])
-    su.add_argument("suite", nargs="?", help="a suite name (binbench suite list) or a path to a .yaml file")
-    su.add_argument("--resume", action="store_true", help="skip trials that already ended; continue unfinished ones")
-    su.add_argument("--dry-run", action="store_true", help="validate and print the trials; start nothing")
-    su.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT (default: this machine)")
-    su.add_argument("--executor", choices=["auto", "local", "ray"], default="auto",
-                    help="local: worker processes on this machine that start once (faster for short trials); ray: "
-                         "Ray Tune (clusters, search suites); auto (default): ray for --address, search suites and "
-                         "GPU trials, local otherwise")
-    su.add_argument("--cpus-per-trial", type=int, default=1)
-    su.add_argument("--gpus-per-trial", type=float, default=0.0)
-    su.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
-    su.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the results folder)")
-    su.add_argument("--results-dir", help="where the MLflow store, checkpoints and Ray files go "
-                                          "(default: runs/<suite> under the current directory)")
-    su.add_argument("--data-root")
-    su.add_argument("--max-trials", type=int, metavar="N",
-                    help="allow a suite of up to N trials (default 10000: a larger grid is refused before it is "
-                         "expanded)")
-    su.set_defaults(func=cmd_suite)
-
-    rp = sub.add_parser("report", help="tables and figures of a suite, from its MLflow runs")
-    rp.add_argument("suite", help="suite name or .yaml path")
-    rp.add_argument("--results-dir", help="where the suite ran (default: runs/<suite>; the committed reference "
-                    "results: results/<suite>)")
-    rp.add_argument("--tracking-uri")
-    rp.add_argument("--out", help="where to write (default: the results dir)")
-    rp.add_argument("--note", action="append", default=[], metavar="TEXT",
-                    help="a note for every table's header (e.g. why the numbers hold after a code change); kept in "
-                         "<results>/notes.txt, so later reports of the folder print it too; repeatable")
-    rp.set_defaults(func=cmd_report)
-
-    bm = sub.add_parser("benchmark", help="speed and memory against a hand-written floor and the reference pipeline")
-    bm.add_argument("--out", default=os.path.join("runs", "benchmark"),
-                    help="where the tables go (default: runs/benchmark; the committed ones: results/perf)")
-    bm.add_argument("--data-root")
-    bm.add_argument("--repeats", type=int, default=3)
-    bm.add_argument("--quick", action="store_true", help="reduced sizes: checks that it runs, not for numbers")
-    bm.add_argument("--only", help="comma-separated subset of: overhead, estimators, suite, memory")
-    bm.set_defaults(func=cmd_benchmark)
-
-    rl = sub.add_parser("replay", help="train the first epochs of recorded suite trials again and compare their "
-                                       "metrics with the store's")
-    rl.add_argument("suite", help="suite name or .yaml path")
-    rl.add_argument("--results-dir", help="where the suite ran (default: runs/<suite>; the committed reference "
-                    "results: results/<suite>)")
-    rl.add_argument("--epochs", type=int, default=1, help="epochs to replay per trial (default 1)")
-    rl.add_argument("--per-estimator", type=int, default=1, help="trials per estimator (default 1)")
-    rl.add_argument("--data-root")
-    rl.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the suites' trials)")
-    rl.set_defaults(func=cmd_replay)
-
-    ui = sub.add_parser("ui", help="serve the MLflow UI for a suite's store on 127.0.0.1")
-    ui.add_argument("suite", nargs="?", help="the suite whose store to serve (runs/<suite>/mlflow.db)")
-    ui.add_argument("--results-dir", help="the folder holding the store (default: runs/<suite>)")
-    ui.add_argument("--tracking-uri")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.set_defaults(func=cmd_ui)
+    _add_suite_commands(sub)
+    _add_tool_commands(sub)
     return p
 
 
