@@ -371,10 +371,12 @@ def _dry_run(values: dict[str, Any], as_json: bool) -> int:
 
 
 def _results_dir(args: argparse.Namespace, suite_name: str) -> str:
-    """--results-dir, else results/<suite name> (which must stay inside results/); never an existing file."""
+    """--results-dir, else runs/<suite name> under the current folder (the user's own runs, which must stay
+    inside runs/; the committed results/ is read only where named); never an existing file."""
     from bench.suite import inside
+    from bench.track.store import USER_RUNS
 
-    out = args.results_dir or str(inside("results", suite_name))
+    out = args.results_dir or str(inside(USER_RUNS, suite_name))
     _writable_folder(out, "--results-dir" if args.results_dir else "the results folder")
     return out
 
@@ -524,18 +526,29 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from bench.track.store import default_tracking_uri, probe_server, sqlite_path
+    from bench.track.store import (
+        REFERENCE_RESULTS,
+        USER_RUNS,
+        default_tracking_uri,
+        probe_server,
+        reference_hint,
+        sqlite_path,
+    )
 
     if not (args.suite or args.tracking_uri or args.results_dir):
-        stores = sorted(p.parent.name for p in Path("results").glob("*/mlflow.db"))
+        mine = sorted(p.parent.name for p in USER_RUNS.glob("*/mlflow.db"))
+        ref = sorted(p.parent.name for p in REFERENCE_RESULTS.glob("*/mlflow.db"))
         raise BinbenchError("binbench ui needs a suite name (or --results-dir / --tracking-uri); suites with a store "
-                            "under results/: " + (", ".join(stores) if stores else "none yet"))
+                            f"under {USER_RUNS}/: " + (", ".join(mine) if mine else "none yet")
+                            + (f"; reference results (--results-dir {REFERENCE_RESULTS}/NAME): {', '.join(ref)}"
+                               if ref else ""))
     uri = args.tracking_uri or default_tracking_uri(args.results_dir or _results_dir(args, args.suite))
     probe_server(uri)
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         raise BinbenchError(f"no MLflow store at {db}: run `binbench suite run` first or pass --results-dir / "
-                            "--tracking-uri")
+                            "--tracking-uri" + ("" if args.results_dir or args.tracking_uri else
+                                                reference_hint(args.suite)))
     exe = shutil.which("mlflow") or "mlflow"
     print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -590,12 +603,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from bench.suite import suite_identity
     from bench.track.replay import replay_suite
-    from bench.track.store import sqlite_uri
+    from bench.track.store import reference_hint, sqlite_uri, suite_folder
 
     name = suite_identity(args.suite)[1] if not Path(args.suite).is_dir() else args.suite
-    store = Path(args.results_dir or Path("results") / name) / "mlflow.db"
+    store = Path(args.results_dir or suite_folder(name)) / "mlflow.db"
     if not store.is_file():
-        raise BinbenchError(f"no MLflow store at {store}: pass --results-dir where suite {name} ran")
+        raise BinbenchError(f"no MLflow store at {store}: pass --results-dir where suite {name} ran"
+                            + ("" if args.results_dir else reference_hint(name)))
     if args.epochs < 1 or args.per_estimator < 1:
         raise BinbenchError("--epochs and --per-estimator must be >= 1")
     with tempfile.TemporaryDirectory(prefix="binbench-replay-") as tmp:
@@ -614,7 +628,7 @@ def _add_evaluate(sub: Any) -> None:
                     help="an MLflow run id, or a folder with config.json and model/weights.pt")
     ev.add_argument("--exported", metavar="FILE", help="evaluate an exported network instead: a .bnn.safetensors "
                     "file bit-level (XNOR-popcount), or its .onnx model in onnxruntime")
-    ev.add_argument("--tracking-uri", help="the store holding the run (default: results/runs and results/*/ here)")
+    ev.add_argument("--tracking-uri", help="the store holding the run (default: runs/, runs/*/ and results/*/ here)")
     ev.add_argument("--data-root")
     ev.add_argument("--device", help="auto (default: the recorded one), cpu or cuda")
     ev.add_argument("--json", action="store_true")
@@ -623,12 +637,82 @@ def _add_evaluate(sub: Any) -> None:
                                        "and BatchNorm) and check it bit-level against the simulated evaluation")
     ex.add_argument("run", metavar="RUN", help="an MLflow run id, a run's artifact folder, or a suite trial's key or "
                                                "label")
-    ex.add_argument("--out", metavar="FILE", help="where to write (default: exports/<run key>.bnn.safetensors)")
+    ex.add_argument("--out", metavar="FILE", help="where to write (default: runs/exports/<run key>.bnn.safetensors)")
     ex.add_argument("--onnx", action="store_true", help="also write FILE's .onnx beside it and check it in "
                                                         "onnxruntime")
-    ex.add_argument("--tracking-uri", help="the store holding the run (default: results/runs and results/*/ here)")
+    ex.add_argument("--tracking-uri", help="the store holding the run (default: runs/, runs/*/ and results/*/ here)")
     ex.add_argument("--data-root")
     ex.set_defaults(func=cmd_export)
+
+
+def _add_suite_commands(sub: Any) -> None:
+    """``suite`` and ``report``."""
+    su = sub.add_parser("suite", help="list, show or run suites (suites/*.yaml) on Ray Tune with MLflow tracking")
+    su.add_argument("action", choices=["list", "show", "run"])
+    su.add_argument("suite", nargs="?", help="a suite name (binbench suite list) or a path to a .yaml file")
+    su.add_argument("--resume", action="store_true", help="skip trials that already ended; continue unfinished ones")
+    su.add_argument("--dry-run", action="store_true", help="validate and print the trials; start nothing")
+    su.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT (default: this machine)")
+    su.add_argument("--executor", choices=["auto", "local", "ray"], default="auto",
+                    help="local: worker processes on this machine that start once (faster for short trials); ray: "
+                         "Ray Tune (clusters, search suites); auto (default): ray for --address, search suites and "
+                         "GPU trials, local otherwise")
+    su.add_argument("--cpus-per-trial", type=int, default=1)
+    su.add_argument("--gpus-per-trial", type=float, default=0.0)
+    su.add_argument("--max-concurrent", type=int, help="at most this many trials (or packs) at once")
+    su.add_argument("--pack", default="auto", metavar="auto|off|N",
+                    help="train trials that share model, data, batch size and epochs as one program (a pack; each "
+                         "trial keeps its own run, checkpoints and numbers): auto (default) packs as many as memory "
+                         "allows, off trains every trial alone, N caps a pack at N trials")
+    su.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the results folder)")
+    su.add_argument("--results-dir", help="where the MLflow store, checkpoints and Ray files go "
+                                          "(default: runs/<suite> under the current directory)")
+    su.add_argument("--data-root")
+    su.add_argument("--max-trials", type=int, metavar="N",
+                    help="allow a suite of up to N trials (default 10000: a larger grid is refused before it is "
+                         "expanded)")
+    su.set_defaults(func=cmd_suite)
+
+    rp = sub.add_parser("report", help="tables and figures of a suite, from its MLflow runs")
+    rp.add_argument("suite", help="suite name or .yaml path")
+    rp.add_argument("--results-dir", help="where the suite ran (default: runs/<suite>; the committed reference "
+                    "results: results/<suite>)")
+    rp.add_argument("--tracking-uri")
+    rp.add_argument("--out", help="where to write (default: the results dir)")
+    rp.add_argument("--note", action="append", default=[], metavar="TEXT",
+                    help="a note for every table's header (e.g. why the numbers hold after a code change); kept in "
+                         "<results>/notes.txt, so later reports of the folder print it too; repeatable")
+    rp.set_defaults(func=cmd_report)
+
+
+def _add_tool_commands(sub: Any) -> None:
+    """``benchmark``, ``replay`` and ``ui``."""
+    bm = sub.add_parser("benchmark", help="speed and memory against a hand-written floor and the reference pipeline")
+    bm.add_argument("--out", default=os.path.join("runs", "benchmark"),
+                    help="where the tables go (default: runs/benchmark; the committed ones: results/perf)")
+    bm.add_argument("--data-root")
+    bm.add_argument("--repeats", type=int, default=3)
+    bm.add_argument("--quick", action="store_true", help="reduced sizes: checks that it runs, not for numbers")
+    bm.add_argument("--only", help="comma-separated subset of: overhead, estimators, suite, memory")
+    bm.set_defaults(func=cmd_benchmark)
+
+    rl = sub.add_parser("replay", help="train the first epochs of recorded suite trials again and compare their "
+                                       "metrics with the store's")
+    rl.add_argument("suite", help="suite name or .yaml path")
+    rl.add_argument("--results-dir", help="where the suite ran (default: runs/<suite>; the committed reference "
+                    "results: results/<suite>)")
+    rl.add_argument("--epochs", type=int, default=1, help="epochs to replay per trial (default 1)")
+    rl.add_argument("--per-estimator", type=int, default=1, help="trials per estimator (default 1)")
+    rl.add_argument("--data-root")
+    rl.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the suites' trials)")
+    rl.set_defaults(func=cmd_replay)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI for a suite's store on 127.0.0.1")
+    ui.add_argument("suite", nargs="?", help="the suite whose store to serve (runs/<suite>/mlflow.db)")
+    ui.add_argument("--results-dir", help="the folder holding the store (default: runs/<suite>)")
+    ui.add_argument("--tracking-uri")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -673,70 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "nothing and load no data (with --json: one JSON object)")
     r.add_argument("--no-track", action="store_true", help="record nothing in MLflow")
     r.add_argument("--tracking-uri", help="MLflow store to record the run in (default: $BINBENCH_RUN_STORE, else "
-                                          "sqlite results/runs/mlflow.db under the current directory)")
+                                          "sqlite runs/mlflow.db under the current directory)")
     r.set_defaults(func=cmd_run)
     _add_evaluate(sub)
-
-    su = sub.add_parser("suite", help="list, show or run suites (suites/*.yaml) on Ray Tune with MLflow tracking")
-    su.add_argument("action", choices=["list", "show", "run"])
-    su.add_argument("suite", nargs="?", help="a suite name (binbench suite list) or a path to a .yaml file")
-    su.add_argument("--resume", action="store_true", help="skip trials that already ended; continue unfinished ones")
-    su.add_argument("--dry-run", action="store_true", help="validate and print the trials; start nothing")
-    su.add_argument("--address", help="an existing Ray cluster: auto or HOST:PORT (default: this machine)")
-    su.add_argument("--executor", choices=["auto", "local", "ray"], default="auto",
-                    help="local: worker processes on this machine that start once (faster for short trials); ray: "
-                         "Ray Tune (clusters, search suites); auto (default): ray for --address, search suites and "
-                         "GPU trials, local otherwise")
-    su.add_argument("--cpus-per-trial", type=int, default=1)
-    su.add_argument("--gpus-per-trial", type=float, default=0.0)
-    su.add_argument("--max-concurrent", type=int, help="at most this many trials (or packs) at once")
-    su.add_argument("--pack", default="auto", metavar="auto|off|N",
-                    help="train trials that share model, data, batch size and epochs as one program (a pack; each "
-                         "trial keeps its own run, checkpoints and numbers): auto (default) packs as many as memory "
-                         "allows, off trains every trial alone, N caps a pack at N trials")
-    su.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in the results folder)")
-    su.add_argument("--results-dir", help="where the MLflow store, checkpoints and Ray files go "
-                                          "(default: results/<suite>)")
-    su.add_argument("--data-root")
-    su.add_argument("--max-trials", type=int, metavar="N",
-                    help="allow a suite of up to N trials (default 10000: a larger grid is refused before it is "
-                         "expanded)")
-    su.set_defaults(func=cmd_suite)
-
-    rp = sub.add_parser("report", help="tables and figures of a suite, from its MLflow runs")
-    rp.add_argument("suite", help="suite name or .yaml path")
-    rp.add_argument("--results-dir", help="where the suite ran (default: results/<suite>)")
-    rp.add_argument("--tracking-uri")
-    rp.add_argument("--out", help="where to write (default: the results dir)")
-    rp.add_argument("--note", action="append", default=[], metavar="TEXT",
-                    help="a note for every table's header (e.g. why the numbers hold after a code change); kept in "
-                         "<results>/notes.txt, so later reports of the folder print it too; repeatable")
-    rp.set_defaults(func=cmd_report)
-
-    bm = sub.add_parser("benchmark", help="speed and memory against a hand-written floor and the reference pipeline")
-    bm.add_argument("--out", default=os.path.join("results", "perf"))
-    bm.add_argument("--data-root")
-    bm.add_argument("--repeats", type=int, default=3)
-    bm.add_argument("--quick", action="store_true", help="reduced sizes: checks that it runs, not for numbers")
-    bm.add_argument("--only", help="comma-separated subset of: overhead, estimators, suite, memory")
-    bm.set_defaults(func=cmd_benchmark)
-
-    rl = sub.add_parser("replay", help="train the first epochs of recorded suite trials again and compare their "
-                                       "metrics with the store's")
-    rl.add_argument("suite", help="suite name or .yaml path")
-    rl.add_argument("--results-dir", help="where the suite ran (default: results/<suite>)")
-    rl.add_argument("--epochs", type=int, default=1, help="epochs to replay per trial (default 1)")
-    rl.add_argument("--per-estimator", type=int, default=1, help="trials per estimator (default 1)")
-    rl.add_argument("--data-root")
-    rl.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the suites' trials)")
-    rl.set_defaults(func=cmd_replay)
-
-    ui = sub.add_parser("ui", help="serve the MLflow UI for a suite's store on 127.0.0.1")
-    ui.add_argument("suite", nargs="?", help="the suite whose store to serve (results/<suite>/mlflow.db)")
-    ui.add_argument("--results-dir")
-    ui.add_argument("--tracking-uri")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.set_defaults(func=cmd_ui)
+    _add_suite_commands(sub)
+    _add_tool_commands(sub)
     return p
 
 

@@ -129,6 +129,15 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# The schema is checked by hand here (and in bench/suite.py's parse_suite), not by pydantic, for measured reasons:
+# importing pydantic and building one model took 217-247 ms on this 2-core machine (three runs), against 59-77 ms
+# for all of bench.config, and `binbench run --help` imports this module on the path that must stay under 1 s; a
+# pydantic ValidationError is several lines in types' words ("Input should be a valid number, unable to parse
+# string as a number [type=float_parsing, ...]" plus a URL) where binbench owes one line naming the key, what is
+# valid and a did-you-mean; rewriting its errors() into those lines needs a table per error type and per key about
+# the size of these checks; and the valid values come from registries plugins extend at run time (estimators'
+# hyperparameters, models' arguments), checked at resolve time against each one's signature, which a static model
+# does not describe.
 def check_type(key: str, value: Any) -> Any:
     if value is None:
         return None

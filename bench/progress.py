@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, TextIO
 
 
@@ -27,29 +26,23 @@ def format_flop(flop: float) -> str:
 
 
 class _Bar:
+    """A tqdm bar over one epoch's steps on a terminal (none elsewhere); ``update`` takes the steps done so far."""
+
     def __init__(self, out: TextIO | None, label: str, total: int):
-        self.out, self.label, self.total = out, label, total
-        self.t0 = self.last = time.perf_counter()
+        self.bar = None
+        if out is not None:
+            from tqdm import tqdm  # only where a terminal shows it
+
+            self.bar = tqdm(total=total, desc=label, file=out, leave=False, unit="step", mininterval=0.2,
+                            dynamic_ncols=True)
 
     def update(self, n: int) -> None:
-        if self.out is None:
-            return
-        now = time.perf_counter()
-        if now - self.last < 0.2 and n < self.total:
-            return
-        self.last = now
-        width = 24
-        done = int(width * n / max(1, self.total))
-        rate = n / max(1e-9, now - self.t0)
-        eta = (self.total - n) / max(1e-9, rate)
-        self.out.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {n}/{self.total} "
-                       f"{rate:.1f} it/s eta {eta:.0f}s ")
-        self.out.flush()
+        if self.bar is not None:
+            self.bar.update(n - self.bar.n)
 
     def close(self) -> None:
-        if self.out is not None:
-            self.out.write("\r" + " " * 80 + "\r")
-            self.out.flush()
+        if self.bar is not None:
+            self.bar.close()
 
 
 class Reporter:

@@ -100,7 +100,7 @@ class RunSpec:
 
     def with_values(self, **values: Any) -> RunSpec:
         """Another run that differs in ``values`` (a search point): resolved again, with its own key."""
-        return resolve({**self.config.to_dict(), **values}, self.suite)
+        return resolve({**recorded_values(self.config.to_dict()), **values}, self.suite)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "stages": [s.to_dict() for s in self.stages],
@@ -152,6 +152,17 @@ def run_key(config: RunConfig, suite: str | None = None) -> str:
              if k not in EXECUTION_KEYS and not (k in KEY_LEGACY and v == KEY_LEGACY[k])}
     blob = json.dumps({"suite": suite, "config": ident}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def recorded_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config (a run's ``config.json`` or params, an export's manifest, a spec's own config) as values
+    :func:`resolve` takes again and resolves to the same config: a scaling of ``internal`` is what ``native``
+    resolved to for an estimator that scales inside its quantizer, and is asked for as ``native`` again (users
+    ask for ``native``; ``internal`` is not a choice)."""
+    values = dict(config)
+    if values.get("scaling") == "internal":
+        values["scaling"] = "native"
+    return values
 
 
 def resolve(config: RunConfig | Mapping[str, Any], suite: str | None = None) -> RunSpec:

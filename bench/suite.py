@@ -391,7 +391,11 @@ def load_suite(name_or_path: str, data_root: str | None = None, check_data: bool
 
 
 def parse_suite(path: Path, raw: dict[str, Any]) -> tuple[_Grid, list[str]]:
-    """The file's parts, each checked for form and known names; (grid, problems)."""
+    """The file's parts, each checked for form and known names; (grid, problems).
+
+    Checked by hand rather than by a pydantic model: every problem of a file is collected and reported together,
+    one line each naming the file, the key and what would be valid (names from registries plugins extend); see
+    the comment above ``bench.config.check_type`` for what pydantic was measured to cost and say instead."""
     from bench.data import DATASETS
     from bench.estimator import ESTIMATORS
     from bench.models import MODELS
@@ -654,24 +658,9 @@ def estimate_cost(suite: Suite) -> dict[str, Any]:
 
 
 def _macs(rc, ds) -> float:
-    import torch
-    from torch import nn
-
+    """MACs of one forward pass of the trial's network on one input (``bench.models.count_macs``)."""
     from bench.layers import BinarySpec
-    from bench.models import create_model
+    from bench.models import count_macs, create_model
 
-    model = create_model(rc.model, BinarySpec(), ds.num_classes, ds.shape, **rc.model_args).eval()
-    macs = [0.0]
-
-    def hook(mod, inp, out):
-        if isinstance(mod, nn.Conv2d):
-            macs[0] += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-        elif isinstance(mod, nn.Linear):
-            macs[0] += out.numel() * mod.in_features
-
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(1, *ds.shape))
-    for h in hs:
-        h.remove()
-    return macs[0]
+    model = create_model(rc.model, BinarySpec(), ds.num_classes, ds.shape, **rc.model_args)
+    return count_macs(model, tuple(ds.shape))[""]

@@ -29,6 +29,28 @@ def test_best_epoch_counts_from_one_on_console_and_in_json():
     assert dict(printed)[str(res.best_epoch)] == f"{max(tops):.2f}"  # the epoch the console showed with that top-1
 
 
+def test_step_bar_is_tqdm_on_a_terminal_and_silent_elsewhere():
+    from types import SimpleNamespace
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stage = SimpleNamespace(name="binary", epochs=3)
+    tty = Terminal()
+    bar = Reporter(stream=tty).epoch_bar(stage, 1, 10)
+    for n in range(1, 11):  # the loop passes the steps done so far
+        bar.update(n)
+    assert bar.bar.n == 10 and bar.bar.total == 10
+    bar.close()
+    assert "binary 2/3" in tty.getvalue() and "0/10" in tty.getvalue()
+    plain = io.StringIO()
+    quiet = Reporter(stream=plain).epoch_bar(stage, 1, 10)
+    quiet.update(5)
+    quiet.close()
+    assert quiet.bar is None and plain.getvalue() == ""
+
+
 def test_suite_list_cuts_descriptions_at_a_word(capsys):
     assert main(["suite", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -62,14 +84,20 @@ def test_ui_needs_a_suite_and_lists_the_stores(tmp_path, monkeypatch, capsys):
     assert main(["ui"]) == 2
     err = capsys.readouterr().err
     assert "needs a suite name" in err and err.strip().endswith("none yet")
-    for name in ("alpha", "beta"):
-        (tmp_path / "results" / name).mkdir(parents=True)
-        (tmp_path / "results" / name / "mlflow.db").touch()
-    (tmp_path / "results" / "perf").mkdir()  # a results folder without a store is not offered
+    for where, name in (("runs", "alpha"), ("runs", "beta"), ("results", "smoke")):
+        (tmp_path / where / name).mkdir(parents=True)
+        (tmp_path / where / name / "mlflow.db").touch()
+    (tmp_path / "runs" / "benchmark").mkdir()  # a folder without a store is not offered
     assert main(["ui"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.strip().endswith("suites with a store under results/: alpha, beta")
+    assert err.strip().endswith("suites with a store under runs/: alpha, beta; reference results (--results-dir "
+                                "results/NAME): smoke")
+    # the default folder is the user's own: a committed reference store is named, not served unasked
+    assert main(["ui", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no MLflow store at {tmp_path}/runs/smoke/mlflow.db:" in err
+    assert err.strip().endswith("the committed reference results: --results-dir results/smoke")
 
 
 def test_list_models_summaries_end_at_a_word(capsys):

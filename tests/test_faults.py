@@ -164,8 +164,8 @@ def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tm
     done_before = {r.info.run_id for r in before if r.info.status == "FINISHED"
                    and r.data.tags.get("binbench.kind") == "trial"}
     assert 1 <= len(done_before) < 6
-    # the lock file still names the dead driver: it holds nothing, --resume proceeds
-    assert str(proc.pid) in (res / ".binbench.lock").read_text()
+    # the holder file still names the dead driver: its lock holds nothing, --resume proceeds
+    assert str(proc.pid) in (res / ".binbench.lock.json").read_text()
     out = cli("suite", "run", str(path), "--results-dir", str(res), "--resume", "--executor", executor, timeout=500)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "left RUNNING by an interrupted execution marked KILLED" in out.stdout
@@ -173,7 +173,7 @@ def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tm
     after = {r.info.run_id: r for r in runs(uri)}
     assert done_before <= {i for i, r in after.items() if r.info.status == "FINISHED"}  # not trained again
     assert after[victim.info.run_id].info.status == "KILLED"
-    assert (res / ".binbench.lock").read_text() == ""  # released and cleared on a normal exit
+    assert not (res / ".binbench.lock.json").exists()  # released and cleared on a normal exit
 
 
 @pytest.mark.slow  # ~85 s on 2 cores (each executor)
@@ -300,6 +300,28 @@ def test_lock_held_by_another_process_is_refused_and_freed_at_its_death(tmp_path
         holder.wait()
     with results_lock(res, "faults") as lock:  # the kernel freed it with the process
         assert f"pid {os.getpid()}" in lock.read_text()
+
+
+@pytest.mark.parametrize("error, says", [(OSError(38, "Function not implemented"), "has no file locks"),
+                                         (NotImplementedError("no flock"), "has no file locks"),
+                                         (PermissionError(13, "Permission denied"), "cannot create the lock file")])
+def test_a_lock_that_cannot_be_taken_is_one_line(tmp_path, monkeypatch, error, says):
+    """A file system without flock (filelock 3 raises NotImplementedError, 4 an ENOSYS OSError when told not to
+    fall back to a soft lock) or a lock file that cannot be created: one line, nothing held."""
+    from types import SimpleNamespace
+
+    from bench.errors import BinbenchError
+    from bench.exec import checks
+
+    def acquire():
+        raise error
+
+    monkeypatch.setattr(checks, "_file_lock", lambda path: SimpleNamespace(acquire=acquire))
+    with pytest.raises(BinbenchError) as exc:
+        with checks.results_lock(tmp_path, "faults"):
+            pass
+    assert says in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / checks.HOLDER_NAME).exists()
 
 
 @pytest.mark.parametrize("command", [["report", "smoke"], ["ui", "smoke"]])

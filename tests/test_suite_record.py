@@ -87,8 +87,8 @@ def test_mlflow_holds_the_complete_record(suite_run):
     assert exp.artifact_location == (res / "artifacts").resolve().as_uri()
     (parent,) = kinds["suite"]
     assert parent.data.tags["mlflow.source.name"] == "binbench"
-    # the suite file (and, once `binbench report` ran, its report/ folder)
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} - {"report"} == {path.name}
+    # the suite file, nothing else (a report writes nothing into the store)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {path.name}
     assert len(kinds["trial"]) == 2
     for r in kinds["trial"]:
         run_id = r.info.run_id
@@ -120,17 +120,35 @@ def test_mlflow_holds_the_complete_record(suite_run):
             f"diag/linear2/{m}" for m in ("qe", "laplace_b", "flip", "saturation")}
 
 
-def test_report_is_kept_by_the_suite_run(suite_run):
-    """`binbench report` attaches its tables and figures to the suite's parent run."""
+def test_parent_run_holds_its_counts_and_the_store_opens_as_training_runs(suite_run):
+    """The execution's counts are the parent run's params (planned) and metrics (outcome), not only tags; MLflow's
+    UI shows the experiment as training runs, and the store has no empty "Default" experiment."""
+    _, _, res = suite_run
+    client, exp, kinds = _client_and_runs(res)
+    (parent,) = kinds["suite"]
+    assert {k: parent.data.params[k] for k in ("trials", "submitted")} == {"trials": "2", "submitted": "2"}
+    assert {k: parent.data.metrics[k] for k in ("finished", "diverged", "failed", "unfinished")} == {
+        "finished": 2.0, "diverged": 0.0, "failed": 0.0, "unfinished": 0.0}
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert [e.name for e in client.search_experiments()] == ["recordme"]
+
+
+def test_report_reads_the_store_and_writes_nothing_into_it(suite_run):
+    """`binbench report` leaves the store it reads as it was (a committed reference store stays unchanged); its
+    own files say which store, in which state, and which executions it read."""
+    import hashlib
+
     _, path, res = suite_run
+    before = hashlib.sha256((res / "mlflow.db").read_bytes()).hexdigest()
     out = cli("report", str(path), "--results-dir", str(res), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert hashlib.sha256((res / "mlflow.db").read_bytes()).hexdigest() == before
     client, _, kinds = _client_and_runs(res)
     (parent,) = kinds["suite"]
-    kept = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/leaderboard.md", "report/leaderboard.tex", "report/report.html", "report/final_top1.png"} <= kept
-    md = Path(client.download_artifacts(parent.info.run_id, "report/leaderboard.md")).read_text()
-    assert md == (res / "leaderboard.md").read_text()
+    assert "report" not in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    md = (res / "leaderboard.md").read_text()
+    assert f"sha256:{before[:16]} of the file as this report read it" in md
+    assert f"suite executions in the store (MLflow parent runs, oldest first): {parent.info.run_id}" in md
 
 
 def test_evaluate_reproduces_a_suite_trial(suite_run):

@@ -130,8 +130,11 @@ def image_copy_digest(copy: ImageCopy) -> str:
 
 # -- extraction ---------------------------------------------------------------------------------------------
 def _check_member(m: tarfile.TarInfo, archive: Path) -> None:
-    """Refuse what could write outside the destination or is not plain data (Python < 3.12 has no
-    ``filter="data"`` everywhere, and the explicit check gives a message that names the member)."""
+    """Refuse what could write outside the destination or is not plain data. Kept beside tarfile's
+    ``filter="data"`` (which the extraction uses wherever Python has it), for three reasons: Python 3.10.0-3.10.11
+    and 3.11.0-3.11.3, which binbench supports, lack the filter; the filter lets links inside the destination
+    through, which an image-folder archive has no use for and a later load would follow; and this check's
+    message names the member and what the archive should hold."""
     name = m.name
     parts = Path(name).parts
     bad = ""
@@ -196,7 +199,7 @@ def extract_archive(archive: Path, digest: str) -> Path:
     tmp = parent / f".{prefix}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        # tarfile's own "data" filter (3.12, backported to 3.11.4 / 3.10.12) as a second line of defence
+        # tarfile's own "data" filter (3.12, backported to 3.11.4 / 3.10.12) on every member, after the check
         kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         try:
             tmp.mkdir(parents=True)
@@ -208,6 +211,9 @@ def extract_archive(archive: Path, digest: str) -> Path:
                 for m in tar:
                     _check_member(m, archive)
                     tar.extract(m, tmp, **kw)
+        except getattr(tarfile, "FilterError", ()) as exc:  # what the data filter refused (a member it rewrote)
+            raise BinbenchError(f"refusing to extract {archive}: {exc}; use an archive that holds only "
+                                "train/<class>/*.jpg and test/<class>/*.jpg files") from None
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise BinbenchError(f"CIFAR-10 archive {archive} is truncated or corrupt ({exc}): replace it with a "
                                 "complete copy (see the data folder's README for its md5)") from None

@@ -104,6 +104,9 @@ def check_trial_data(suite: Suite) -> None:
 
 # -- one suite execution per results folder -----------------------------------------------------------------
 LOCK_NAME = ".binbench.lock"
+#: who holds the lock, for the message a second execution gets: beside the lock file, not in it (filelock 3 opens
+#: the lock file truncating it whenever another process tries to take it)
+HOLDER_NAME = ".binbench.lock.json"
 
 
 def _holder_text() -> str:
@@ -113,44 +116,53 @@ def _holder_text() -> str:
             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
 
 
+def _file_lock(path: Path) -> Any:
+    """A non-blocking ``filelock.FileLock`` on ``path`` that never falls back to a soft lock: filelock 4 would use
+    a marker file where the file system has no flock, which a killed driver leaves behind (filelock 3 refuses
+    there, as binbench does)."""
+    import inspect
+
+    from filelock import FileLock
+
+    strict = {"fallback_to_soft": False} if "fallback_to_soft" in inspect.signature(FileLock).parameters else {}
+    return FileLock(path, timeout=0, **strict)
+
+
 @contextlib.contextmanager
 def results_lock(results: Path, suite_name: str) -> Iterator[Path]:
-    """Hold ``<results>/.binbench.lock`` for the execution: a second one into the same folder is refused at once.
+    """Hold ``<results>/.binbench.lock`` for the execution: a second one into the same folder is refused at once,
+    naming the holder (``.binbench.lock.json``, whose path is yielded).
 
-    An fcntl lock: the kernel releases it when the holding process dies (SIGKILL included), so a crashed run never
-    blocks the folder; the file keeps who holds it for the message.
+    A filelock lock on flock: the kernel releases it when the holding process dies (SIGKILL included), so a crashed
+    run never blocks the folder.
     """
-    import fcntl
+    import errno
     import json
 
-    path = results / LOCK_NAME
+    from filelock import Timeout
+
+    path, holder = results / LOCK_NAME, results / HOLDER_NAME
+    lock = _file_lock(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise BinbenchError(f"cannot create the lock file {path}: {exc.strerror}: pass --results-dir a folder you "
-                            "can write") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        lock.acquire()
+    except Timeout:
         try:
-            held = json.loads(os.read(fd, 4096).decode() or "{}")
+            held = json.loads(holder.read_text() or "{}")
         except (OSError, ValueError):
             held = {}
-        os.close(fd)
-        who = held.get("holder", "another process")
         raise BinbenchError(f"results folder {results} is in use by `binbench suite run` of suite "
-                            f"{held.get('suite', '?')!r} ({who}); wait for it to end, stop it, or pass another "
-                            "--results-dir") from None
-    except OSError as exc:  # a file system without locks: say so rather than risk two writers
-        os.close(fd)
-        raise BinbenchError(f"cannot lock {path} ({exc.strerror}): this file system has no file locks; use a "
-                            "results folder on one that has (NFSv4, a local disk)") from None
+                            f"{held.get('suite', '?')!r} ({held.get('holder', 'another process')}); wait for it to "
+                            "end, stop it, or pass another --results-dir") from None
+    except (NotImplementedError, OSError) as exc:
+        if isinstance(exc, NotImplementedError) or exc.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+            raise BinbenchError(f"cannot lock {path}: this file system has no file locks; use a results folder on "
+                                "one that has (NFSv4, a local disk)") from None
+        raise BinbenchError(f"cannot create the lock file {path}: {exc.strerror or exc}: pass --results-dir a folder "
+                            "you can write") from None
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"suite": suite_name, "pid": os.getpid(), "holder": _holder_text()}).encode())
-        os.fsync(fd)
-        yield path
+        holder.write_text(json.dumps({"suite": suite_name, "pid": os.getpid(), "holder": _holder_text()}))
+        yield holder
     finally:
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        os.close(fd)  # releases the lock
+            holder.unlink()  # before the lock goes: the next holder's file is its own
+        lock.release()

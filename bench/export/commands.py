@@ -16,12 +16,10 @@ def _by_key(ref: str, tracking_uri: str | None) -> str | None:
     """The latest finished run whose key (tag ``binbench.key``) or name is ``ref``, in the stores searched."""
     if not re.fullmatch(r"[\w.\- ]+", ref):
         return None
-    from bench.track.record import default_run_store
+    from bench.track.evaluate import stores
     from bench.track.store import KEY_TAG, mlflow_client
 
-    uris = [tracking_uri] if tracking_uri else [default_run_store(), *(
-        f"sqlite:///{p.resolve()}" for p in sorted(Path("results").glob("*/mlflow.db")))]
-    for uri in uris:
+    for uri in stores(tracking_uri):
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             continue
         client = mlflow_client(uri)
@@ -59,7 +57,9 @@ def export_command(ref: str, out: str | None, onnx: bool, tracking_uri: str | No
     if rec.config.get("w_bits") != 1:
         raise BinbenchError(f"{rec.where} has full-precision weights: there is nothing binary to export")
     run = load_run(rec.config, weights, data_root=data_root)
-    path = export_run(run, Path(out) if out else Path("exports") / f"{run.key}.bnn.safetensors")
+    from bench.track.store import USER_RUNS
+
+    path = export_run(run, Path(out) if out else USER_RUNS / "exports" / f"{run.key}.bnn.safetensors")
     net, manifest = load_exported(path)
     check = check_export(run, net)
     s = fileformat.sizes(path)
@@ -82,7 +82,7 @@ def export_command(ref: str, out: str | None, onnx: bool, tracking_uri: str | No
 def evaluate_exported(file: str, data_root: str | None) -> dict[str, Any]:
     """Test top-1 of an exported file (bit-level) or its ONNX model (onnxruntime), on its run's test set."""
     from bench.data import get_dataset
-    from bench.spec import resolve
+    from bench.spec import recorded_values, resolve
     from bench.train import make_loaders
 
     path = Path(file)
@@ -100,7 +100,8 @@ def evaluate_exported(file: str, data_root: str | None) -> dict[str, Any]:
 
         net, manifest = load_exported(path)
         how = "bit-level (XNOR-popcount)"
-    values = {**manifest["config"], "device": "cpu", "resume": False, "checkpoint_dir": None, "download": False}
+    values = {**recorded_values(manifest["config"]), "device": "cpu", "resume": False, "checkpoint_dir": None,
+              "download": False}
     if data_root:
         values["data_root"] = data_root
     cfg = resolve(values).config

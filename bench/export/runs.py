@@ -74,12 +74,10 @@ def load_run(config: dict[str, Any], weights: dict[str, Any], key: str | None = 
     """A run's model from its resolved config and final ``state_dict``, on the CPU, ready to export."""
     from bench.data import get_dataset
     from bench.estimator import Progress, Stage
-    from bench.spec import resolve
+    from bench.spec import recorded_values, resolve
     from bench.train import build_model, make_loaders, seed_everything
 
-    values = {**config, "resume": False, "checkpoint_dir": None, "download": False, "device": "cpu"}
-    if values.get("scaling") == "internal":  # resolved from "native", which is what resolve accepts again
-        values["scaling"] = "native"
+    values = {**recorded_values(config), "resume": False, "checkpoint_dir": None, "download": False, "device": "cpu"}
     if data_root:
         values["data_root"] = data_root
     spec = resolve(values)

@@ -87,6 +87,22 @@ def _check_size(name: str, fn: ModelFn, spec: BinarySpec, num_classes: int, in_s
                           "available; choose smaller model arguments (binbench list models)")
 
 
+def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, float]:
+    """Multiply-accumulates of one forward pass on one input (``torch.utils.flop_counter.FlopCounterMode``'s
+    FLOP counts / 2), per module name, each including its children's; ``""`` is the whole model. The one MAC
+    counter: a suite's cost estimate takes the total, the report's complexity table each layer's own."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    model.eval()
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *in_shape))
+    prefix = type(model).__name__ + "."
+    per = {k[len(prefix):]: sum(v.values()) / 2 for k, v in counter.get_flop_counts().items() if k.startswith(prefix)}
+    return {"": counter.get_total_flops() / 2, **per}
+
+
 def make_act(name: str, channels: int | None = None) -> nn.Module:
     """Activation modules by name: hardtanh, relu, prelu (with ``channels``) or identity."""
     # hardtanh for W1A1 as in the ReCU/BiPer code, relu for W1A32, prelu for VISPA's VGG-small

@@ -77,7 +77,7 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
            out_dir: str | Path | None = None, notes: list[str] | None = None
            ) -> tuple[Collected, dict[str, Path], list[Path]]:
     from bench.suite import find_suite, suite_identity
-    from bench.track.store import default_tracking_uri, probe_server
+    from bench.track.store import default_tracking_uri, probe_server, reference_hint, suite_folder
 
     try:
         find_suite(suite)
@@ -85,12 +85,12 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
         name = suite  # no suite file: the store alone names the suite
     else:
         name = suite_identity(suite)[1]  # checked as `suite run` checks it (a shipped name, a safe name)
-    results = Path(results_dir or Path("results") / name)
+    results = Path(results_dir or suite_folder(name))  # the user's own runs by default, never results/
     uri = tracking_uri or default_tracking_uri(results)
     probe_server(uri)  # a dead tracking server: one line in seconds, not minutes of MLflow's retries
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise BinbenchError(f"no MLflow store at {uri[len('sqlite:///'):]}: run `binbench suite run {suite}` first, "
-                            "or pass --results-dir / --tracking-uri")
+                            "or pass --results-dir / --tracking-uri" + ("" if results_dir else reference_hint(name)))
     search_keys, trials = _suite_facts(suite)
     out = Path(out_dir or results)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,9 +103,8 @@ def report(suite: str, results_dir: str | Path | None = None, tracking_uri: str 
     paths["html"] = write_html(c, t, out, captioned)
     if (out / notes_mod.FILE).is_file():
         paths["notes"] = out / notes_mod.FILE
-    from bench.track.record import log_report
-
-    log_report(uri, name, [*paths.values(), *figs])  # the suite's latest parent run keeps what its report showed
+    # nothing is written into the store: a report only reads it (a committed reference store stays as it was);
+    # which store and which of its executions it read is in the report's own provenance lines
     return c, paths, figs
 
 __all__ = ["CELL", "DIAG", "FLAG", "LATE_GAIN", "LAYER_METRIC", "Collected", "Tables", "caption", "collect",

@@ -167,9 +167,9 @@ def collect(uri: str, suite: str, search_keys: tuple[str, ...] = (),
     main, budgets = split_budgets(df.reset_index(drop=True))
     notes = [f"{len({tracking.trial_of(r) for r in outside})} trial(s) of another definition of the suite in the "
              "store are not counted (its file changed since they ran)"] if outside else []
+    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'suite'")
     return Collected(suite, uri, main, _collect_curves(client, main),
-                     [{"tags": r.data.tags, "start": r.info.start_time} for r in client.search_runs(
-                         [exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'suite'")],
+                     [{"tags": r.data.tags, "start": r.info.start_time, "run_id": r.info.run_id} for r in parents],
                      len(runs) - len(df), notes, budgets)
 
 

@@ -50,20 +50,6 @@ def build(model: str, dataset: str, bits: str, model_args: dict[str, str]) -> tu
     return create_model(model, spec, ds.num_classes, ds.shape, **args), tuple(ds.shape)
 
 
-def _macs(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, float]:
-    """MACs per module name (its own, children not included) of one forward pass on one input."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    model.eval()
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, *in_shape))
-    prefix = type(model).__name__ + "."
-    return {k[len(prefix):]: sum(v.values()) / 2 for k, v in counter.get_flop_counts().items()
-            if k.startswith(prefix)}
-
-
 def layers(model: nn.Module, in_shape: tuple[int, ...]) -> pd.DataFrame:
     """One row per module that holds parameters or does MACs of its own (quantizers, which only binarize, are
     part of their layer)."""
@@ -71,7 +57,9 @@ def layers(model: nn.Module, in_shape: tuple[int, ...]) -> pd.DataFrame:
     from bench.layers import binary_layers
 
     binary = dict(binary_layers(model))
-    macs = _macs(model, in_shape)
+    from bench.models import count_macs
+
+    macs = count_macs(model, in_shape)
     rows = []
     for name, mod in model.named_modules():
         if isinstance(mod, Quantizer):

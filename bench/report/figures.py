@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -392,16 +391,16 @@ def _fig_sensitivity(runs: pd.DataFrame) -> Any:
 def latent_histograms(c: Collected, runs: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per method label, the first of its runs that carries ``latent_hist.json``: ``{"edges", "first": (epoch,
     counts), "last": (epoch, counts)}``; labels without one are absent (stores written before it was logged)."""
-    from bench.track.store import MlflowClient, MlflowException
+    from bench.track.store import MlflowException, read_artifact
 
-    client, out = MlflowClient(tracking_uri=c.uri), {}
+    out: dict[str, dict[str, Any]] = {}
     for label, g in runs[runs.role == "method"].groupby("display"):
         for rid in g.run_id:
             try:
-                if HIST_ARTIFACT not in [a.path for a in client.list_artifacts(rid)]:
+                blob = read_artifact(c.uri, rid, HIST_ARTIFACT)  # a copied store's artifacts beside it count too
+                if blob is None:
                     continue
-                with tempfile.TemporaryDirectory() as tmp:
-                    raw = json.loads(Path(client.download_artifacts(rid, HIST_ARTIFACT, tmp)).read_text())
+                raw = json.loads(blob)
                 epochs = sorted(raw["epochs"], key=int)
             except (MlflowException, OSError, ValueError, KeyError, TypeError):
                 continue  # an artifact store moved away or a malformed file: the figure says there is none

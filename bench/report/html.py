@@ -2,8 +2,9 @@
 embedded as base64 PNG, provenance).
 
 It opens from disk without a server and loads nothing: its one script (click a column header to sort the
-table by it) and its style are inside the page, no font, stylesheet or script comes from elsewhere. Every
-value is escaped (:func:`bench.report.escape.html`), so names and notes from run tags stay text.
+table by it) and its style are inside the page, no font, stylesheet or script comes from elsewhere. The page is
+a jinja2 template with autoescaping on: every value is escaped, so names and notes from run tags stay text; only
+the page's own style and script are inserted as they are.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-
-from bench.report import escape
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:80em;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:.85em}th,td{padding:.2em .6em;text-align:left}
@@ -37,64 +37,59 @@ var d=a[1]<c[1]?-1:a[1]>c[1]?1:0;return up?d:-d;});rows.forEach(function(r){b.ap
 
 BOLD = ("Method", "Final-epoch Top-1")  # the cells a best row sets in bold, as in the Markdown table
 
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ suite }}: binbench report</title><style>{{ style|safe }}</style>\
+</head><body><h1>{{ suite }}: binbench report</h1>
+<nav class="toc"><strong>Contents</strong><ol>{% for title, a in toc %}<li><a href="#{{ a }}">{{ title }}</a></li>\
+{% endfor %}</ol></nav>
+<h2 id="provenance">Provenance</h2><ul class="provenance">{% for x in provenance %}<li>{{ x }}</li>{% endfor %}</ul>
+{% if checks %}<h2 id="checks">Checks</h2><ul>{% for x in checks %}<li>{{ x }}</li>{% endfor %}</ul>
+{% endif %}{% for s in sections %}<h2 id="{{ s.id }}">{{ s.name }}</h2><table class="sortable"><thead><tr>\
+{% for c in s.columns %}<th title="sort by this column">{{ c }}</th>{% endfor %}</tr></thead><tbody>\
+{% for row in s.rows %}<tr>{% for cell, bold in row %}<td{% if bold %} class="best"{% endif %}>{{ cell }}</td>\
+{% endfor %}</tr>{% endfor %}</tbody></table><p class="legend">{{ s.legend }}</p>
+{% endfor %}{% if figures %}<h2 id="figures">Figures</h2><ol>{% for f in figures %}<li><a href="#{{ f.id }}">\
+{{ f.title }}</a></li>{% endfor %}</ol>{% for f in figures %}<figure id="{{ f.id }}"><img alt="{{ f.caption }}" \
+src="data:image/png;base64,{{ f.data }}"><figcaption>{{ f.caption }} <em>({{ f.png }}; {{ f.pdf }} beside it)</em>\
+</figcaption></figure>{% endfor %}
+{% endif %}<script>{{ script|safe }}</script>
+</body></html>
+"""
+
 
 def anchor(title: str) -> str:
     """An id for a section title: lower-case letters, digits and dashes."""
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
 
 
-def table(df: pd.DataFrame) -> str:
-    """``df`` as a sortable HTML table; a ``_best`` column marks rows whose method and top-1 are set in bold."""
+def _section(name: str, df: pd.DataFrame, legend: str) -> dict[str, Any]:
+    """A (title, table, legend) section for the template; a ``_best`` column marks rows whose method and top-1
+    are set in bold, other columns starting with "_" are not shown."""
     cols = [c for c in df.columns if not str(c).startswith("_")]
-    head = "".join(f'<th title="sort by this column">{escape.html(c)}</th>' for c in cols)
-    rows = []
-    for _, r in df.iterrows():
-        bold = ' class="best"' if r.get("_best", False) else ""
-        cells = "".join(f"<td{bold if c in BOLD else ''}>{escape.html(r[c])}</td>" for c in cols)
-        rows.append(f"<tr>{cells}</tr>")
-    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    rows = [[(r[c], bool(r.get("_best", False)) and c in BOLD) for c in cols] for _, r in df.iterrows()]
+    return {"id": anchor(name), "name": name, "columns": cols, "rows": rows, "legend": legend}
 
 
-def figure(path: Path, caption: str) -> str:
-    """A PNG embedded as a data URI with its caption (what it shows) and its file names."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    name = escape.html(path.name)
-    return (f'<figure id="fig-{anchor(path.stem)}"><img alt="{escape.html(caption)}" '
-            f'src="data:image/png;base64,{data}"><figcaption>{escape.html(caption)} <em>({name}; '
-            f"{escape.html(path.with_suffix('.pdf').name)} beside it)</em></figcaption></figure>")
-
-
-def _toc(entries: list[tuple[str, str]]) -> str:
-    items = "".join(f'<li><a href="#{a}">{escape.html(t)}</a></li>' for t, a in entries)
-    return f'<nav class="toc"><strong>Contents</strong><ol>{items}</ol></nav>'
+def _figure(path: Path, caption: str) -> dict[str, str]:
+    """A PNG for the template: embedded as base64, with its caption (what it shows) and its file names."""
+    return {"id": f"fig-{anchor(path.stem)}", "title": caption.split(":")[0], "caption": caption,
+            "data": base64.b64encode(path.read_bytes()).decode("ascii"), "png": path.name,
+            "pdf": path.with_suffix(".pdf").name}
 
 
 def render(suite: str, provenance: list[str], checks: list[str], sections: list[tuple[str, pd.DataFrame, str]],
            figures: list[tuple[Path, str]]) -> str:
     """The page: contents, provenance and checks, each (title, table, legend) section, then each (figure,
     caption)."""
-    title = escape.html(suite)
-    body, toc = [], [("Provenance", "provenance")]
-    body.append('<h2 id="provenance">Provenance</h2><ul class="provenance">'
-                + "".join(f"<li>{escape.html(x)}</li>" for x in provenance) + "</ul>")
-    if checks:
-        toc.append(("Checks", "checks"))
-        body.append('<h2 id="checks">Checks</h2><ul>' + "".join(f"<li>{escape.html(x)}</li>" for x in checks)
-                    + "</ul>")
-    for name, df, legend in sections:
-        if len(df):
-            toc.append((name, anchor(name)))
-            body.append(f'<h2 id="{anchor(name)}">{escape.html(name)}</h2>{table(df)}'
-                        f'<p class="legend">{escape.html(legend)}</p>')
-    shown = [(p, cap) for p, cap in figures if p.suffix == ".png" and p.is_file()]
-    if shown:
-        toc.append(("Figures", "figures"))
-        body.append('<h2 id="figures">Figures</h2><ol>' + "".join(
-            f'<li><a href="#fig-{anchor(p.stem)}">{escape.html(cap.split(":")[0])}</a></li>' for p, cap in shown)
-            + "</ol>" + "".join(figure(p, cap) for p, cap in shown))
-    head = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}: binbench report</title>'
-            f"<style>{STYLE}</style></head><body><h1>{title}: binbench report</h1>")
-    return "\n".join([head, _toc(toc), *body, f"<script>{SORT_JS}</script>", "</body></html>", ""])
+    import jinja2
+
+    shown = [_section(*s) for s in sections if len(s[1])]
+    figs = [_figure(p, cap) for p, cap in figures if p.suffix == ".png" and p.is_file()]
+    toc = ([("Provenance", "provenance")] + ([("Checks", "checks")] if checks else [])
+           + [(s["name"], s["id"]) for s in shown] + ([("Figures", "figures")] if figs else []))
+    page = jinja2.Environment(autoescape=True, keep_trailing_newline=True).from_string(PAGE)
+    return page.render(suite=suite, style=STYLE, script=SORT_JS, toc=toc, provenance=provenance, checks=checks,
+                       sections=shown, figures=figs)
 
 
-__all__ = ["SORT_JS", "anchor", "figure", "render", "table"]
+__all__ = ["PAGE", "SORT_JS", "anchor", "render"]

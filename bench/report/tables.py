@@ -71,7 +71,8 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
         "made by: " + (" && ".join(commands) if commands else f"binbench suite run {c.suite}")
         + f", then: binbench report {c.suite}" + ("" if _default_results(c.suite, results_dir) else
                                                   " --results-dir THIS_FOLDER"),
-        f"tracking store: {c.uri}",
+        f"tracking store: {c.uri}" + _store_digest(c.uri),
+        _executions(c),
     ]
     points = df["search_point"].replace("", pd.NA).dropna().unique() if "search_point" in df else []
     if len(points):
@@ -85,9 +86,34 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
     return [relative(x, results_dir) for x in lines]  # no machine path in a committed report
 
 
+def _store_digest(uri: str) -> str:
+    """" (sha256:... of the file as this report read it)" for a SQLite store: which state of the store the
+    tables come from (the report writes nothing into it)."""
+    import hashlib
+
+    from bench.track.store import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        return ""
+    h = hashlib.sha256()
+    with open(db, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f" (sha256:{h.hexdigest()[:16]} of the file as this report read it)"
+
+
+def _executions(c: Collected) -> str:
+    """The suite executions (MLflow parent runs) in the store, oldest first: where the counted runs came from."""
+    ids = [p.get("run_id", "?") for p in sorted(c.parents, key=lambda p: p["start"])]
+    return f"suite executions in the store (MLflow parent runs, oldest first): {', '.join(ids) or 'none'}"
+
+
 def _default_results(suite: str, results_dir: Path) -> bool:
-    """Whether ``results_dir`` is the suite's default results folder (``results/<suite>`` here)."""
-    return Path(results_dir).resolve() == (Path("results") / suite).resolve()
+    """Whether ``results_dir`` is the suite's default results folder (``runs/<suite>`` here)."""
+    from bench.track.store import suite_folder
+
+    return Path(results_dir).resolve() == suite_folder(suite).resolve()
 
 
 def suite_description(c: Collected) -> str:

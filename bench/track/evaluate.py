@@ -1,7 +1,7 @@
 """``binbench evaluate``: rebuild a recorded run's model from its ``config.json``, load its final weights and
 measure its test top-1 again, to check that the record is complete enough to reproduce the result.
 
-A run is named by its MLflow run id (looked up in --tracking-uri, else in results/runs and results/*/ under the
+A run is named by its MLflow run id (looked up in --tracking-uri, else in runs/, runs/*/ and results/*/ under the
 current directory) or by a folder holding ``config.json`` and ``model/weights.pt`` (a run's downloaded artifacts).
 """
 
@@ -26,14 +26,16 @@ class Recorded:
     tmp: Any = field(default=None, repr=False)  # keeps downloaded artifacts alive
 
 
-def _stores(tracking_uri: str | None) -> list[str]:
+def stores(tracking_uri: str | None) -> list[str]:
+    """The tracking URIs a command naming a run searches: ``--tracking-uri``, else ``binbench run``'s store and
+    the SQLite stores under the current folder (``bench.track.store.known_stores``: the user's runs, then the
+    committed reference results, which are only read)."""
     if tracking_uri:
         return [tracking_uri]
     from bench.track.record import default_run_store
-    from bench.track.store import sqlite_uri
+    from bench.track.store import known_stores, sqlite_uri
 
-    dbs = sorted(Path("results").glob("*/mlflow.db"))
-    return list(dict.fromkeys([default_run_store(), *(sqlite_uri(p) for p in dbs)]))
+    return list(dict.fromkeys([default_run_store(), *(sqlite_uri(p) for p in known_stores())]))
 
 
 def _from_folder(folder: Path) -> Recorded:
@@ -45,7 +47,8 @@ def _from_folder(folder: Path) -> Recorded:
 
 
 def find_run(ref: str, tracking_uri: str | None = None) -> Recorded:
-    """The recorded run ``ref`` (a run id or a folder), its artifacts downloaded to a temporary folder."""
+    """The recorded run ``ref`` (a run id or a folder): its artifacts where the store keeps them on this machine
+    (see ``bench.track.store.artifact_folder``), else downloaded from the server into a temporary folder."""
     if Path(ref).is_dir():
         return _from_folder(Path(ref))
     from mlflow.exceptions import MlflowException
@@ -53,32 +56,72 @@ def find_run(ref: str, tracking_uri: str | None = None) -> Recorded:
     from bench.track.store import mlflow_client, sqlite_path
 
     searched = []
-    for uri in _stores(tracking_uri):
+    for uri in stores(tracking_uri):
         db = sqlite_path(uri)
         if db is not None and not db.exists():
             continue
         searched.append(uri)
-        client = mlflow_client(uri)
         try:
-            run = client.get_run(ref)
+            run = mlflow_client(uri).get_run(ref)
         except MlflowException:
             continue
-        tmp = tempfile.TemporaryDirectory(prefix="binbench-eval-")
-        try:
-            client.download_artifacts(ref, "", tmp.name)
-            rec = _from_folder(Path(tmp.name))
-        except (MlflowException, OSError) as exc:
-            tmp.cleanup()
-            raise BinbenchError(f"run {ref} in {uri} has no model to evaluate ({exc}); it diverged, failed, or was "
-                                "recorded by a binbench older than `binbench evaluate`") from None
-        except BinbenchError:
-            tmp.cleanup()
-            raise BinbenchError(f"run {ref} in {uri} has no config.json and model/weights.pt: it diverged, "
-                                "failed, or was recorded by a binbench older than `binbench evaluate`") from None
-        rec.where, rec.tmp, rec.logged_top1 = f"run {ref} in {uri}", tmp, run.data.metrics.get("top1")
+        rec = _recorded(uri, run)
+        rec.where, rec.logged_top1 = f"run {ref} in {uri}", run.data.metrics.get("top1")
         return rec
     raise BinbenchError(f"no run or folder {ref!r}; searched " + (", ".join(searched) or "no MLflow store")
                         + " (pass --tracking-uri where it was recorded)")
+
+
+def _recorded(uri: str, run: Any) -> Recorded:
+    """A found run's config and weights, or one line saying why they are not there (the real cause)."""
+    from bench.track.record import CONFIG, WEIGHTS
+    from bench.track.store import ERROR_TAG, MESSAGE_TAG, artifact_folder, run_status
+
+    ref = run.info.run_id
+    status = run_status(run)
+    if status != "finished":
+        why = run.data.tags.get(ERROR_TAG) or run.data.tags.get(MESSAGE_TAG) or ""
+        raise BinbenchError(f"run {ref} in {uri} {status}" + (f" ({why[:200]})" if why else "")
+                            + ": only a finished run has final weights to evaluate")
+    folder = artifact_folder(uri, run)
+    if folder is None:
+        return _downloaded(uri, run)
+    if not folder.is_dir():
+        raise BinbenchError(f"run {ref} in {uri}: its artifacts are not on this machine: the store records them at "
+                            f"{folder}, where it was made, and the same path under the store's folder does not exist "
+                            "either (a store copied without its artifacts, as the committed results/*/mlflow.db); "
+                            "evaluate a run of your own, or copy the artifacts folder beside the store")
+    missing = [f for f in (CONFIG, WEIGHTS) if not (folder / f).is_file()]
+    if missing:
+        noted = run.data.tags.get("record_error")
+        raise BinbenchError(f"run {ref} in {uri}: {' and '.join(missing)} not in {folder}"
+                            + (f" (the run noted: {noted[:200]})" if noted else
+                               " (weights are not committed with results/; a binbench older than `binbench "
+                               "evaluate` recorded none)"))
+    return Recorded(json.loads((folder / CONFIG).read_text()), folder / WEIGHTS, "")
+
+
+def _downloaded(uri: str, run: Any) -> Recorded:
+    """A run's artifacts from a tracking server's artifact store, into a temporary folder kept with the record."""
+    from mlflow.exceptions import MlflowException
+
+    from bench.track.store import mlflow_client
+
+    tmp = tempfile.TemporaryDirectory(prefix="binbench-eval-")
+    try:
+        mlflow_client(uri).download_artifacts(run.info.run_id, "", tmp.name)
+        rec = _from_folder(Path(tmp.name))
+    except (MlflowException, OSError) as exc:
+        tmp.cleanup()
+        msg = " ".join(str(exc).split())[:200]
+        raise BinbenchError(f"run {run.info.run_id} in {uri}: its artifacts could not be downloaded "
+                            f"({type(exc).__name__}: {msg})") from None
+    except BinbenchError:
+        tmp.cleanup()
+        raise BinbenchError(f"run {run.info.run_id} in {uri} recorded no config.json and model/weights.pt (a "
+                            "binbench older than `binbench evaluate` recorded none)") from None
+    rec.tmp = tmp
+    return rec
 
 
 def evaluate_recorded(rec: Recorded, data_root: str | None = None, device: str | None = None) -> dict[str, float]:
@@ -87,10 +130,11 @@ def evaluate_recorded(rec: Recorded, data_root: str | None = None, device: str |
 
     from bench.data import get_dataset
     from bench.estimator import Progress, Stage
-    from bench.spec import resolve
+    from bench.spec import recorded_values, resolve
     from bench.train import build_model, evaluate, make_loaders, pick_device, seed_everything
 
-    values = {**rec.config, "resume": False, "checkpoint_dir": None, "download": False}
+    # the recorded config is resolved: turned back into values resolve takes (scaling native, not internal)
+    values = {**recorded_values(rec.config), "resume": False, "checkpoint_dir": None, "download": False}
     if data_root:
         values["data_root"] = data_root
     if device:

@@ -246,39 +246,9 @@ RUN_EXPERIMENT = "binbench-run"
 
 
 def default_run_store() -> str:
-    """Where ``binbench run`` records: $BINBENCH_RUN_STORE (a tracking URI), else results/runs/mlflow.db under
-    the current directory."""
+    """Where ``binbench run`` records: $BINBENCH_RUN_STORE (a tracking URI), else runs/mlflow.db under the
+    current directory (``bench.track.store.run_store_file``)."""
     env = os.environ.get("BINBENCH_RUN_STORE")
     if env:
         return env
-    return store.sqlite_uri(Path("results") / "runs" / "mlflow.db")
-
-
-def log_report(uri: str, suite: str, files: list[Path]) -> str | None:
-    """Attach a report's tables and figures to the suite's latest parent run (under ``report/``); return its id.
-
-    Nothing is written for a store whose artifact location is foreign here (see :func:`foreign_artifact_root`),
-    and a failure to write is a tag on the run, never a failed report.
-    """
-    from mlflow.exceptions import MlflowException
-
-    client = store.mlflow_client(uri)
-    exp = client.get_experiment_by_name(suite)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{store.KIND_TAG}` = 'suite'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        return None
-    run_id = runs[0].info.run_id
-    try:
-        why = foreign_artifact_root(client, run_id)
-        if why:
-            client.set_tag(run_id, "record_error", why)
-            return None
-        for f in files:
-            client.log_artifact(run_id, str(f), "report")
-    except (OSError, MlflowException) as exc:
-        client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])
-        return None
-    return run_id
+    return store.sqlite_uri(store.run_store_file())

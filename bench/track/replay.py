@@ -58,13 +58,13 @@ def _parse(text: str) -> Any:
 def replay_run(run: Any, history: dict[str, dict[int, float]], epochs: int, data_root: str | None,
                threads: int | None) -> Replayed:
     """Replay one recorded trial run (an MLflow Run) for ``epochs`` epochs; ``history``: metric -> step -> value."""
-    from bench.spec import resolve
+    from bench.spec import recorded_values, resolve
     from bench.track import store as tracking
     from bench.train import train
 
     tags = run.data.tags
     label = run.info.run_name or run.info.run_id
-    config = config_from_params(run.data.params)
+    config = recorded_values(config_from_params(run.data.params))
     config.update(data_root=data_root, threads=threads, device="cpu", diagnostics=True)
     spec = resolve(config, tags.get(tracking.SUITE_TAG))
     if spec.key != tags.get(tracking.KEY_TAG):

@@ -65,6 +65,82 @@ def default_tracking_uri(results_dir: str | os.PathLike) -> str:
     return sqlite_uri(Path(results_dir) / "mlflow.db")
 
 
+# -- where binbench writes by default ---------------------------------------------------------------------------
+#: a user's own runs, under the current folder (git-ignored in a checkout): ``binbench run`` records into
+#: ``runs/mlflow.db`` (its artifacts in ``runs/artifacts/``), a suite into ``runs/<suite>/`` (its store,
+#: checkpoints, Ray files and report), so a checkout's committed ``results/`` never changes under a user's runs.
+USER_RUNS = Path("runs")
+#: the committed reference results (``results/<suite>``): read where a command is pointed at them
+#: (``--results-dir results/<suite>``), never written by default
+REFERENCE_RESULTS = Path("results")
+STORE_FILE = "mlflow.db"
+
+
+def suite_folder(suite: str) -> Path:
+    """The default results folder of a suite: ``runs/<suite>`` under the current folder."""
+    return USER_RUNS / suite
+
+
+def run_store_file() -> Path:
+    """The default store of ``binbench run``: ``runs/mlflow.db`` under the current folder."""
+    return USER_RUNS / STORE_FILE
+
+
+def reference_hint(suite: str) -> str:
+    """"; the committed reference results: --results-dir results/<suite>" where such a store exists here."""
+    ref = REFERENCE_RESULTS / suite
+    return f"; the committed reference results: --results-dir {ref}" if (ref / STORE_FILE).is_file() else ""
+
+
+def known_stores() -> list[Path]:
+    """The SQLite stores under the current folder that commands naming a run look in: ``binbench run``'s, the
+    user's suites' (``runs/*/``), then the committed reference results' (``results/*/``, only read)."""
+    suites = sorted(USER_RUNS.glob(f"*/{STORE_FILE}")) + sorted(REFERENCE_RESULTS.glob(f"*/{STORE_FILE}"))
+    return [p for p in [run_store_file(), *suites] if p.is_file()]
+
+
+def artifact_folder(uri: str, run: Any) -> Path | None:
+    """The local folder holding a run's artifacts (it may not exist), or None where a tracking server keeps them.
+
+    MLflow records a run's artifact location as an absolute path of the machine that made the store, and binbench
+    lays a store's artifacts out beside it (``<results>/artifacts/<run id>/artifacts`` next to
+    ``<results>/mlflow.db``). Where the recorded folder does not exist here (a store copied from another machine,
+    or a results folder moved), the same path is looked for relative to the store's folder: the longest tail of
+    the recorded path, from the run's own folder on, that exists under it."""
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(run.info.artifact_uri)
+    if u.scheme not in ("", "file"):
+        return None
+    recorded = Path(unquote(u.path))
+    db = sqlite_path(uri)
+    if recorded.is_dir() or db is None or run.info.run_id not in recorded.parts:
+        return recorded
+    parts = recorded.parts
+    for k in range(1, parts.index(run.info.run_id) + 1):  # longest tail first, each holding the run's folder
+        here = db.parent.joinpath(*parts[k:])
+        if here.is_dir():
+            return here
+    return recorded
+
+
+def read_artifact(uri: str, run_id: str, path: str) -> bytes | None:
+    """One artifact of a run, from its local folder (:func:`artifact_folder`: a copied store's too) or downloaded
+    from a tracking server; None when the run has none of that name (or its artifacts are not here)."""
+    import tempfile
+
+    client = mlflow_client(uri)
+    folder = artifact_folder(uri, client.get_run(run_id))
+    if folder is not None:
+        f = folder / path
+        return f.read_bytes() if f.is_file() else None
+    parent = str(Path(path).parent)
+    if path not in [a.path for a in client.list_artifacts(run_id, None if parent == "." else parent)]:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
+
+
 def __getattr__(name: str) -> Any:
     # MLflow's client and error classes for modules outside bench.track (the report): imported on first use, as
     # importing MLflow takes seconds and the fast CLI paths never need it
@@ -87,13 +163,45 @@ def mlflow_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+#: what MLflow 3's UI reads to pick an experiment's view: without it an experiment with no runs yet opens in the
+#: GenAI view (traces, tokens, cost). ``custom_model_development`` is its "Machine learning" kind, the view of
+#: training runs (MLflow's ``ExperimentKind`` in its UI code; its onboarding skill names the tag and both values)
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+DEFAULT_EXPERIMENT = "0"  # MLflow's "Default" experiment, which its SQL store creates with every new store
+
+
 def prepare(uri: str, suite: str, artifact_root: str | None = None) -> str:
-    """Create the store and the suite's experiment once, in the driver; return the experiment id."""
+    """Create the store and the suite's experiment once, in the driver; return the experiment id. The experiment
+    is marked as one of training runs for MLflow's UI, and a new SQLite store gets no empty "Default" one."""
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(suite)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(suite, artifact_location=artifact_root)
+    if exp is None:
+        exp_id = client.create_experiment(suite, artifact_location=artifact_root,
+                                          tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    else:
+        exp_id = exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:  # a store made by an older binbench
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    _retire_default_experiment(client, uri)
+    return exp_id
+
+
+def _retire_default_experiment(client: Any, uri: str) -> None:
+    """Delete MLflow's empty "Default" experiment from a SQLite store, so its UI lists binbench's experiments only.
+
+    It can only be deleted, not removed: MLflow's SQL store re-creates experiment 0 whenever it opens a store that
+    lacks it (``SqlAlchemyStore._initialize_store_state``), which would also write into a store opened only to be
+    read. A deleted experiment is still there for that check and hidden from the UI and searches. A tracking
+    server's Default experiment, or one holding runs, belongs to others and stays."""
+    if sqlite_path(uri) is None:
+        return
+    exp = client.get_experiment(DEFAULT_EXPERIMENT)
+    if exp is None or exp.lifecycle_stage != "active" or exp.name != "Default":
+        return
+    from mlflow.entities import ViewType
+
+    if not client.search_runs([DEFAULT_EXPERIMENT], max_results=1, run_view_type=ViewType.ALL):
+        client.delete_experiment(DEFAULT_EXPERIMENT)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -132,17 +240,33 @@ def environment_tags() -> dict[str, str]:
             **{f"hardware.{k}": v for k, v in info["hardware"].items()}, **source_tags(str(info["git_commit"]))}
 
 
+#: a suite execution's counts: how many trials it has and submits (params of its parent run, known as it starts)
+#: and what they came to (metrics, logged as it ends); tags too, as older stores and readers have them
+PLANNED_COUNTS = ("trials", "submitted")
+OUTCOME_COUNTS = ("finished", "diverged", "failed", "unfinished")
+
+
 def start_parent(uri: str, exp_id: str, suite: str, tags: dict[str, str]) -> str:
+    from mlflow.entities import Param
+
     client = mlflow_client(uri)
     run = client.create_run(exp_id, run_name=f"{suite} {time.strftime('%Y-%m-%d %H:%M:%S')}",
                             tags={KIND_TAG: "suite", **environment_tags(), **tags})
+    params = [Param(k, str(tags[k])) for k in PLANNED_COUNTS if k in tags]
+    if params:
+        client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
+    """End a run (a suite execution's parent) with its closing tags; the outcome counts among them are logged as
+    metrics too."""
+    from mlflow.entities import Metric, RunTag
+
     client = mlflow_client(uri)
-    for k, v in (tags or {}).items():
-        client.set_tag(run_id, k, v)
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in (tags or {}).items() if k in OUTCOME_COUNTS]
+    client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
     client.set_terminated(run_id, status)
 
 
