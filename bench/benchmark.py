@@ -37,9 +37,15 @@ TARGETS = {
     ("overhead", "mlp/mnist"): 1.05, ("overhead", "resnet20/cifar-format"): 1.05,
     ("reference", "mlp/mnist"): 0.5, ("reference", "resnet20/cifar-format"): 1.0,
 }
-#: suite wall time over the same trials in sequence in one process (issue 16): the default executor on one
-#: machine must not be slower than doing it by hand; Ray is listed for comparison (a cluster's engine)
-SUITE_TARGETS = {("mnist-6-trials", "local"): 1.0, ("smoke", "local"): 1.1}
+#: suite wall time over the same trials in sequence in one process with all cores, nothing tracked (issue 16's
+#: baseline). Packed (the default, ``--pack auto``): a suite cell trained as one program must cost a fraction of
+#: doing it by hand (issue 23); solo (``--pack off``) must not be slower than by hand (issue 16); Ray is listed
+#: for comparison (a cluster's engine)
+SUITE_TARGETS = {("smoke", "packed"): 0.4, ("mnist-6-trials", "packed"): 0.7, ("cifar10-cpu-cell", "packed"): 0.7,
+                 ("mnist-6-trials", "solo"): 1.0, ("smoke", "solo"): 1.1}
+#: how each suite variant runs: ``binbench suite run`` arguments after the suite and its folder
+SUITE_VARIANTS = {"packed": ["--executor", "local"], "solo": ["--executor", "local", "--pack", "off"],
+                  "ray": ["--executor", "ray"]}
 GPU_TARGETS = {("reference", "resnet20/cifar-format"): 0.2, ("reference", "resnet18/cifar-format"): 0.2}
 
 
@@ -371,9 +377,10 @@ def run_sequential(suite_path: str, data_root: str | None, threads: int) -> None
 
 
 def measure_suite(case: str, suite_path: Path, data_root: str, repeats: int, rows: list[dict], log,
-                  tmp: Path) -> None:
-    """Wall time of ``binbench suite run`` under each executor (fresh results folder, one process start included)
-    against the same trials in sequence in one fresh process with all cores; interleaved, medians."""
+                  tmp: Path, variants: tuple[str, ...] = ("packed", "solo", "ray")) -> None:
+    """Wall time of ``binbench suite run`` in each variant (packed, solo, Ray; fresh results folder, one process
+    start included) against the same trials in sequence in one fresh process with all cores; interleaved,
+    medians."""
     from bench.suite import load_suite
 
     n = len(load_suite(str(suite_path), data_root=data_root).trials)
@@ -382,7 +389,7 @@ def measure_suite(case: str, suite_path: Path, data_root: str, repeats: int, row
                                                         os.environ.get("PYTHONPATH", "")])}
     seq = [sys.executable, "-c", f"from bench.benchmark import run_sequential; run_sequential({str(suite_path)!r}, "
                                  f"{data_root!r}, {cores})"]
-    walls: dict[str, list[float]] = {"sequential": [], "local": [], "ray": []}
+    walls: dict[str, list[float]] = {"sequential": [], **{v: [] for v in variants}}
     peak: dict[str, int] = {}
     phases: dict[str, str] = {}
     for r in range(repeats):
@@ -390,7 +397,7 @@ def measure_suite(case: str, suite_path: Path, data_root: str, repeats: int, row
             cmd = seq if variant == "sequential" else [
                 sys.executable, "-m", "bench.cli", "suite", "run", str(suite_path), "--results-dir",
                 str(tmp / f"{case}-{variant}-{r}"), "--cpus-per-trial", "1", "--data-root", data_root,
-                "--executor", variant]
+                *SUITE_VARIANTS[variant]]
             started = time.time()
             wall, rss = _peak_rss_of(cmd, env)
             walls[variant].append(wall)
@@ -401,10 +408,11 @@ def measure_suite(case: str, suite_path: Path, data_root: str, repeats: int, row
     log(f"  {case}: {n} trials, " + ", ".join(f"{v} {statistics.median(w):.1f}s" for v, w in walls.items()))
     rows.append({"measure": "suite", "workload": case, "variant": f"sequential, one process, {cores} threads "
                  f"({n} trials)", **_stats(walls["sequential"]), "unit": "s"})
-    for variant in ("local", "ray"):
+    for variant in variants:
         ratio = statistics.median(walls[variant]) / base
         target = SUITE_TARGETS.get((case, variant))
-        rows.append({"measure": "suite", "workload": case, "variant": f"{variant}: {cores} x 1-CPU trials / "
+        what = {"packed": "local, packed (--pack auto)", "solo": "local, solo (--pack off)", "ray": "ray, packed"}
+        rows.append({"measure": "suite", "workload": case, "variant": f"{what[variant]}: {cores} x 1-CPU workers / "
                      "sequential", **_stats(walls[variant]), "unit": "s", "ratio": ratio, "target": target,
                      "met": None if target is None else ratio <= target})
         rows.append({"measure": "memory", "workload": f"{case} driver ({variant})", "variant": "peak RSS",
@@ -413,6 +421,65 @@ def measure_suite(case: str, suite_path: Path, data_root: str, repeats: int, row
             rows.append({"measure": "profile", "workload": case, "variant": f"{variant} executor",
                          "profile": f"{phases.get(variant, '?')}; the same trials in sequence in one process: "
                                     f"{base:.1f} s"})
+
+
+def _cifar_cell(data_root: str, tmp: Path) -> Path | None:
+    """One cell of cifar10-cpu (every estimator and the control at W1A1, its 3 seeds) for 1 epoch, or None when
+    CIFAR-10 is not under ``data_root``."""
+    import yaml
+
+    from bench.errors import BinbenchError
+    from bench.suite import find_suite, load_suite
+
+    body = yaml.safe_load(Path(find_suite("cifar10-cpu")).read_text())
+    body.update(name="bench-cifar10-cpu-cell", fp_baseline=False)
+    body["grid"]["bits"] = ["W1A1"]
+    body["defaults"].update(epochs=1, data_root=data_root)
+    path = tmp / "bench-cifar10-cpu-cell.yaml"
+    path.write_text(yaml.safe_dump(body))
+    try:
+        from bench.suite import missing_data
+
+        return None if missing_data(load_suite(str(path), data_root=data_root)) else path
+    except BinbenchError:
+        return None
+
+
+def measure_pack_memory(suite_path: Path, data_root: str, rows: list[dict], log) -> None:
+    """Peak memory (RSS) of one pack of a suite cell's binary trials against one of its trials alone times the
+    pack's size, each in a fresh process (both hold torch and the data once: what packing saves)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    peaks = {}
+    for what in ("one", "pack"):
+        cmd = [sys.executable, "-c", f"from bench.benchmark import train_cell; train_cell({str(suite_path)!r}, "
+                                     f"{data_root!r}, {what!r})"]
+        peaks[what] = _peak_rss_of(cmd, env)[1] / 2**20
+    from bench.suite import load_suite
+
+    n = sum(1 for t in load_suite(str(suite_path), data_root=data_root).trials if t.estimator != "fp")
+    log(f"  pack memory: {n} members {peaks['pack']:.0f} MiB, one trial {peaks['one']:.0f} MiB")
+    rows.append({"measure": "memory", "workload": f"{Path(suite_path).stem} trial", "variant": "peak RSS, one trial "
+                 "alone", "median": peaks["one"], "unit": "MiB"})
+    rows.append({"measure": "memory", "workload": f"{Path(suite_path).stem} pack", "variant": f"peak RSS, pack of "
+                 f"{n} / ({n} x one trial alone)", "median": peaks["pack"], "unit": "MiB",
+                 "ratio": peaks["pack"] / (n * peaks["one"])})
+
+
+def train_cell(suite_path: str, data_root: str, what: str) -> None:
+    """``measure_pack_memory``'s subject: a suite's binary trials (shortened) as one pack, or its first trial
+    alone."""
+    from bench.pack import train_pack
+    from bench.suite import load_suite
+    from bench.train import train
+
+    # two epochs (a two-stage method's stages) of 20 steps: the memory a pack holds, not a full training
+    specs = [t.spec.with_values(epochs=2, limit_train_batches=20).with_execution(threads=1, device="cpu")
+             for t in load_suite(suite_path, data_root=data_root).trials if t.estimator != "fp"]
+    if what == "one":
+        train(specs[0])
+    else:
+        train_pack(specs, fallback=False)
 
 
 def measure_trial_memory(data_root: str, rows: list[dict], log) -> None:
@@ -489,6 +556,13 @@ def run_benchmark(out_dir: str | Path, data_root: str | None = None, repeats: in
 
             if not quick:  # 33 digits trials under three variants: minutes, not a quick check
                 section("suite", lambda: measure_suite("smoke", find_suite("smoke"), root, repeats, rows, log, tmp))
+                section("memory", lambda: measure_pack_memory(Path(find_suite("smoke")), root, rows, log))
+            cell = _cifar_cell(root, tmp)
+            if cell is not None and not quick:  # 33 CIFAR-10 trials: one repeat (minutes each)
+                section("suite", lambda: measure_suite("cifar10-cpu-cell", cell, root, 1, rows, log, tmp,
+                                                       ("packed", "solo")))
+            elif cell is None:
+                log(f"CIFAR-10 not found under {root}: the cifar10-cpu cell is skipped (pass --data-root)")
         if "memory" in only:
             log("memory")
             section("memory", lambda: measure_trial_memory(cifar_root, rows, log))
