@@ -21,6 +21,9 @@ from mlflow.entities import Metric, Param, RunTag
 from bench.spec import RunIdentity, RunSpec
 from bench.track import record, store
 
+#: at most this often a run writes its epochs' metrics (and at its end)
+FLUSH_S = 5.0
+
 
 class MlflowRun:
     """An MLflow run, written in batches (one write per metric per step is ~30x slower)."""
@@ -45,8 +48,12 @@ class MlflowRun:
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        self.log_steps([(metrics, step)])
+
+    def log_steps(self, steps: list[tuple[Mapping[str, Any], int]]) -> None:
+        """Several steps' metrics in as few writes as MLflow allows (1000 values per batch)."""
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+        items = [Metric(k, float(v), ts, step) for metrics, step in steps for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
@@ -66,6 +73,8 @@ class TrackedRun:
         self.run, self.config, self.key = run, spec.config.to_dict(), spec.key
         self.final_model = record.FinalModel()
         self.logged: set[int] = set()
+        self.pending: list[tuple[dict[str, Any], int]] = []
+        self.flushed = -float("inf")  # the first epoch is written at once: a watcher sees the run train
         self.monitor: Any = None
         self.ended = False
 
@@ -74,18 +83,28 @@ class TrackedRun:
         return self.run.run_id
 
     def on_epoch(self, metrics: dict[str, Any]) -> None:
+        """An epoch's metrics, written at most every ``FLUSH_S`` seconds (each write costs ~10 ms of SQLite, as
+        long as a short epoch). What a crash loses is in the run's checkpoint: its next attempt logs it."""
         step = int(metrics["global_epoch"])
-        self.run.log_metrics(metrics, step)
+        self.pending.append((metrics, step))
         self.logged.add(step)
+        if time.monotonic() - self.flushed >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the epochs' metrics not yet written."""
+        if self.pending:
+            self.run.log_steps(self.pending)
+            self.pending = []
+        self.flushed = time.monotonic()
 
     def finish(self, res: Any) -> None:
         """End the run with a training's result: the epochs a checkpoint restored (their metrics belong in this
         run too), the closing metrics and tags, the record; FINISHED, or FAILED for a diverged run."""
         record.stop_system_metrics(self.monitor)
-        for metrics in res.history:
-            if int(metrics["global_epoch"]) not in self.logged:
-                self.run.log_metrics(metrics, int(metrics["global_epoch"]))
-        self.run.log_metrics(record.final_metrics(res), len(res.history))
+        self.pending += [(m, int(m["global_epoch"])) for m in res.history if int(m["global_epoch"]) not in self.logged]
+        self.pending.append((record.final_metrics(res), len(res.history)))
+        self.flush()
         self.run.set_tags(record.final_tags(res))
         # a run resumed after it had finished trains no stage now: its weights are in the checkpoint folder
         ckpt = Path(self.config["checkpoint_dir"]) / "model.pt" if self.config.get("checkpoint_dir") else None
@@ -102,6 +121,8 @@ class TrackedRun:
         """End a run that has no result (nothing happens to one that already ended with its result)."""
         if self.ended:  # a packed member that ended (diverged, left its pack) keeps its result when the pack fails
             return
+        with contextlib.suppress(Exception):  # the epochs it trained, as far as the store still answers
+            self.flush()
         record.stop_system_metrics(self.monitor)
         self.run.set_tags({store.STATUS_TAG: status, **({store.ERROR_TAG: error} if error else {})})
         self.run.end(mlflow_status)
