@@ -407,3 +407,20 @@ def test_every_activation_estimator_in_one_pack_matches_its_solo_run():
                for a in acts for s in (0, 1)]
     with default_dtype(torch.float64):
         check_pack(configs, 5, 1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device (scripts/gpu-burst.sh runs it on a GPU)")
+def test_cuda_pack_of_every_estimator_matches_its_solo_runs_in_float64():
+    """On a GPU (grouped cuDNN convolutions, batched products, each member's own CUDA random stream): every
+    member's epochs as its solo run's on the same GPU, in float64."""
+    from bench.pack import train_pack
+
+    specs = [resolve({**CONVNET, "estimator": e, "seed": i, "epochs": 2, "device": "cuda", "limit_train_batches": 4})
+             for i, e in enumerate(WEIGHT_ESTIMATORS)]
+    with default_dtype(torch.float64):
+        packed = train_pack(specs, fallback=False)
+        for spec, got in zip(specs, packed, strict=True):
+            want = train(spec)
+            for a, b in zip(got.history, want.history, strict=True):
+                assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-9), spec.config.estimator
+                assert a["test_top1"] == b["test_top1"], spec.config.estimator
