@@ -548,25 +548,30 @@ def run_benchmark(out_dir: str | Path, data_root: str | None = None, repeats: in
             conv = next(w for w in works if w.model == "resnet20")
             section("estimator step", lambda: measure_estimators(conv, 2 if quick else 8, repeats, rows, log))
         if "suite" in only:
-            log("suite throughput")
-            if has_mnist:
-                case = _mnist_case(root, 2 if quick else 6, 1, 2000 if quick else 10000, tmp)
-                section("suite", lambda: measure_suite("mnist-6-trials", case, root, repeats, rows, log, tmp))
-            from bench.suite import find_suite
-
-            if not quick:  # 33 digits trials under three variants: minutes, not a quick check
-                section("suite", lambda: measure_suite("smoke", find_suite("smoke"), root, repeats, rows, log, tmp))
-                section("memory", lambda: measure_pack_memory(Path(find_suite("smoke")), root, rows, log))
-            cell = _cifar_cell(root, tmp)
-            if cell is not None and not quick:  # 33 CIFAR-10 trials: one repeat (minutes each)
-                section("suite", lambda: measure_suite("cifar10-cpu-cell", cell, root, 1, rows, log, tmp,
-                                                       ("packed", "solo")))
-            elif cell is None:
-                log(f"CIFAR-10 not found under {root}: the cifar10-cpu cell is skipped (pass --data-root)")
+            _suite_sections(section, root, has_mnist, quick, repeats, rows, log, tmp)
         if "memory" in only:
             log("memory")
             section("memory", lambda: measure_trial_memory(cifar_root, rows, log))
     return rows
+
+
+def _suite_sections(section: Callable, root: str, has_mnist: bool, quick: bool, repeats: int, rows: list[dict],
+                    log, tmp: Path) -> None:
+    """The suite rows: six short MNIST trials, smoke (and its pack's memory), one cifar10-cpu cell."""
+    from bench.suite import find_suite
+
+    log("suite throughput")
+    if has_mnist:
+        case = _mnist_case(root, 2 if quick else 6, 1, 2000 if quick else 10000, tmp)
+        section("suite", lambda: measure_suite("mnist-6-trials", case, root, repeats, rows, log, tmp))
+    if not quick:  # 33 digits trials under four variants: minutes, not a quick check
+        section("suite", lambda: measure_suite("smoke", find_suite("smoke"), root, repeats, rows, log, tmp))
+        section("memory", lambda: measure_pack_memory(Path(find_suite("smoke")), root, rows, log))
+    cell = _cifar_cell(root, tmp)
+    if cell is not None and not quick:  # 33 CIFAR-10 trials: one repeat (minutes each)
+        section("suite", lambda: measure_suite("cifar10-cpu-cell", cell, root, 1, rows, log, tmp, ("packed", "solo")))
+    elif cell is None:
+        log(f"CIFAR-10 not found under {root}: the cifar10-cpu cell is skipped (pass --data-root)")
 
 
 def write(rows: list[dict[str, Any]], out: Path, seconds: float, repeats: int, quick: bool) -> None:

@@ -90,9 +90,8 @@ def export_and_check(config: dict[str, Any], weights: dict[str, Any], folder: Pa
 def log_export(client: Any, run_id: str, config: dict[str, Any], result: Any, weights: dict[str, Any] | None,
                key: str | None = None) -> None:
     """Export a finished run with binary weights and record it in its MLflow run; failures become a tag."""
-    from mlflow.entities import Metric, RunTag
-
     from bench.track.record import foreign_artifact_root
+    from bench.track.store import log_values
 
     if weights is None or result.status != "finished" or config.get("w_bits") != 1:
         return  # a diverged run has no network worth deploying; a full-precision one nothing to pack
@@ -103,10 +102,7 @@ def log_export(client: Any, run_id: str, config: dict[str, Any], result: Any, we
             metrics, summary, files = export_and_check(config, weights, Path(tmp), key)
             for f in files:
                 client.log_artifact(run_id, str(f), ARTIFACT_DIR)
-        # one write for the metrics and the tag (one write per metric cost ~10 ms each on SQLite)
-        ts = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(name, float(value), ts, 0) for name, value in metrics.items()],
-                         tags=[RunTag("export.check", summary[:5000])])
+        log_values(client, run_id, metrics, {"export.check": summary})
     except BinbenchError as exc:
         client.set_tag(run_id, "export_error", str(exc)[:5000])
     except Exception as exc:  # an export problem must never fail a run that trained

@@ -270,6 +270,17 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED", tags: dict[str, str
     client.set_terminated(run_id, status)
 
 
+def log_values(client: Any, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """Metrics (step 0) and tags of a run in one write (one write per value costs ~10 ms each on SQLite)."""
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    ts = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+
 def run_status(run: Any) -> str:
     """What a trial run came to: finished, diverged (a result: the loss became NaN/inf), failed, stopped (by
     a search's scheduler), interrupted, or running. The one reading of MLflow's status and binbench's tag."""
