@@ -103,10 +103,9 @@ def _run_locked(suite: Suite, results: Path, how: Execution, tracking_uri: str |
     parent = _open_parent(suite, results, uri, exp_id, {
         "cpus_per_trial": str(how.cpus_per_trial), "gpus_per_trial": str(how.gpus_per_trial),
         "executor": how.executor, "resume": str(how.resume), "trials": str(len(keys)), "submitted": str(len(todo))})
-    if not todo:
-        _tracked(uri, lambda: tracking.end_run(uri, parent))
+    if not todo:  # everything ended already (--resume): the parent still records what the trials came to
         return SuiteOutcome(results, uri, exp_id, parent, 0, len(keys),
-                            _tracked(uri, lambda: tracking.trial_statuses(uri, exp_id, keys)))
+                            _close_parent(suite, uri, exp_id, parent, keys, log))
     ctx = SuiteContext(uri, exp_id, parent, results, how.resume, how.cpus_per_trial, how.gpus_per_trial,
                        tuple(tracking.suite_http_env().items()))
     try:

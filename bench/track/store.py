@@ -272,8 +272,6 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED", tags: dict[str, str
 
 def log_values(client: Any, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
     """Metrics (step 0) and tags of a run in one write (one write per value costs ~10 ms each on SQLite)."""
-    import time
-
     from mlflow.entities import Metric, RunTag
 
     ts = int(time.time() * 1000)
