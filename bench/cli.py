@@ -592,7 +592,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise BinbenchError(f"--only takes overhead, estimators, suite, memory; got {', '.join(sorted(bad))}")
     _writable_folder(args.out, "--out")
     run_benchmark(args.out, data_root=args.data_root, repeats=args.repeats, quick=args.quick, only=only)
-    print(open(next(Path(args.out).glob("benchmark-*.md"))).read())
+    import torch
+
+    print((Path(args.out) / f"benchmark-{'gpu' if torch.cuda.is_available() else 'cpu'}.md").read_text())
     return 0
 
 
