@@ -65,18 +65,35 @@ def test_missing_data_stops_before_ray(tmp_path):
 
 
 @pytest.mark.parametrize("name", list_suites())
-def test_shipped_suites_show_and_dry_run(name, tmp_path):
+def test_shipped_suites_load_with_unique_keys(name):
+    suite = load_suite(name)
+    assert suite.trials and len({t.key for t in suite.trials}) == len(suite.trials)
+
+
+#: shipped suites whose ``suite show`` and ``suite run --dry-run`` take 50 s to 2 min on 2 cores (each command sizes
+#: the packs and the cost of the whole suite by forwards of its models: ResNets on ImageNet, 189 and 630 trials): they
+#: run under -m slow; the default run shows and dry-runs every other shipped suite, both branches of "needs:"
+#: included (cifar10-cpu: CPU is enough; cifar10-w1a32: a GPU), and loads these three above
+SLOW_TO_SHOW = {"cifar10-w1a1", "imagenet", "vispa-w1a32"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_SHOW else n
+                                  for n in list_suites()])
+def test_shipped_suites_show_and_dry_run(name, tmp_path, capsys):
+    from bench.cli import main
+
     suite = load_suite(name)
     assert suite.trials and len({t.key for t in suite.trials}) == len(suite.trials)
     for args in (("suite", "show", name), ("suite", "run", name, "--dry-run", "--results-dir", str(tmp_path / "r"))):
-        out = cli(*args)
-        assert out.returncode == 0, out.stderr
-        assert f"{len(suite.trials)} trials" in out.stdout and "cost estimate" in out.stdout
+        code = main(list(args))
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert f"{len(suite.trials)} trials" in out.out and "cost estimate" in out.out
     assert not (tmp_path / "r").exists()
     if name.endswith("-cpu"):  # sized for a CPU on purpose
-        assert "needs: CPU is enough" in out.stdout
+        assert "needs: CPU is enough" in out.out
     elif name.startswith(("cifar", "imagenet", "vispa")):
-        assert "needs: a GPU" in out.stdout
+        assert "needs: a GPU" in out.out
 
 
 def test_smoke_covers_every_estimator():
