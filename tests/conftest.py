@@ -47,3 +47,28 @@ def cli(*args: str, timeout: float = 600, env: dict | None = None):
 
     return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def cli_here(*args: str):
+    """``binbench ARGS`` in this process (``bench.cli.main``), its output captured as :func:`cli` captures it: for
+    tests about what a command does and prints, not about a fresh interpreter (it saves the seconds a new process
+    spends importing torch and MLflow; a suite's trials run in this process too with ``--max-concurrent 1``).
+    ``sys.argv`` is the command's while it runs (a suite's parent run records it as the command that made it);
+    torch's thread count, which a training run sets, is restored after it."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+
+    from bench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    threads, argv = torch.get_num_threads(), sys.argv
+    sys.argv = ["binbench", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+        sys.argv = argv
+    return subprocess.CompletedProcess(["binbench", *args], code, out.getvalue(), err.getvalue())

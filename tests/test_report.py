@@ -9,7 +9,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from .conftest import cli as run_cli
+from .conftest import cli_here as cli
 
 # longer than the default timeout (pyproject): its module fixtures run a suite three times and report it
 # (a fixture's set-up counts against the first test that uses it)
@@ -33,18 +33,16 @@ TRIALS = 3 * (len(SUITE["grid"]["estimators"]) + 1)  # every estimator and FP, t
 STDOUT: dict[str, str] = {}  # what the real suite's commands printed: "run", "report"
 
 
-def cli(*args):
-    return run_cli(*args, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     path = tmp / "reportme.yaml"
     path.write_text(yaml.safe_dump(SUITE))
     res = tmp / "res"
+    # in this process, the trials too (one at a time: what is checked here is the record and the report, not the
+    # workers, which tests/test_executor_local.py and test_suites.py's diverging suite run)
     for extra in ([], [], ["--resume"]):  # run, repeat (every trial twice), then resume (nothing left)
-        out = cli("suite", "run", str(path), "--results-dir", str(res), *extra)
+        out = cli("suite", "run", str(path), "--results-dir", str(res), "--max-concurrent", "1", *extra)
         assert out.returncode == 0, out.stderr[-2000:]
         STDOUT.setdefault("run", out.stdout)
     assert "already ended, 0 to run" in out.stdout
