@@ -17,6 +17,7 @@ from bench.progress import format_duration
 from bench.suite import count_trials, search_points
 from bench.track.record import SYSTEM_METRICS_INTERVAL_S
 
+from .conftest import cli_here
 from .test_suites import cli
 
 # longer than the default timeout (pyproject): its module fixture runs a suite through the CLI
@@ -123,7 +124,7 @@ def test_mlflow_holds_the_complete_record(suite_run):
 def test_report_is_kept_by_the_suite_run(suite_run):
     """`binbench report` attaches its tables and figures to the suite's parent run."""
     _, path, res = suite_run
-    out = cli("report", str(path), "--results-dir", str(res), timeout=300)
+    out = cli_here("report", str(path), "--results-dir", str(res))
     assert out.returncode == 0, out.stderr[-2000:]
     client, _, kinds = _client_and_runs(res)
     (parent,) = kinds["suite"]
@@ -137,7 +138,7 @@ def test_evaluate_reproduces_a_suite_trial(suite_run):
     _, _, res = suite_run
     _, _, kinds = _client_and_runs(res)
     r = kinds["trial"][0]
-    out = cli("evaluate", r.info.run_id, "--tracking-uri", f"sqlite:///{res / 'mlflow.db'}", "--json", timeout=300)
+    out = cli_here("evaluate", r.info.run_id, "--tracking-uri", f"sqlite:///{res / 'mlflow.db'}", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["logged_top1"] == pytest.approx(r.data.metrics["top1"])
@@ -146,8 +147,8 @@ def test_evaluate_reproduces_a_suite_trial(suite_run):
 
 def test_binbench_run_records_and_evaluate_reproduces(tmp_path):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    out = cli("run", "-e", "ste", "-d", "digits", "--epochs", "1", "--set", "model.hidden=[16,16]", "--set",
-              "threads=1", "--tracking-uri", uri, timeout=300)
+    out = cli_here("run", "-e", "ste", "-d", "digits", "--epochs", "1", "--set", "model.hidden=[16,16]", "--set",
+                   "threads=1", "--tracking-uri", uri)
     assert out.returncode == 0, out.stderr[-2000:]
     run_id = re.search(r"recorded as MLflow run (\w+) in ", out.stdout).group(1)
     from mlflow.tracking import MlflowClient
@@ -161,14 +162,14 @@ def test_binbench_run_records_and_evaluate_reproduces(tmp_path):
                                                      abs=0.006)
     folder = tmp_path / "store" / "artifacts" / run_id / "artifacts"  # the artifacts beside the store
     assert (folder / "config.json").is_file() and (folder / "model" / "weights.pt").is_file()
-    ev = cli("evaluate", str(folder), timeout=300)
+    ev = cli_here("evaluate", str(folder))
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert f"test top-1 {run.data.metrics['top1']:.2f}" in ev.stdout
-    assert cli("run", "-e", "ste", "--no-track", "--dry-run").returncode == 0
+    assert cli_here("run", "-e", "ste", "--no-track", "--dry-run").returncode == 0
 
 
 def test_evaluate_unknown_run_is_one_line(tmp_path):
-    out = cli("evaluate", "0123abcd", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
+    out = cli_here("evaluate", "0123abcd", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
     assert out.returncode == 2 and "Traceback" not in out.stderr and "no run or folder '0123abcd'" in out.stderr
 
 
