@@ -207,14 +207,22 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path, executor):
     assert not any(r[1] == "RUNNING" for r in after)
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+# on Ray under -m slow (~50 s on 2 cores, Ray's start-up): the default run has a suite end to end on Ray in
+# test_ray_retry.py::test_crashed_trial_continues_from_its_own_checkpoint[ray], Tune's results of a pack ending each
+# member with its own status (a diverged one included) in
+# test_suite_record.py::test_tune_events_end_each_member_of_a_pack_with_its_own_result, and the record of a diverged
+# trial (FAILED, binbench.status diverged), which the executor-neutral trial body writes, here with [local]
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.slow)])
 def test_diverging_trial_recorded_while_others_finish(tmp_path, executor):
+    from .conftest import cli_here
+
     body = {"name": "diverge", "grid": {"estimators": ["ste", "clipped_ste"], "models": ["mlp"],
                                         "datasets": ["digits"], "seeds": [0]},
             "defaults": {"epochs": 2, "model_args": {"hidden": [64]}}, "overrides": {"ste": {"lr": 1e30}}}
     path = _write(tmp_path, body)
-    out = cli("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), "--executor", executor,
-              timeout=300)
+    # local: the driver in this process (the trials in its worker processes as always); Ray in a process of its own
+    args = ("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), "--executor", executor)
+    out = cli_here(*args) if executor == "local" else cli(*args, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(diverged) in" in out.stdout and "(finished) in" in out.stdout  # the same progress lines for both
     runs = {r[0]: r for r in _runs(tmp_path / "res" / "mlflow.db")}
