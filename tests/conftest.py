@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one thread, as binbench runs by default: on a machine shared with other work (CI's 2 cores beside another job)
+# torch's threads wait on each other, and the tests' small models ran 4x slower with two (tests/test_pack.py and
+# test_estimators_registry.py: 125 s with two threads, 32 s with one, on 2 cores beside another engineer's runs)
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +25,7 @@ needs_mnist = pytest.mark.skipif(
 )
 
 #: a small, fast run on the embedded digits data
-TINY = {"model": "mlp", "dataset": "digits", "model_args": {"hidden": [64, 64]}, "threads": 2}
+TINY = {"model": "mlp", "dataset": "digits", "model_args": {"hidden": [64, 64]}, "threads": 1}
 
 
 @pytest.fixture(autouse=True)
