@@ -1,4 +1,5 @@
-"""A tiny suite run once through the CLI: its live progress lines and what it leaves in MLflow."""
+"""A tiny suite run once through the CLI's ``main`` (in this process): its live progress lines and what it leaves
+in MLflow."""
 
 from __future__ import annotations
 
@@ -18,9 +19,8 @@ from bench.suite import count_trials, search_points
 from bench.track.record import SYSTEM_METRICS_INTERVAL_S
 
 from .conftest import cli_here
-from .test_suites import cli
 
-# longer than the default timeout (pyproject): its module fixture runs a suite through the CLI
+# longer than the default timeout (pyproject): its module fixture runs a suite
 # (a fixture's set-up counts against the first test that uses it)
 pytestmark = pytest.mark.timeout(900)
 
@@ -34,7 +34,10 @@ def suite_run(tmp_path_factory) -> tuple[object, Path, Path]:
     tmp = tmp_path_factory.mktemp("suite")
     path = tmp / "suite.yaml"
     path.write_text(yaml.safe_dump(BODY))
-    out = cli("suite", "run", str(path), "--results-dir", str(tmp / "res"), timeout=400)
+    # its two trials as one pack in this process: what a trial records is the trial body's, wherever it runs (the
+    # worker processes run a suite end to end in test_suites.py::test_diverging_trial_recorded_while_others_finish,
+    # a fresh CLI process in test_ray_retry.py)
+    out = cli_here("suite", "run", str(path), "--results-dir", str(tmp / "res"), "--max-concurrent", "1")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return out, path, tmp / "res"
 
