@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pandas as pd
 import pytest
@@ -137,21 +138,24 @@ def _write_trial(client, exp_id: str, cell: tuple[str, str], est: str, seed: int
             "dataset_source": "digits (sklearn)"}
     if not (est == "frozen" and bits == "W1A32"):  # an old store's control: no role tag
         tags["role"] = role
+    from mlflow.entities import Metric, Param
+
     run = client.create_run(exp_id, run_name=tags["binbench.key"], tags=tags)
-    rid, val = run.info.run_id, cell not in NO_VAL
-    for k, v in {"epochs": "4", "batch_size": "64", "train_subset": "None", "val_split": "0.1" if val else "None",
-                 "model_args.hidden": "[64, 64]", "lr": "0.1", "optimizer": "sgd", "lr_schedule": "cosine"}.items():
-        client.log_param(rid, k, v)
+    rid, val, now = run.info.run_id, cell not in NO_VAL, int(time.time() * 1000)
+    params = [Param(k, v) for k, v in {"epochs": "4", "batch_size": "64", "train_subset": "None",
+                                       "val_split": "0.1" if val else "None", "model_args.hidden": "[64, 64]",
+                                       "lr": "0.1", "optimizer": "sgd", "lr_schedule": "cosine"}.items()]
+    metrics = []
     for step in range(4):
-        client.log_metric(rid, "test_top1", top1 - 3 + step, step=step)
+        metrics.append(Metric("test_top1", top1 - 3 + step, now, step))
         if val:
-            client.log_metric(rid, "val_top1", top1 - 2 + step, step=step)
+            metrics.append(Metric("val_top1", top1 - 2 + step, now, step))
     final = {"top1": top1, "best_top1": top1 + 0.5, "best_epoch": 2, "epochs_run": 4,
              "late_gain": LATE.get((*cell, est), [0.1] * 3)[seed], **LAYERS}
     if val:
         final.update(selected_top1=top1 - 0.3, selected_epoch=2)
-    for k, v in final.items():
-        client.log_metric(rid, k, v, step=4)
+    metrics += [Metric(k, v, now, 4) for k, v in final.items()]
+    client.log_batch(rid, metrics=metrics, params=params)  # one store write per run, not one per value
     client.set_terminated(rid, "FINISHED")
 
 
