@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one thread, as binbench runs by default: on a machine shared with other work (CI's 2 cores beside another job)
+# torch's threads wait on each other, and the tests' small models ran 4x slower with two (tests/test_pack.py and
+# test_estimators_registry.py: 125 s with two threads, 32 s with one, on 2 cores beside another engineer's runs)
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +25,7 @@ needs_mnist = pytest.mark.skipif(
 )
 
 #: a small, fast run on the embedded digits data
-TINY = {"model": "mlp", "dataset": "digits", "model_args": {"hidden": [64, 64]}, "threads": 2}
+TINY = {"model": "mlp", "dataset": "digits", "model_args": {"hidden": [64, 64]}, "threads": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +50,28 @@ def cli(*args: str, timeout: float = 600, env: dict | None = None):
 
     return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def cli_here(*args: str):
+    """``binbench ARGS`` in this process (``bench.cli.main``), its output captured as :func:`cli` captures it: for
+    tests about what a command does and prints, not about a fresh interpreter (it saves the seconds a new process
+    spends importing torch and MLflow; a suite's trials run in this process too with ``--max-concurrent 1``).
+    ``sys.argv`` is the command's while it runs (a suite's parent run records it as the command that made it);
+    torch's thread count, which a training run sets, is restored after it."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+
+    from bench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    threads, argv = torch.get_num_threads(), sys.argv
+    sys.argv = ["binbench", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+        sys.argv = argv
+    return subprocess.CompletedProcess(["binbench", *args], code, out.getvalue(), err.getvalue())

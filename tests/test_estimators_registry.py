@@ -105,7 +105,7 @@ def test_published_recipe_starts_on_resnet20_cifar_format(name, cifar_format):
     n_stages = len(bench.create_estimator(name).stages())
     res = train(resolve({"estimator": name, "recipe": "published", "model": "resnet20", "dataset": "cifar10",
                  "data_root": cifar_format, "epochs": n_stages, "batch_size": 8, "limit_train_batches": 1,
-                 "eval_batch_size": 16, "threads": 2, "diagnostics": False,
+                 "eval_batch_size": 16, "threads": 1, "diagnostics": False,
                  "estimator_hparams": {"samples": 2} if name == "vispa" else {}}))
     assert res.status == "finished" and len(res.history) == n_stages
     from bench.recipes import has_published_recipe

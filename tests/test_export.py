@@ -37,7 +37,7 @@ def trained(est: str, model: str, **extra) -> tuple:
     key = (est, model, json.dumps(extra, sort_keys=True))
     if key not in _TRAINED:
         cfg = {"estimator": est, "dataset": "digits", "epochs": 2, "limit_train_batches": 6, "diagnostics": False,
-               "threads": 2, **MODELS[model], **extra}
+               "threads": 1, **MODELS[model], **extra}
         spec = resolve(cfg)
         hook = FinalModel()
         res = train(spec, stage_hooks=[hook])

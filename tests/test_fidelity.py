@@ -192,11 +192,19 @@ def test_biper_best_handoff_without_checkpoint_dir():
         if record["stage"] == 0:
             snaps.append((record["val_top1"], {k: v.detach().clone() for k, v in seen["model"].state_dict().items()}))
 
-    # a constant lr of 2 makes the real stage's validation accuracy peak before its last epoch
-    res = train(resolve({**TINY, "estimator": "biper", "epochs": 9, "val_split": 0.2, "stage_handoff": "best",
-                         "lr": 2.0, "lr_schedule": "constant", "seed": 0}), callbacks=[on_epoch], stage_hooks=[hook])
+    # a constant lr of 2 makes the real stage's validation accuracy wander: the first of these seeds whose real stage
+    # peaks before its last epoch (seed 3 on one thread here; which one does depends on the machine's kernels, and a
+    # peak at the last epoch tells the best state from the last one nothing)
+    for seed in (3, 1, 0, 2):
+        snaps.clear()
+        seen.clear()
+        res = train(resolve({**TINY, "estimator": "biper", "epochs": 9, "val_split": 0.2, "stage_handoff": "best",
+                             "lr": 2.0, "lr_schedule": "constant", "seed": seed}), callbacks=[on_epoch],
+                    stage_hooks=[hook])
+        best = max(range(len(snaps)), key=lambda i: snaps[i][0])  # first maximum, as the loop keeps it
+        if best != len(snaps) - 1:
+            break
     assert res.status == "finished" and len(snaps) >= 2
-    best = max(range(len(snaps)), key=lambda i: snaps[i][0])  # first maximum, as the loop keeps it
     assert all(torch.equal(seen["start1"][k], v) for k, v in snaps[best][1].items())
     assert best != len(snaps) - 1  # so that the check tells the best state from the last one
     assert not all(torch.equal(seen["start1"][k], v) for k, v in snaps[-1][1].items())

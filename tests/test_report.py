@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pandas as pd
 import pytest
 import yaml
 from scipy import stats
 
-from .conftest import cli as run_cli
+from .conftest import cli_here as cli
 
 # longer than the default timeout (pyproject): its module fixtures run a suite three times and report it
 # (a fixture's set-up counts against the first test that uses it)
@@ -33,18 +34,16 @@ TRIALS = 3 * (len(SUITE["grid"]["estimators"]) + 1)  # every estimator and FP, t
 STDOUT: dict[str, str] = {}  # what the real suite's commands printed: "run", "report"
 
 
-def cli(*args):
-    return run_cli(*args, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     path = tmp / "reportme.yaml"
     path.write_text(yaml.safe_dump(SUITE))
     res = tmp / "res"
+    # in this process, the trials too (one at a time: what is checked here is the record and the report, not the
+    # workers, which tests/test_executor_local.py and test_suites.py's diverging suite run)
     for extra in ([], [], ["--resume"]):  # run, repeat (every trial twice), then resume (nothing left)
-        out = cli("suite", "run", str(path), "--results-dir", str(res), *extra)
+        out = cli("suite", "run", str(path), "--results-dir", str(res), "--max-concurrent", "1", *extra)
         assert out.returncode == 0, out.stderr[-2000:]
         STDOUT.setdefault("run", out.stdout)
     assert "already ended, 0 to run" in out.stdout
@@ -139,21 +138,24 @@ def _write_trial(client, exp_id: str, cell: tuple[str, str], est: str, seed: int
             "dataset_source": "digits (sklearn)"}
     if not (est == "frozen" and bits == "W1A32"):  # an old store's control: no role tag
         tags["role"] = role
+    from mlflow.entities import Metric, Param
+
     run = client.create_run(exp_id, run_name=tags["binbench.key"], tags=tags)
-    rid, val = run.info.run_id, cell not in NO_VAL
-    for k, v in {"epochs": "4", "batch_size": "64", "train_subset": "None", "val_split": "0.1" if val else "None",
-                 "model_args.hidden": "[64, 64]", "lr": "0.1", "optimizer": "sgd", "lr_schedule": "cosine"}.items():
-        client.log_param(rid, k, v)
+    rid, val, now = run.info.run_id, cell not in NO_VAL, int(time.time() * 1000)
+    params = [Param(k, v) for k, v in {"epochs": "4", "batch_size": "64", "train_subset": "None",
+                                       "val_split": "0.1" if val else "None", "model_args.hidden": "[64, 64]",
+                                       "lr": "0.1", "optimizer": "sgd", "lr_schedule": "cosine"}.items()]
+    metrics = []
     for step in range(4):
-        client.log_metric(rid, "test_top1", top1 - 3 + step, step=step)
+        metrics.append(Metric("test_top1", top1 - 3 + step, now, step))
         if val:
-            client.log_metric(rid, "val_top1", top1 - 2 + step, step=step)
+            metrics.append(Metric("val_top1", top1 - 2 + step, now, step))
     final = {"top1": top1, "best_top1": top1 + 0.5, "best_epoch": 2, "epochs_run": 4,
              "late_gain": LATE.get((*cell, est), [0.1] * 3)[seed], **LAYERS}
     if val:
         final.update(selected_top1=top1 - 0.3, selected_epoch=2)
-    for k, v in final.items():
-        client.log_metric(rid, k, v, step=4)
+    metrics += [Metric(k, v, now, 4) for k, v in final.items()]
+    client.log_batch(rid, metrics=metrics, params=params)  # one store write per run, not one per value
     client.set_terminated(rid, "FINISHED")
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from .conftest import cli as run_cli
+from .conftest import cli_here as cli
 
 EPOCHS = 4
 BUDGETS = [0.25, 0.5, 1]
@@ -22,17 +22,14 @@ SUITE = {"name": "budgety", "grid": {"estimators": METHODS, "models": ["mlp"], "
          "defaults": {"epochs": EPOCHS, "model_args": {"hidden": [32, 32]}}, "budgets": BUDGETS}
 
 
-def cli(*args):
-    return run_cli(*args, timeout=900)
-
-
 @pytest.fixture(scope="module")
 def budgeted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("budget")
     path = tmp / "budgety.yaml"
     path.write_text(yaml.safe_dump(SUITE))
     res = tmp / "res"
-    out = cli("suite", "run", str(path), "--results-dir", str(res))
+    # in this process, the trials too (one at a time): the budgets' runs and their report are checked, not workers
+    out = cli("suite", "run", str(path), "--results-dir", str(res), "--max-concurrent", "1")
     assert out.returncode == 0, out.stderr[-2000:]
     out = cli("report", str(path), "--results-dir", str(res), "--note", "kept note: made in a test")
     assert out.returncode == 0, out.stderr[-2000:]

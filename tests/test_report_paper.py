@@ -9,6 +9,7 @@ import math
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -40,20 +41,24 @@ def _trial(client, exp_id: str, suite: str, bits: str, est: str, seed: int, top1
             "suite": suite, "estimator": est, "recipe": "common", "model": "resnet20", "dataset": "cifar10",
             "bits": bits, "seed": str(seed), "role": role, "git_commit": "abc123", "headline_mode": "default",
             "stage_epochs": "main: 2", "hardware.cpu": "CPU & {co}", "hardware.gpu": "none"}
+    from mlflow.entities import Metric, Param
+
     rid = client.create_run(exp_id, run_name=tags["binbench.key"], tags=tags).info.run_id
-    for k, v in {"epochs": "2", "batch_size": "64", "lr": "0.1", "optimizer": "sgd", "lr_schedule": "cosine"}.items():
-        client.log_param(rid, k, v)
+    now = int(time.time() * 1000)
+    params = [Param(k, v) for k, v in {"epochs": "2", "batch_size": "64", "lr": "0.1", "optimizer": "sgd",
+                                       "lr_schedule": "cosine"}.items()]
+    metrics = []
     for step in range(2):
-        client.log_metric(rid, "test_top1", top1 - 2 + 2 * step, step=step)
-        client.log_metric(rid, "stage", 0, step=step)
+        metrics += [Metric("test_top1", top1 - 2 + 2 * step, now, step), Metric("stage", 0, now, step)]
         if role != "baseline":
             # the mean flip ratio over layers: 0 for the control (its signs never move), decades apart otherwise
-            client.log_metric(rid, "diag/flip", 0.0 if role == "control" else 0.01 / 10 ** step, step=step)
+            metrics.append(Metric("diag/flip", 0.0 if role == "control" else 0.01 / 10 ** step, now, step))
             for layer, name in LAYERS.items():  # by layer path, as runs log them (diag/<path>/<metric>)
-                client.log_metric(rid, f"diag/{name}/flip", 0.01 / (step + 1) * layer, step=step)
-                client.log_metric(rid, f"diag/{name}/qe", 0.1 * (step + 1) + layer, step=step)
-        client.log_metric(rid, "lr", 2.78e-07 * (2 - step), step=step)  # the schedule's lr, ~0 at the end
-    client.log_metric(rid, "top1", top1, step=2)
+                metrics += [Metric(f"diag/{name}/flip", 0.01 / (step + 1) * layer, now, step),
+                            Metric(f"diag/{name}/qe", 0.1 * (step + 1) + layer, now, step)]
+        metrics.append(Metric("lr", 2.78e-07 * (2 - step), now, step))  # the schedule's lr, ~0 at the end
+    metrics.append(Metric("top1", top1, now, 2))
+    client.log_batch(rid, metrics=metrics, params=params)  # one store write per run, not one per value
     client.set_terminated(rid, "FINISHED")
 
 

@@ -1,4 +1,5 @@
-"""A tiny suite run once through the CLI: its live progress lines and what it leaves in MLflow."""
+"""A tiny suite run once through the CLI's ``main`` (in this process): its live progress lines and what it leaves
+in MLflow."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from bench.progress import format_duration
 from bench.suite import count_trials, search_points
 from bench.track.record import SYSTEM_METRICS_INTERVAL_S
 
-from .test_suites import cli
+from .conftest import cli_here
 
-# longer than the default timeout (pyproject): its module fixture runs a suite through the CLI
+# longer than the default timeout (pyproject): its module fixture runs a suite
 # (a fixture's set-up counts against the first test that uses it)
 pytestmark = pytest.mark.timeout(900)
 
@@ -33,7 +34,10 @@ def suite_run(tmp_path_factory) -> tuple[object, Path, Path]:
     tmp = tmp_path_factory.mktemp("suite")
     path = tmp / "suite.yaml"
     path.write_text(yaml.safe_dump(BODY))
-    out = cli("suite", "run", str(path), "--results-dir", str(tmp / "res"), timeout=400)
+    # its two trials as one pack in this process: what a trial records is the trial body's, wherever it runs (the
+    # worker processes run a suite end to end in test_suites.py::test_diverging_trial_recorded_while_others_finish,
+    # a fresh CLI process in test_ray_retry.py)
+    out = cli_here("suite", "run", str(path), "--results-dir", str(tmp / "res"), "--max-concurrent", "1")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return out, path, tmp / "res"
 
@@ -140,7 +144,7 @@ def test_report_reads_the_store_and_writes_nothing_into_it(suite_run):
 
     _, path, res = suite_run
     before = hashlib.sha256((res / "mlflow.db").read_bytes()).hexdigest()
-    out = cli("report", str(path), "--results-dir", str(res), timeout=300)
+    out = cli_here("report", str(path), "--results-dir", str(res))
     assert out.returncode == 0, out.stderr[-2000:]
     assert hashlib.sha256((res / "mlflow.db").read_bytes()).hexdigest() == before
     client, _, kinds = _client_and_runs(res)
@@ -155,7 +159,7 @@ def test_evaluate_reproduces_a_suite_trial(suite_run):
     _, _, res = suite_run
     _, _, kinds = _client_and_runs(res)
     r = kinds["trial"][0]
-    out = cli("evaluate", r.info.run_id, "--tracking-uri", f"sqlite:///{res / 'mlflow.db'}", "--json", timeout=300)
+    out = cli_here("evaluate", r.info.run_id, "--tracking-uri", f"sqlite:///{res / 'mlflow.db'}", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["logged_top1"] == pytest.approx(r.data.metrics["top1"])
@@ -164,8 +168,8 @@ def test_evaluate_reproduces_a_suite_trial(suite_run):
 
 def test_binbench_run_records_and_evaluate_reproduces(tmp_path):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    out = cli("run", "-e", "ste", "-d", "digits", "--epochs", "1", "--set", "model.hidden=[16,16]", "--set",
-              "threads=1", "--tracking-uri", uri, timeout=300)
+    out = cli_here("run", "-e", "ste", "-d", "digits", "--epochs", "1", "--set", "model.hidden=[16,16]", "--set",
+                   "threads=1", "--tracking-uri", uri)
     assert out.returncode == 0, out.stderr[-2000:]
     run_id = re.search(r"recorded as MLflow run (\w+) in ", out.stdout).group(1)
     from mlflow.tracking import MlflowClient
@@ -179,14 +183,14 @@ def test_binbench_run_records_and_evaluate_reproduces(tmp_path):
                                                      abs=0.006)
     folder = tmp_path / "store" / "artifacts" / run_id / "artifacts"  # the artifacts beside the store
     assert (folder / "config.json").is_file() and (folder / "model" / "weights.pt").is_file()
-    ev = cli("evaluate", str(folder), timeout=300)
+    ev = cli_here("evaluate", str(folder))
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert f"test top-1 {run.data.metrics['top1']:.2f}" in ev.stdout
-    assert cli("run", "-e", "ste", "--no-track", "--dry-run").returncode == 0
+    assert cli_here("run", "-e", "ste", "--no-track", "--dry-run").returncode == 0
 
 
 def test_evaluate_unknown_run_is_one_line(tmp_path):
-    out = cli("evaluate", "0123abcd", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
+    out = cli_here("evaluate", "0123abcd", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
     assert out.returncode == 2 and "Traceback" not in out.stderr and "no run or folder '0123abcd'" in out.stderr
 
 

@@ -65,18 +65,35 @@ def test_missing_data_stops_before_ray(tmp_path):
 
 
 @pytest.mark.parametrize("name", list_suites())
-def test_shipped_suites_show_and_dry_run(name, tmp_path):
+def test_shipped_suites_load_with_unique_keys(name):
+    suite = load_suite(name)
+    assert suite.trials and len({t.key for t in suite.trials}) == len(suite.trials)
+
+
+#: shipped suites whose ``suite show`` and ``suite run --dry-run`` take 50 s to 2 min on 2 cores (each command sizes
+#: the packs and the cost of the whole suite by forwards of its models: ResNets on ImageNet, 189 and 630 trials): they
+#: run under -m slow; the default run shows and dry-runs every other shipped suite, both branches of "needs:"
+#: included (cifar10-cpu: CPU is enough; cifar10-w1a32: a GPU), and loads these three above
+SLOW_TO_SHOW = {"cifar10-w1a1", "imagenet", "vispa-w1a32"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_SHOW else n
+                                  for n in list_suites()])
+def test_shipped_suites_show_and_dry_run(name, tmp_path, capsys):
+    from bench.cli import main
+
     suite = load_suite(name)
     assert suite.trials and len({t.key for t in suite.trials}) == len(suite.trials)
     for args in (("suite", "show", name), ("suite", "run", name, "--dry-run", "--results-dir", str(tmp_path / "r"))):
-        out = cli(*args)
-        assert out.returncode == 0, out.stderr
-        assert f"{len(suite.trials)} trials" in out.stdout and "cost estimate" in out.stdout
+        code = main(list(args))
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert f"{len(suite.trials)} trials" in out.out and "cost estimate" in out.out
     assert not (tmp_path / "r").exists()
     if name.endswith("-cpu"):  # sized for a CPU on purpose
-        assert "needs: CPU is enough" in out.stdout
+        assert "needs: CPU is enough" in out.out
     elif name.startswith(("cifar", "imagenet", "vispa")):
-        assert "needs: a GPU" in out.stdout
+        assert "needs: a GPU" in out.out
 
 
 def test_smoke_covers_every_estimator():
@@ -190,14 +207,22 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path, executor):
     assert not any(r[1] == "RUNNING" for r in after)
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+# on Ray under -m slow (~50 s on 2 cores, Ray's start-up): the default run has a suite end to end on Ray in
+# test_ray_retry.py::test_crashed_trial_continues_from_its_own_checkpoint[ray], Tune's results of a pack ending each
+# member with its own status (a diverged one included) in
+# test_suite_record.py::test_tune_events_end_each_member_of_a_pack_with_its_own_result, and the record of a diverged
+# trial (FAILED, binbench.status diverged), which the executor-neutral trial body writes, here with [local]
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.slow)])
 def test_diverging_trial_recorded_while_others_finish(tmp_path, executor):
+    from .conftest import cli_here
+
     body = {"name": "diverge", "grid": {"estimators": ["ste", "clipped_ste"], "models": ["mlp"],
                                         "datasets": ["digits"], "seeds": [0]},
             "defaults": {"epochs": 2, "model_args": {"hidden": [64]}}, "overrides": {"ste": {"lr": 1e30}}}
     path = _write(tmp_path, body)
-    out = cli("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), "--executor", executor,
-              timeout=300)
+    # local: the driver in this process (the trials in its worker processes as always); Ray in a process of its own
+    args = ("suite", "run", str(path), "--results-dir", str(tmp_path / "res"), "--executor", executor)
+    out = cli_here(*args) if executor == "local" else cli(*args, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(diverged) in" in out.stdout and "(finished) in" in out.stdout  # the same progress lines for both
     runs = {r[0]: r for r in _runs(tmp_path / "res" / "mlflow.db")}

@@ -188,7 +188,7 @@ def test_w1a32_and_fp_runs():
 @needs_mnist
 def test_trains_on_real_mnist_files():
     res = train(resolve({"estimator": "ste", "model": "mlp", "dataset": "mnist", "data_root": str(shared_data()),
-                       "epochs": 1, "train_subset": 6000, "threads": 2, "model_args": {"hidden": [128, 128]}}))
+                       "epochs": 1, "train_subset": 6000, "threads": 1, "model_args": {"hidden": [128, 128]}}))
     assert res.top1 > 80.0
 
 
