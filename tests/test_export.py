@@ -245,6 +245,10 @@ def test_log_export_records_metrics_artifacts_and_never_fails_the_run(tmp_path):
         def log_metric(self, run_id, key, value):
             self.metrics[key] = value
 
+        def log_batch(self, run_id, metrics=(), params=(), tags=()):
+            self.metrics.update({m.key: m.value for m in metrics})
+            self.tags.update({t.key: t.value for t in tags})
+
         def log_artifact(self, run_id, path, folder):
             self.artifacts.append(f"{folder}/{Path(path).name}")
 
