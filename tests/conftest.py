@@ -35,6 +35,49 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_store_template(tmp_path_factory):
+    """A new MLflow SQLite store made in this process starts as a copy of one migrated once per session. MLflow
+    builds every new store by running all its schema migrations (3-4 s a store on 2 shared cores, and the default
+    run makes dozens); the copy holds the same schema at the same revision, which MLflow verifies when it opens
+    the store. Stores that CLI subprocesses and worker processes create are migrated as a user's are."""
+    import sqlite3
+
+    try:
+        from mlflow.store.db import utils
+    except ImportError:
+        yield
+        return
+    original = getattr(utils, "_initialize_tables", None)
+    if original is None:  # another MLflow: every store migrates (slower, the same tests)
+        yield
+        return
+    template = tmp_path_factory.getbasetemp() / "mlflow-template.db"
+
+    def initialize(engine) -> None:
+        target = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+        if not target or target == ":memory:":
+            original(engine)
+            return
+        if not template.exists():
+            import sqlalchemy
+
+            made = sqlalchemy.create_engine(f"sqlite:///{template}")
+            original(made)
+            made.dispose()
+        engine.dispose()  # no pooled connection of the empty file outlives the copy
+        src, dst = sqlite3.connect(template), sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+
+    utils._initialize_tables = initialize
+    yield
+    utils._initialize_tables = original
+
+
 @pytest.fixture(autouse=True)
 def _isolated_run_store(tmp_path_factory, monkeypatch):
     # `binbench run` records in MLflow; tests keep that store out of the repository's results/

@@ -16,7 +16,7 @@ import yaml
 
 from bench.cli import main
 
-from .conftest import REPO
+from .conftest import REPO, cli_here
 
 TINY_SUITE = {"name": "faults", "grid": {"estimators": ["ste", "clipped_ste"], "models": ["mlp"],
                                          "datasets": ["digits"], "seeds": [0]},
@@ -333,7 +333,7 @@ def test_dead_tracking_server_is_one_line_in_seconds_for_report_and_ui(command):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     start = time.monotonic()
-    out = cli(*command, "--tracking-uri", f"http://127.0.0.1:{port}", timeout=120)
+    out = cli_here(*command, "--tracking-uri", f"http://127.0.0.1:{port}")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert f"tracking server http://127.0.0.1:{port} does not answer" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and time.monotonic() - start < 30

@@ -15,7 +15,7 @@ import yaml
 
 from bench.suite import SuiteError, list_suites, load_suite
 
-from .conftest import REPO
+from .conftest import REPO, cli_here
 
 BROKEN = Path(__file__).parent / "suites_broken"
 EXPECTED = {
@@ -52,14 +52,15 @@ EXECUTORS = ["local", "ray"]
 @pytest.mark.parametrize("name", ["unknown_names.yaml", "impossible.yaml"])
 def test_broken_suite_starts_nothing(tmp_path, name):
     # refused while the suite loads, before an executor is picked: one run covers both
-    out = cli("suite", "run", str(BROKEN / name), "--results-dir", str(tmp_path / "res"), "--executor", "local")
+    out = cli_here("suite", "run", str(BROKEN / name), "--results-dir", str(tmp_path / "res"), "--executor", "local")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "problem" in out.stderr.splitlines()[0]
     assert not (tmp_path / "res").exists()
 
 
 def test_missing_data_stops_before_ray(tmp_path):
-    out = cli("suite", "run", "mnist", "--data-root", str(tmp_path / "nothing"), "--results-dir", str(tmp_path / "r"))
+    out = cli_here("suite", "run", "mnist", "--data-root", str(tmp_path / "nothing"), "--results-dir",
+                   str(tmp_path / "r"))
     assert out.returncode == 2 and "dataset 'mnist' not found in" in out.stderr
     assert not (tmp_path / "r").exists()
 
@@ -214,8 +215,6 @@ def test_sigkill_then_resume_runs_each_trial_once(tmp_path, executor):
 # trial (FAILED, binbench.status diverged), which the executor-neutral trial body writes, here with [local]
 @pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.slow)])
 def test_diverging_trial_recorded_while_others_finish(tmp_path, executor):
-    from .conftest import cli_here
-
     body = {"name": "diverge", "grid": {"estimators": ["ste", "clipped_ste"], "models": ["mlp"],
                                         "datasets": ["digits"], "seeds": [0]},
             "defaults": {"epochs": 2, "model_args": {"hidden": [64]}}, "overrides": {"ste": {"lr": 1e30}}}
