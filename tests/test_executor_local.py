@@ -123,8 +123,11 @@ def _ppid(pid: int) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_no_worker_outlives_its_driver(tmp_path, sig):
+    # the driver starts with Ctrl-C's default action, as from a shell: a disposition an earlier in-process test
+    # left ignored (Ray's start-up in this process, say) would otherwise be inherited and the SIGINT ignored
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not all((tmp_path / k).exists() for k in ("k0", "k1")):
