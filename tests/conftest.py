@@ -185,8 +185,11 @@ class Interpreter:
         return self._ask({"code": code}, "code")
 
     def close(self) -> None:
+        """End the interpreter (once its command ends; one still running after 10 s is killed)."""
         import subprocess
 
+        if self.proc.stdin.closed:
+            return
         self.proc.stdin.close()
         try:
             self.proc.wait(timeout=10)
