@@ -118,3 +118,88 @@ def cli_here(*args: str):
         torch.set_num_threads(threads)
         sys.argv = argv
     return subprocess.CompletedProcess(["binbench", *args], code, out.getvalue(), err.getvalue())
+
+
+_SERVER = r"""
+import contextlib, io, json, os, sys, traceback
+reply = os.fdopen(int(sys.argv[1]), "w")
+for line in sys.stdin:
+    request = json.loads(line)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if "argv" in request:
+                from bench.cli import main
+                sys.argv = ["binbench", *request["argv"]]
+                code = main(request["argv"])
+            else:
+                exec(compile(request["code"], "<test>", "exec"), {"__name__": "__main__"})
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    reply.write(json.dumps({"returncode": code or 0, "stdout": out.getvalue(), "stderr": err.getvalue()}) + "\n")
+    reply.flush()
+"""
+
+
+class Interpreter:
+    """One Python process of its own (its own working folder and environment: another PYTHONPATH, a checkout of
+    its own) that runs many commands, each with its output captured as :func:`cli` captures it: for tests that
+    need a process apart from pytest's but not a new one per command (each new one spends seconds importing torch
+    and MLflow). Commands run one after another in the same interpreter, as :func:`cli_here` runs them in pytest's;
+    what the process itself writes outside Python's ``sys.stdout``/``sys.stderr`` goes to ``log``."""
+
+    def __init__(self, cwd: str | Path, env: dict[str, str], log: Path):
+        import subprocess
+        import sys
+
+        read, write = os.pipe()
+        self.log = log
+        with log.open("w") as sink:
+            self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(write)], cwd=cwd, env=env, text=True,
+                                         stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT,
+                                         pass_fds=(write,))
+        os.close(write)
+        self.replies = os.fdopen(read)
+
+    def _ask(self, request: dict, what: str):
+        import json
+        import subprocess
+
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.replies.readline()
+        if not line:
+            raise RuntimeError(f"the interpreter ended during {what}: {self.log.read_text()[-3000:]}")
+        r = json.loads(line)
+        return subprocess.CompletedProcess(what, r["returncode"], r["stdout"], r["stderr"])
+
+    def cli(self, *args: str):
+        """``binbench ARGS`` in the interpreter."""
+        return self._ask({"argv": list(args)}, "binbench " + " ".join(args))
+
+    def python(self, code: str):
+        """``code`` run as a script's body in the interpreter."""
+        return self._ask({"code": code}, "code")
+
+    def close(self) -> None:
+        """End the interpreter (once its command ends; one still running after 10 s is killed)."""
+        import subprocess
+
+        if self.proc.stdin.closed:
+            return
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a command still running (its test timed out): not waited for
+            self.proc.kill()
+            self.proc.wait()
+        self.replies.close()
+
+    def __enter__(self) -> Interpreter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -7,13 +7,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import REPO
+from .conftest import REPO, Interpreter
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -42,31 +41,36 @@ def _fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def _binbench(copy: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "BINBENCH_RUN_STORE"}  # binbench run's own default
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=copy, capture_output=True, text=True,
-                          env={**env, "PYTHONPATH": str(copy)}, timeout=400)
-
-
-def test_runs_from_a_checkout_leave_git_status_clean(tmp_path):
+@pytest.fixture
+def checkout(tmp_path):
+    """(a fresh copy, an interpreter that runs binbench commands in it with the copy's code): one process for the
+    test's commands, as a user's shell runs them there (a new one for each spent seconds importing torch)."""
     copy = _fresh_copy(tmp_path / "checkout")
+    env = {k: v for k, v in os.environ.items() if k != "BINBENCH_RUN_STORE"}  # binbench run's own default
+    with Interpreter(copy, {**env, "PYTHONPATH": str(copy)}, tmp_path / "binbench.log") as py:
+        yield copy, py
+
+
+def test_runs_from_a_checkout_leave_git_status_clean(tmp_path, checkout):
+    copy, py = checkout
     reference = copy / "results" / "smoke" / "mlflow.db"
     digest = hashlib.sha256(reference.read_bytes()).hexdigest()
     suite = tmp_path / "tiny.yaml"  # outside the checkout: a user's own suite file
     suite.write_text(yaml.safe_dump(TINY))
     # the user's runs are where report looks by default; a committed reference store is named, not read unasked
-    none_yet = _binbench(copy, "report", "smoke")
+    none_yet = py.cli("report", "smoke")
     assert none_yet.returncode == 2 and none_yet.stderr.count("\n") == 1, none_yet.stderr
     assert "runs/smoke/mlflow.db" in none_yet.stderr
     assert none_yet.stderr.strip().endswith("the committed reference results: --results-dir results/smoke")
-    ran = _binbench(copy, "suite", "run", str(suite))
+    ran = py.cli("suite", "run", str(suite))
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     assert (copy / "runs" / "tiny" / "mlflow.db").is_file()
-    reported = _binbench(copy, "report", str(suite))
+    reported = py.cli("report", str(suite))
     assert reported.returncode == 0, reported.stderr[-2000:]
     assert (copy / "runs" / "tiny" / "leaderboard.md").is_file()
-    single = _binbench(copy, "run", "--bits", "FP32", "--epochs", "1", "--set", "model.hidden=[16]")  # no export
+    single = py.cli("run", "--bits", "FP32", "--epochs", "1", "--set", "model.hidden=[16]")  # no export
     assert single.returncode == 0, single.stderr[-2000:]
     assert f"in sqlite:///{(copy / 'runs' / 'mlflow.db').resolve()}" in single.stdout
+    py.close()  # what the process writes as it exits counts too
     assert _git(copy, "status", "--porcelain", "--untracked-files=all") == ""
     assert hashlib.sha256(reference.read_bytes()).hexdigest() == digest

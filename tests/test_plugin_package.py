@@ -18,10 +18,10 @@ from importlib.metadata import distributions
 import pytest
 import torch
 
-from .conftest import REPO
+from .conftest import REPO, Interpreter
 
-# longer than the default timeout (pyproject): its module fixture pip-installs the example package
-# (a fixture's set-up counts against the first test that uses it)
+# longer than the default timeout (pyproject): its module fixtures pip-install the example package and start an
+# interpreter with it (a fixture's set-up counts against the first test that uses it)
 pytestmark = pytest.mark.timeout(900)
 
 #: what the example package promises: its estimators and the kinds each binarizes
@@ -42,21 +42,29 @@ def _env(site):
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
 
 
+@pytest.fixture(scope="module")
+def plugin_py(plugin_site, tmp_path_factory):
+    """One interpreter with the package on its path for the module's commands and code (a new one for each spent
+    seconds importing torch; the registry it loads once holds the package's estimators, models and datasets)."""
+    with Interpreter(REPO, _env(plugin_site), tmp_path_factory.mktemp("plugin-py") / "output.log") as py:
+        yield py
+
+
 def _run(site, *args, **kwargs):
     return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
                           env=_env(site), **kwargs)
 
 
-def _python(site, code):
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(site))
+def _python(py: Interpreter, code: str) -> str:
+    out = py.python(code)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
 
-def test_plugins_listed_with_their_origin(plugin_site):
+def test_plugins_listed_with_their_origin(plugin_site, plugin_py):
     (dist,) = list(distributions(path=[str(plugin_site)]))
     assert {ep.name for ep in dist.entry_points if ep.group == "binbench.estimators"} == set(PLUGIN_KINDS)
-    out = _run(plugin_site, "list", "estimators")
+    out = plugin_py.cli("list", "estimators")
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}
     for name in PLUGIN_KINDS:
@@ -65,14 +73,14 @@ def test_plugins_listed_with_their_origin(plugin_site):
     assert "builtin" in rows["ste"] and "entry point" not in rows["ste"]
 
 
-def test_plugin_runs_and_probes_like_builtin(plugin_site):
-    out = _run(plugin_site, "run", "-e", "sign_swish", "--epochs", "3", "--json", "--set", "model.hidden=[64,64]",
+def test_plugin_runs_and_probes_like_builtin(plugin_py):
+    out = plugin_py.cli("run", "-e", "sign_swish", "--epochs", "3", "--json", "--set", "model.hidden=[64,64]",
                "--set", "threads=1", "--no-track")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["top1"] > 50.0
     code = ("import bench; f, g = bench.probe('sign_swish', [0.0, 1.0], beta=5.0); "
             "print(f.tolist(), round(g[0].item(), 4))")
-    assert _python(plugin_site, code).strip() == "[1.0, 1.0] 5.0"
+    assert _python(plugin_py, code).strip() == "[1.0, 1.0] 5.0"
 
 
 # rsign on a linear layer of 3 inputs (2 outputs) and a 1x1 conv of 2 input channels (4 outputs): the layer hands
@@ -100,8 +108,8 @@ print(json.dumps(out))
 """
 
 
-def test_rsign_thresholds_per_input_channel_and_their_gradient(plugin_site):
-    res = json.loads(_python(plugin_site, RSIGN_CODE))
+def test_rsign_thresholds_per_input_channel_and_their_gradient(plugin_py):
+    res = json.loads(_python(plugin_py, RSIGN_CODE))
     # upstream gradients +1, -2, +3, -4, ... in x's memory order
     # linear, x - beta = [[0.25, 0.25, -2], [0, -0.25, 0.25]]; ApproxSign g = max(0, 2 - 2|u|) = [[1.5, 1.5, 0],
     # [2, 1.5, 1.5]]; upstream [[1, -2, 3], [-4, 5, -6]]
@@ -119,11 +127,11 @@ def test_rsign_thresholds_per_input_channel_and_their_gradient(plugin_site):
     assert conv["dbeta"] == [-(1.0 - 2.0), -(6.0 - 4.0)]  # -sum over the batch and the spatial positions
 
 
-def test_rsign_rejects_an_input_of_another_channel_count(plugin_site):
+def test_rsign_rejects_an_input_of_another_channel_count(plugin_py):
     code = ("import torch, bench\nfrom bench.layers import BinarySpec\n"
             "q = BinarySpec(activation=bench.create_estimator('rsign')).linear(3, 2).input_quantizer\n"
             "try:\n    q(torch.zeros(2, 4))\nexcept bench.ConfigError as e:\n    print('ConfigError', e)\n")
-    out = _python(plugin_site, code)
+    out = _python(plugin_py, code)
     assert out.startswith("ConfigError") and "3 channel thresholds" in out and "(2, 4)" in out
 
 
@@ -135,12 +143,12 @@ def _rbnn_g(x, fraction, t_min=1e-2, t_max=10.0):
     return max(0.0, k * (math.sqrt(2) * t - t * t * abs(x)))
 
 
-def test_rbnn_sign_surrogate_follows_its_schedule(plugin_site):
+def test_rbnn_sign_surrogate_follows_its_schedule(plugin_py):
     xs = [-1.0, 0.0, 0.1, 0.2, 1.0]
     code = ("import json, bench\n"
             f"print(json.dumps({{p: bench.probe('rbnn_sign', {xs!r}, progress=p)[1].tolist() "
             "for p in (0.0, 0.5, 1.0)}))")
-    grads = json.loads(_python(plugin_site, code))
+    grads = json.loads(_python(plugin_py, code))
     for p, g in grads.items():
         assert g == pytest.approx([_rbnn_g(x, float(p)) for x in xs], rel=1e-5, abs=1e-6), p
     assert grads["0.0"][1] == pytest.approx(math.sqrt(2)) and grads["1.0"][1] == pytest.approx(10 * math.sqrt(2))
@@ -148,14 +156,14 @@ def test_rbnn_sign_surrogate_follows_its_schedule(plugin_site):
 
 
 @pytest.mark.parametrize("weight", ["rbnn_sign", "ste"])
-def test_w1a1_digits_mlp_with_rsign_activations(plugin_site, tmp_path, weight):
+def test_w1a1_digits_mlp_with_rsign_activations(plugin_py, tmp_path, weight):
     """The issue's run: a weight estimator, RSign activations, digits at W1A1 for the dataset's default epochs."""
     hidden = [128, 96, 64]  # distinct widths: each layer's thresholds must match its own input width
     args = ["run", "-e", weight, "-m", "mlp", "-d", "digits", "--set", "activation_estimator=rsign", "--json",
             "--no-track", "--set", "threads=1", "--set", f"model.hidden={hidden}", "--checkpoint-dir", str(tmp_path)]
     if weight == "rbnn_sign":
         args += ["--set", "estimator.t_min=0.01", "--set", "estimator.t_max=10"]
-    out = _run(plugin_site, *args, timeout=300)
+    out = plugin_py.cli(*args)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout)
     assert res["status"] == "finished"
@@ -252,14 +260,13 @@ def test_changed_plugin_code_is_trained_again_on_resume(plugin_site, tmp_path):
     assert len(swish_codes) == 2  # the retrained run records the new code
 
 
-def test_model_and_dataset_plugins_are_listed_and_trained(plugin_site):
+def test_model_and_dataset_plugins_are_listed_and_trained(plugin_py):
     """Models and datasets register through their own entry-point groups, like estimators."""
-    models = _run(plugin_site, "list", "models")
-    datasets = _run(plugin_site, "list", "datasets")
+    models = plugin_py.cli("list", "models")
+    datasets = plugin_py.cli("list", "datasets")
     assert "tiny_bnn    entry point tiny_bnn (binbench-example-estimators" in models.stdout, models.stdout
     assert "stripes" in datasets.stdout and "4 classes" in datasets.stdout
-    out = _run(plugin_site, "run", "-m", "tiny_bnn", "-d", "stripes", "--epochs", "2", "--json", "--no-track",
-               timeout=300)
+    out = plugin_py.cli("run", "-m", "tiny_bnn", "-d", "stripes", "--epochs", "2", "--json", "--no-track")
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout)
     assert res["config"]["model"] == "tiny_bnn" and res["top1"] > 60.0  # 4 classes: chance is 25%
