@@ -321,29 +321,39 @@ def _peak_rss_of(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
 
 def suite_phases(results_dir: Path, started: float, ended: float) -> str:
     """Where a ``binbench suite run``'s wall time went, from its own store: process start to the first trial,
-    the trials' span against the training time their epochs report (the rest of each trial is its MLflow records
-    and set-up), and what follows the last trial. ``started``/``ended``: the process's epoch seconds."""
+    the packs' spans against the training time their epochs report (the rest of each pack is its members' MLflow
+    records and set-up), and what follows the last trial. ``started``/``ended``: the process's epoch seconds.
+
+    A packed member's run is open for its whole pack and its ``epoch_seconds`` is its share of the pack's epoch,
+    so spans are taken per pack (the union of its members' runs) and training time summed over members; a trial
+    without a pack tag is a pack of its own."""
     import sqlite3
+
+    from bench.track.store import PACK_TAG
 
     con = sqlite3.connect(results_dir / "mlflow.db")
     try:
         trials = con.execute(
-            "select r.run_uuid, r.start_time, r.end_time from runs r join tags t on t.run_uuid = r.run_uuid "
-            "where t.key = 'binbench.kind' and t.value = 'trial'").fetchall()
-        train = {rid: con.execute("select coalesce(sum(value), 0) from metrics where run_uuid = ? and key in "
-                                  "('epoch_seconds', 'eval_seconds')", (rid,)).fetchone()[0] for rid, _, _ in trials}
+            "select r.run_uuid, r.start_time, r.end_time, p.value from runs r join tags t on t.run_uuid = r.run_uuid "
+            "left join tags p on p.run_uuid = r.run_uuid and p.key = ? "
+            "where t.key = 'binbench.kind' and t.value = 'trial'", (PACK_TAG,)).fetchall()
+        trained = sum(con.execute("select coalesce(sum(value), 0) from metrics where run_uuid = ? and key in "
+                                  "('epoch_seconds', 'eval_seconds')", (t[0],)).fetchone()[0] for t in trials)
     finally:
         con.close()
     if not trials:
         return "no trial ran"
+    packs: dict[str, list[tuple[float, float]]] = {}
+    for rid, start, end, pack in trials:
+        packs.setdefault(pack or rid, []).append((start / 1e3, (end or start) / 1e3))
+    spans = [max(e for _, e in v) - min(s for s, _ in v) for v in packs.values()]
     first, last = min(t[1] for t in trials) / 1e3, max(t[2] or t[1] for t in trials) / 1e3
-    busy = sum(((end or start) - start) / 1e3 for _, start, end in trials)
-    trained = sum(train.values())
+    busy = sum(spans)
     return (f"process start to the first trial {first - started:.1f} s (imports, the store, workers); trials "
-            f"{last - first:.1f} s wall, {busy:.1f} s summed over {len(trials)} trials of which {trained:.1f} s "
-            f"train and evaluate ({(busy - trained) / len(trials):.2f} s per trial outside training: its MLflow "
-            f"run, params, per-epoch metrics, records, model artifact and set-up); after the last trial "
-            f"{ended - last:.1f} s")
+            f"{last - first:.1f} s wall in {len(packs)} pack(s) of {len(trials)} trials, the packs' spans summed "
+            f"{busy:.1f} s of which {trained:.1f} s train and evaluate ({(busy - trained) / len(packs):.2f} s per "
+            f"pack outside training: its members' MLflow runs, params, per-epoch metrics, records, model artifacts "
+            f"and set-up); after the last trial {ended - last:.1f} s")
 
 
 def _mnist_case(data_root: str, n_trials: int, epochs: int, subset: int, tmp: Path) -> Path:

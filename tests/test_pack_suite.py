@@ -112,6 +112,16 @@ def test_packed_members_record_what_solo_trials_record(tmp_path):
         first_b = cb.get_metric_history(rb.info.run_id, "train_loss")[0].value
         assert first_a == pytest.approx(first_b, rel=1e-4)
         assert (tmp_path / "packed" / "checkpoints" / key / "final.pt").exists()
+    # the benchmark's profile of a suite run takes a pack's span once, not once per member
+    from bench.benchmark import suite_phases
+
+    starts = [r.info.start_time / 1e3 for r in a.values()]
+    ends = [r.info.end_time / 1e3 for r in a.values()]
+    profile = suite_phases(tmp_path / "packed", min(starts) - 1, max(ends) + 1)
+    assert "in 1 pack(s) of 3 trials" in profile
+    summed = float(profile.split("spans summed ")[1].split(" s")[0])
+    assert summed == pytest.approx(max(ends) - min(starts), abs=0.05)
+    assert "in 3 pack(s) of 3 trials" in suite_phases(tmp_path / "solo", 0, 1e12)
 
 
 def test_a_diverged_member_ends_alone_and_a_crashed_pack_continues_from_checkpoints(tmp_path, plugins):
