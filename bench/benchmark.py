@@ -364,7 +364,9 @@ def _mnist_case(data_root: str, n_trials: int, epochs: int, subset: int, tmp: Pa
     from bench.suite import FP, load_suite
 
     mnist = load_suite("mnist", data_root=data_root)
-    picked = [t for t in mnist.trials if t.model == "mlp" and t.bits == "W1A1"][:n_trials]
+    full = max(t.budget or 1.0 for t in mnist.trials)  # a suite with budgets: its trials at the largest one
+    picked = [t for t in mnist.trials if t.model == "mlp" and t.bits == "W1A1" and (t.budget or 1.0) == full]
+    picked = picked[:n_trials]
     est = sorted({t.estimator for t in picked} - {FP}) or [reference_estimator()]
     body = {"name": "bench-mnist-trials", "grid": {"estimators": est, "models": ["mlp"], "datasets": ["mnist"],
                                                    "bits": ["W1A1"], "seeds": sorted({t.seed for t in picked})},

@@ -636,25 +636,31 @@ def missing_data(suite: Suite) -> list[str]:
 
 def estimate_cost(suite: Suite) -> dict[str, Any]:
     """A rough cost: multiply-accumulates of the models x samples x epochs, turned into hours at nominal rates."""
-    from bench.data import get_dataset
-    from bench.estimator import get_estimator_class
-
     cpu_flops, gpu_flops = 30e9, 10e12  # sustained training FLOP/s: 2-core CPU, one modern GPU (nominal)
-    total = 0.0
     cache: dict[tuple, float] = {}
-    for t in suite.trials:
-        rc = t.spec.config
-        ds = get_dataset(t.dataset)
-        key = (t.model, t.dataset, t.bits, json.dumps(rc.model_args, sort_keys=True))
-        if key not in cache:
-            cache[key] = _macs(rc, ds)
-        n_train = min(ds.train_images or 50000, rc.train_subset or ds.train_images or 50000)
-        evals = get_estimator_class(rc.estimator).eval_cost(rc.estimator_hparams) if rc.w_bits == 1 else 1
-        total += cache[key] * 2 * (3 * n_train + evals * (ds.test_images or 10000)) * rc.epochs
+    total = sum(trial_flop(t, cache) for t in suite.trials)
     cpu_h, gpu_h = total / cpu_flops / 3600, total / gpu_flops / 3600
     needs_gpu = cpu_h > 24
     return {"trials": len(suite.trials), "flop": total, "cpu_hours": cpu_h, "gpu_hours": gpu_h, "needs_gpu": needs_gpu,
             "datasets": sorted({t.dataset for t in suite.trials})}
+
+
+def trial_flop(t: Trial, cache: dict[tuple, float] | None = None) -> float:
+    """A trial's rough training cost in FLOP: its network's multiply-accumulates x 2 x (3 passes per training
+    sample + its estimator's evaluation passes per test sample) x epochs. ``cache``: MACs per network, shared by
+    the calls of one caller."""
+    from bench.data import get_dataset
+    from bench.estimator import get_estimator_class
+
+    cache = {} if cache is None else cache
+    rc = t.spec.config
+    ds = get_dataset(t.dataset)
+    key = (t.model, t.dataset, t.bits, json.dumps(rc.model_args, sort_keys=True))
+    if key not in cache:
+        cache[key] = _macs(rc, ds)
+    n_train = min(ds.train_images or 50000, rc.train_subset or ds.train_images or 50000)
+    evals = get_estimator_class(rc.estimator).eval_cost(rc.estimator_hparams) if rc.w_bits == 1 else 1
+    return cache[key] * 2 * (3 * n_train + evals * (ds.test_images or 10000)) * rc.epochs
 
 
 def _macs(rc, ds) -> float:

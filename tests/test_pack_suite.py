@@ -161,3 +161,26 @@ def test_pack_switch(tmp_path):
     for bad in ("0", "-1", "many", "1.5"):
         with pytest.raises(BinbenchError, match="--pack must be auto, off or a number"):
             PackMode.parse(bad)
+
+
+def test_several_workers_start_the_costliest_packs_first(tmp_path):
+    """With budgets a suite lists each trial's short runs first; two workers taking packs in that order would
+    leave one worker training the longest pack alone at the end. Several workers take the costliest first (cost:
+    members x epochs here, the network and data being the same), one worker the suite's order."""
+    body = yaml.safe_load(_suite(tmp_path, ["ste", "dsq"]).read_text())
+    body.update(budgets=[0.25, 0.5, 1], grid={**body["grid"], "bits": ["W1A1", "W1A32"], "seeds": [0, 1]},
+                defaults={**body["defaults"], "epochs": 8})
+    path = tmp_path / "budgets.yaml"
+    path.write_text(yaml.safe_dump(body))
+    trials = load_suite(str(path)).trials
+
+    def shape(packs):
+        return [(len(p.trials), p.trials[0].spec.config.epochs) for p in packs]
+
+    one = shape(plan_packs(trials, PackMode.parse("auto"), 1))
+    two = shape(plan_packs(trials, PackMode.parse("auto"), 2))
+    assert sorted(one) == sorted(two) and len(two) == 6
+    assert [e for _, e in one] == [2, 4, 8, 2, 4, 8]  # W1A1 then W1A32, each budget's pack in the suite's order
+    assert [e for _, e in two] == [8, 8, 4, 4, 2, 2]
+    solo = [t.spec.config.epochs for p in plan_packs(trials, PackMode.parse("off"), 2) for t in p.trials]
+    assert solo == sorted(solo, reverse=True)

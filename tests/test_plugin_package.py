@@ -185,6 +185,36 @@ def test_w1a1_digits_mlp_with_rsign_activations(plugin_py, tmp_path, weight):
         assert bool((beta != 0).all()), f"{key}: {int((beta == 0).sum())} of {beta.numel()} thresholds never moved"
 
 
+def test_installed_plugins_pack_to_their_solo_runs(plugin_py):
+    """Packed trials (issue 23) with estimators from the installed package, which has no code for packing: each
+    member computes what its trial computes alone (tests/test_pack.py's reference loop, written from the issue), in
+    float64 the same binary weights at every step and losses within 1e-9, over two epochs (RBNN's schedule moves
+    between them). The plugins' weight estimators share a pack with a built-in one (two members of one plugin at
+    other seeds and learning rates); every plugin activation estimator binarizes two members' inputs (another
+    seed each), beside a built-in weight estimator."""
+    code = f"""
+import json, torch
+from bench.estimator import get_estimator_class
+from tests.test_pack import MLP, check_pack, default_dtype
+plugins = {sorted(PLUGIN_KINDS)!r}
+assert all(get_estimator_class(n).__module__.startswith("binbench_examples") for n in plugins)
+weights = [n for n in plugins if "weight" in get_estimator_class(n).kinds]
+acts = [n for n in plugins if "activation" in get_estimator_class(n).kinds]
+configs = [{{**MLP, "estimator": weights[0], "seed": 0, "epochs": 2}},
+           {{**MLP, "estimator": weights[0], "seed": 1, "epochs": 2, "lr": 0.05}},
+           *[{{**MLP, "estimator": w, "seed": 2 + i, "epochs": 2}} for i, w in enumerate(weights[1:])],
+           {{**MLP, "estimator": "ste", "seed": 9, "epochs": 2}}]
+with default_dtype(torch.float64):
+    check_pack(configs, 10, 1e-9)
+    check_pack([{{**MLP, "estimator": "ste", "activation_estimator": a, "a_bits": 1, "seed": s, "epochs": 2}}
+                for a in acts for s in (0, 1)], 5, 1e-9)
+print(json.dumps({{"weights": weights, "activations": acts}}))
+"""
+    packed = json.loads(_python(plugin_py, code).strip().splitlines()[-1])
+    assert packed == {"weights": [n for n in sorted(PLUGIN_KINDS) if "weight" in PLUGIN_KINDS[n]],
+                      "activations": [n for n in sorted(PLUGIN_KINDS) if "activation" in PLUGIN_KINDS[n]]}
+
+
 def _expected_registry_tests(name, kinds):
     ids = {f"test_forward_is_binary_and_gradient_finite[{name}-{k}]" for k in kinds}
     ids.add(f"test_sign_of_zero_is_plus_one[{name}]")

@@ -152,7 +152,13 @@ def test_report_reads_the_store_and_writes_nothing_into_it(suite_run):
     assert "report" not in {a.path for a in client.list_artifacts(parent.info.run_id)}
     md = (res / "leaderboard.md").read_text()
     assert f"sha256:{before[:16]} of the file as this report read it" in md
-    assert f"suite executions in the store (MLflow parent runs, oldest first): {parent.info.run_id}" in md
+    # how the execution ran and the wall time it took: the parent run's span, in the header and the LaTeX caption
+    wall = round((parent.info.end_time - parent.info.start_time) / 1e3)
+    took = f"{wall // 60} min {wall % 60:02d} s" if wall >= 60 else f"{wall} s"
+    assert (f"suite executions in the store (MLflow parent runs, oldest first): {parent.info.run_id} (local "
+            f"executor, 1 worker(s) of 1 CPU, 2 trial(s) trained in 1 pack(s), {took} wall)") in md
+    assert f"- wall time measured: {took} (the suite executions listed below" in md
+    assert f"Trained in {took} of wall time" in (res / "leaderboard.tex").read_text()
 
 
 def test_evaluate_reproduces_a_suite_trial(suite_run):

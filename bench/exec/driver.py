@@ -129,10 +129,12 @@ def _execute(suite: Suite, todo: Sequence[Trial], ctx: SuiteContext, how: Execut
     packs = plan_packs(todo, how.pack, workers if how.executor == "local" or not how.address else 1,
                        search=bool(suite.search))
     packed = f" in {len(packs)} pack(s)" if len(packs) < len(todo) else ""
-    if how.executor == "local":
+    local = how.executor == "local"
+    workers = min(workers, len(packs)) if local else workers
+    _record_shape(ctx, len(packs), workers if local else None)
+    if local:
         from bench.exec.local import run_local
 
-        workers = min(workers, len(packs))
         where = "in this process" if workers == 1 else f"in {workers} worker processes"
         gpus = f", {how.gpus_per_trial:g} GPU" if how.gpus_per_trial else ""
         log(f"suite {suite.name}: {len(todo)} trial(s){packed} on this machine {where} ({how.cpus_per_trial} CPU"
@@ -148,6 +150,14 @@ def _execute(suite: Suite, todo: Sequence[Trial], ctx: SuiteContext, how: Execut
     finally:  # also after Ctrl-C: the session folder of a Ray started here goes with it
         if ray_tmp is not None:
             ray_tune.stop_ray(ray_tmp)
+
+
+def _record_shape(ctx: SuiteContext, packs: int, workers: int | None) -> None:
+    """How the execution ran, on its parent run, for the report's wall-time line: its packs and (local) workers;
+    Ray's concurrency is its scheduler's and is not recorded."""
+    shape = {tracking.PACKS_TAG: str(packs), **({tracking.WORKERS_TAG: str(workers)} if workers else {})}
+    _tracked(ctx.tracking_uri, lambda: tracking.log_values(tracking.mlflow_client(ctx.tracking_uri),
+                                                           ctx.parent_run_id, {}, shape))
 
 
 def _open_parent(suite: Suite, results: Path, uri: str, exp_id: str, tags: dict[str, str]) -> str:

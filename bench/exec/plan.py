@@ -40,11 +40,16 @@ class PackMode:
 
 def plan_packs(trials: Sequence[Trial], mode: PackMode, workers: int = 1, search: bool = False,
                memory: int | None = None) -> list[Pack]:
-    """The packs ``trials`` run in (first-seen order, every trial once). ``workers``: how many run at once;
-    ``memory``: the bytes the packs of one worker may use (default: a share of the free memory of the trials'
-    device)."""
-    if mode.mode == "off" or search:
+    """The packs ``trials`` run in (every trial once). ``workers``: how many run at once; ``memory``: the bytes the
+    packs of one worker may use (default: a share of the free memory of the trials' device).
+
+    Order: first-seen for one worker and for a search; for several workers the costliest pack first (longest
+    processing time first), so that the workers' last packs end close together instead of one worker training a
+    suite's longest pack alone at the end (a suite with ``budgets`` lists its short packs first)."""
+    if search:
         return [Pack((t,)) for t in trials]
+    if mode.mode == "off":
+        return _costliest_first([Pack((t,)) for t in trials], workers)
     from bench.pack import packable
 
     by_key = {t.spec.key: t for t in trials}
@@ -55,7 +60,19 @@ def plan_packs(trials: Sequence[Trial], mode: PackMode, workers: int = 1, search
     for group in groups:
         size = min(len(group), cap, max_members(group[0], memory))
         packs.extend(_split(group, math.ceil(len(group) / size)))
-    return [Pack(tuple(p)) for p in packs]
+    return _costliest_first([Pack(tuple(p)) for p in packs], workers)
+
+
+def _costliest_first(packs: list[Pack], workers: int) -> list[Pack]:
+    """``packs`` by their rough training cost (``bench.suite.trial_flop`` summed over members), costliest first,
+    ties in their given order; as given for one worker."""
+    if workers <= 1 or len(packs) <= 1:
+        return packs
+    from bench.suite import trial_flop
+
+    cache: dict[tuple, float] = {}
+    cost = {id(p): sum(trial_flop(t, cache) for t in p.trials) for p in packs}
+    return sorted(packs, key=lambda p: -cost[id(p)])
 
 
 def _split(group: list[Trial], n: int) -> list[list[Trial]]:

@@ -169,7 +169,8 @@ def collect(uri: str, suite: str, search_keys: tuple[str, ...] = (),
              "store are not counted (its file changed since they ran)"] if outside else []
     parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'suite'")
     return Collected(suite, uri, main, _collect_curves(client, main),
-                     [{"tags": r.data.tags, "start": r.info.start_time, "run_id": r.info.run_id} for r in parents],
+                     [{"tags": r.data.tags, "params": r.data.params, "start": r.info.start_time,
+                       "end": r.info.end_time, "run_id": r.info.run_id} for r in parents],
                      len(runs) - len(df), notes, budgets)
 
 

@@ -8,6 +8,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -68,6 +69,7 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
         f"{c.ignored} other runs ignored: repeats, failed, killed or unfinished)",
         f"git commit(s): {', '.join(sorted(df.git_commit.unique()))}; torch {', '.join(sorted(df.torch.unique()))}",
         f"hardware: {'; '.join(sorted(set(df.cpu + ' / GPU: ' + df.gpu)))}; runs from {start} to {end}",
+        _wall_line(c),
         "made by: " + (" && ".join(commands) if commands else f"binbench suite run {c.suite}")
         + f", then: binbench report {c.suite}" + ("" if _default_results(c.suite, results_dir) else
                                                   " --results-dir THIS_FOLDER"),
@@ -84,6 +86,12 @@ def provenance(c: Collected, results_dir: Path) -> list[str]:
     if design:
         lines.append(f"design (the suite file's description): {design}")
     return [relative(x, results_dir) for x in lines]  # no machine path in a committed report
+
+
+def _wall_line(c: Collected) -> str:
+    wall = wall_time(c)
+    return ("wall time measured: " + (f"{duration(wall)} (the suite executions listed below, start to end, summed; "
+                                      "on the hardware above)" if wall is not None else "not recorded"))
 
 
 def _store_digest(uri: str) -> str:
@@ -104,9 +112,40 @@ def _store_digest(uri: str) -> str:
 
 
 def _executions(c: Collected) -> str:
-    """The suite executions (MLflow parent runs) in the store, oldest first: where the counted runs came from."""
-    ids = [p.get("run_id", "?") for p in sorted(c.parents, key=lambda p: p["start"])]
-    return f"suite executions in the store (MLflow parent runs, oldest first): {', '.join(ids) or 'none'}"
+    """The suite executions (MLflow parent runs) in the store, oldest first: where the counted runs came from, each
+    with how it ran (executor, workers, trials and packs) and the wall time it took."""
+    done = [f"{p.get('run_id', '?')} ({_how(p)})" for p in sorted(c.parents, key=lambda p: p["start"])]
+    return f"suite executions in the store (MLflow parent runs, oldest first): {', '.join(done) or 'none'}"
+
+
+def _how(parent: dict[str, Any]) -> str:
+    from bench.track.store import PACKS_TAG, WORKERS_TAG
+
+    tags, params = parent["tags"], parent.get("params", {})
+    parts = [tags.get("executor", params.get("executor", "?")) + " executor"]
+    if tags.get(WORKERS_TAG):
+        parts.append(f"{tags[WORKERS_TAG]} worker(s) of {tags.get('cpus_per_trial', '?')} CPU")
+    submitted = params.get("submitted", tags.get("submitted"))
+    if submitted is not None:
+        parts.append(f"{submitted} trial(s) trained" + (f" in {tags[PACKS_TAG]} pack(s)" if tags.get(PACKS_TAG)
+                                                        else ""))
+    end = parent.get("end")
+    parts.append(f"{duration((end - parent['start']) / 1e3)} wall" if end else "did not end")
+    return ", ".join(parts)
+
+
+def wall_time(c: Collected) -> float | None:
+    """The measured wall time of the suite: its executions' spans (parent runs, start to end) summed, in seconds;
+    None when no execution ended."""
+    spans = [(p["end"] - p["start"]) / 1e3 for p in c.parents if p.get("end")]
+    return sum(spans) if spans else None
+
+
+def duration(seconds: float) -> str:
+    """``1 h 02 min``, ``24 min 10 s`` or ``41 s``."""
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 def _default_results(suite: str, results_dir: Path) -> bool:
@@ -289,6 +328,9 @@ def caption(c: Collected, lb: pd.DataFrame) -> str:
     parts = [f"Suite {c.suite}: final-epoch test top-1 (%), mean ± sample std over {len(seeds)} seeds "
              f"({', '.join(map(str, seeds))}); budget {epochs}.",
              "FP: the full-precision network; control: binary weights fixed at their initial signs (never ranked)."]
+    wall = wall_time(c)
+    if wall is not None:
+        parts.insert(1, f"Trained in {duration(wall)} of wall time (hardware in the comment above the table).")
     if (lb.get("cell_check", pd.Series(dtype=str)) == "cannot discriminate").any():
         parts.append(f"†: {FLAG} ({reference()} does not beat the control with a 95% interval above 0).")
     if lb.published.notna().any():
