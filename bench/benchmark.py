@@ -41,6 +41,9 @@ TARGETS = {
 #: baseline). Packed (the default, ``--pack auto``): a suite cell trained as one program must cost a fraction of
 #: doing it by hand (issue 23); solo (``--pack off``) must not be slower than by hand (issue 16); Ray is listed
 #: for comparison (a cluster's engine)
+#: an ensemble-evaluating estimator's epoch (training + every evaluation mode, its ensemble of sampled networks
+#: included) over the reference estimator's epoch on the same model (issue 23: the forward-pass count alone is ~3x)
+ENSEMBLE_TARGET = 3.5
 SUITE_TARGETS = {("smoke", "packed"): 0.4, ("mnist-6-trials", "packed"): 0.7, ("cifar10-cpu-cell", "packed"): 0.7,
                  ("mnist-6-trials", "solo"): 1.0, ("smoke", "solo"): 1.1}
 #: how each suite variant runs: ``binbench suite run`` arguments after the suite and its folder
@@ -283,6 +286,40 @@ def measure_estimators(w: Workload, steps: int, repeats: int, rows: list[dict], 
                      "profile": f"{n}: {profile_ops(runners[n][0])}; {ref}: {profile_ops(runners[ref][0])}"})
 
 
+def measure_ensembles(root: str, device: torch.device, quick: bool, rows: list[dict], log) -> None:
+    """One epoch (training + evaluation in every mode) of each estimator that evaluates an ensemble of sampled
+    networks (``eval_cost`` above its number of modes) against the reference estimator's epoch, on the MNIST conv
+    net with the whole training and test sets (a subset would weigh the evaluation more than a real epoch does);
+    one repeat (minutes each)."""
+    from bench import list_estimators
+    from bench.estimator import get_estimator_class, reference_estimator
+    from bench.spec import resolve
+    from bench.train import train
+
+    threads = os.cpu_count() or 1
+    ens = [n for n in list_estimators() if (c := get_estimator_class(n)).eval_cost({}) > len(c.eval_modes)]
+    base = {"model": "convnet", "dataset": "digits" if quick else "mnist", "data_root": root, "epochs": 1,
+            "threads": threads, "seed": 0, "device": device.type}  # quick: the embedded 8x8 digits
+
+    def epoch(est: str) -> tuple[float, dict]:
+        res = train(resolve({**base, "estimator": est}))
+        h = res.history[0]
+        return h["epoch_seconds"] + h.get("eval_seconds", 0.0), res.params
+
+    ref, _ = epoch(reference_estimator())
+    where = f"convnet/{base['dataset']} epoch"
+    rows.append({"measure": "ensemble", "workload": where, "variant": f"{reference_estimator()}: "
+                 "training + evaluation", "median": ref, "unit": "s"})
+    for name in ens:
+        seconds, _ = epoch(name)
+        cls = get_estimator_class(name)
+        log(f"  {name} epoch {seconds:.1f}s, {reference_estimator()} {ref:.1f}s")
+        rows.append({"measure": "ensemble", "workload": where, "variant": f"{name} "
+                     f"({cls.setting_label({})}; modes {', '.join(cls.eval_modes)}) / {reference_estimator()}",
+                     "median": seconds, "unit": "s", "ratio": seconds / ref, "target": ENSEMBLE_TARGET,
+                     "met": seconds / ref <= ENSEMBLE_TARGET})
+
+
 def profile_ops(fn: Callable[[], None], top: int = 8) -> str:
     """Where one call of ``fn`` spends its CPU time: the ``top`` operators by self time (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -518,7 +555,7 @@ def run_benchmark(out_dir: str | Path, data_root: str | None = None, repeats: in
                   only: set[str] | None = None, log=print) -> list[dict[str, Any]]:
     from bench.data import resolve_data_root
 
-    only = only or {"overhead", "estimators", "suite", "memory"}
+    only = only or {"overhead", "estimators", "ensemble", "suite", "memory"}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -559,6 +596,9 @@ def run_benchmark(out_dir: str | Path, data_root: str | None = None, repeats: in
             section("estimator step", lambda: measure_estimators(mlp, 5 if quick else 50, repeats, rows, log))
             conv = next(w for w in works if w.model == "resnet20")
             section("estimator step", lambda: measure_estimators(conv, 2 if quick else 8, repeats, rows, log))
+        if "ensemble" in only and (has_mnist or quick):
+            log("ensemble evaluation")
+            section("ensemble", lambda: measure_ensembles(root, device, quick, rows, log))
         if "suite" in only:
             _suite_sections(section, root, has_mnist, quick, repeats, rows, log, tmp)
         if "memory" in only:

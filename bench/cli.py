@@ -587,9 +587,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from bench.benchmark import run_benchmark
 
     only = set(args.only.split(",")) if args.only else None
-    bad = (only or set()) - {"overhead", "estimators", "suite", "memory"}
+    bad = (only or set()) - {"overhead", "estimators", "ensemble", "suite", "memory"}
     if bad:
-        raise BinbenchError(f"--only takes overhead, estimators, suite, memory; got {', '.join(sorted(bad))}")
+        raise BinbenchError(f"--only takes overhead, estimators, ensemble, suite, memory; got {', '.join(sorted(bad))}")
     _writable_folder(args.out, "--out")
     run_benchmark(args.out, data_root=args.data_root, repeats=args.repeats, quick=args.quick, only=only)
     import torch
@@ -695,7 +695,7 @@ def _add_tool_commands(sub: Any) -> None:
     bm.add_argument("--data-root")
     bm.add_argument("--repeats", type=int, default=3)
     bm.add_argument("--quick", action="store_true", help="reduced sizes: checks that it runs, not for numbers")
-    bm.add_argument("--only", help="comma-separated subset of: overhead, estimators, suite, memory")
+    bm.add_argument("--only", help="comma-separated subset of: overhead, estimators, ensemble, suite, memory")
     bm.set_defaults(func=cmd_benchmark)
 
     rl = sub.add_parser("replay", help="train the first epochs of recorded suite trials again and compare their "

@@ -73,3 +73,28 @@ def test_unknown_model_argument_is_clear():
 
     with pytest.raises(ConfigError, match="unknown argument 'hiden' for model 'mlp'.*did you mean: hidden"):
         create_model("mlp", BinarySpec(), 10, (1, 8, 8), hiden=[3])
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 28, 28), (3, 5, 7, 7)], ids=["even", "odd"])
+def test_evaluation_max_pool_gives_the_parents_values_and_training_its_gradient(shape):
+    """bench.models.MaxPool2d pools in channels_last order without a gradient: the same values as nn.MaxPool2d
+    (binary inputs full of ties, NaN and infinities included), a contiguous output; with a gradient it is the
+    parent's own path (the same gradient, ties routed as nn.MaxPool2d routes them)."""
+    from torch import nn
+
+    from bench.models import MaxPool2d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    special = x.clone()
+    special[0, 0, 0, 0], special[0, 1, 2, 3], special[-1, -1, -1, -1] = float("nan"), float("inf"), -float("inf")
+    for inp in (x, torch.sign(x), special):
+        with torch.no_grad():
+            got, want = MaxPool2d(2)(inp), nn.MaxPool2d(2)(inp)
+        assert got.is_contiguous() and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    for inp in (x, torch.sign(x)):
+        a, b = inp.clone().requires_grad_(), inp.clone().requires_grad_()
+        MaxPool2d(2)(a).square().sum().backward()
+        nn.MaxPool2d(2)(b).square().sum().backward()
+        assert torch.equal(a.grad, b.grad)

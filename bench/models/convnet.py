@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from bench.layers import FP, BinarySpec
-from bench.models import default_act, make_act, register_model
+from bench.models import MaxPool2d, default_act, make_act, register_model
 
 
 class ConvNet(nn.Module):
@@ -16,7 +16,7 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         prev = in_channels
         for i, w in enumerate(widths):  # conv -> max-pool -> BN -> act, the VGG-small order
-            layers += [(first if i == 0 else spec).conv(prev, w, 3, 1, 1), nn.MaxPool2d(2), nn.BatchNorm2d(w),
+            layers += [(first if i == 0 else spec).conv(prev, w, 3, 1, 1), MaxPool2d(2), nn.BatchNorm2d(w),
                        make_act(act, w)]
             prev = w
         self.features = nn.Sequential(*layers)

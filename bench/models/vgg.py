@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from bench.layers import FP, BinarySpec
-from bench.models import default_act, make_act, register_model
+from bench.models import MaxPool2d, default_act, make_act, register_model
 
 
 class VGGSmall(nn.Module):
@@ -19,7 +19,7 @@ class VGGSmall(nn.Module):
         for i, (ch, pool) in enumerate(cfg):
             layers.append((first if i == 0 else spec).conv(prev, ch, 3, 1, 1))
             if pool:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2d(2))
             layers += [nn.BatchNorm2d(ch), make_act(act, ch)]
             prev = ch
         self.features = nn.Sequential(*layers)
@@ -57,7 +57,7 @@ class VGG16(nn.Module):
         prev = in_shape[0]
         for v in self.CFG:
             if v == "M":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2d(2))
                 continue
             layers += [(first if prev == in_shape[0] and not layers else spec).conv(prev, v, 3, 1, 1),
                        nn.BatchNorm2d(v, affine=False, momentum=0.2), make_act(act, v)]
