@@ -330,7 +330,7 @@ def caption(c: Collected, lb: pd.DataFrame) -> str:
              "FP: the full-precision network; control: binary weights fixed at their initial signs (never ranked)."]
     wall = wall_time(c)
     if wall is not None:
-        parts.insert(1, f"Trained in {duration(wall)} of wall time (hardware in the comment above the table).")
+        parts.insert(1, f"Trained in {duration(wall)} of wall time (the machine: see the comment above the table).")
     if (lb.get("cell_check", pd.Series(dtype=str)) == "cannot discriminate").any():
         parts.append(f"†: {FLAG} ({reference()} does not beat the control with a 95% interval above 0).")
     if lb.published.notna().any():
