@@ -122,7 +122,8 @@ def _how(parent: dict[str, Any]) -> str:
     from bench.track.store import PACKS_TAG, WORKERS_TAG
 
     tags, params = parent["tags"], parent.get("params", {})
-    parts = [tags.get("executor", params.get("executor", "?")) + " executor"]
+    executor = tags.get("executor", params.get("executor"))
+    parts = [f"{executor} executor"] if executor else []  # stores older than the tag do not say
     if tags.get(WORKERS_TAG):
         parts.append(f"{tags[WORKERS_TAG]} worker(s) of {tags.get('cpus_per_trial', '?')} CPU")
     submitted = params.get("submitted", tags.get("submitted"))
