@@ -301,17 +301,16 @@ def measure_ensembles(root: str, device: torch.device, quick: bool, rows: list[d
     base = {"model": "convnet", "dataset": "digits" if quick else "mnist", "data_root": root, "epochs": 1,
             "threads": threads, "seed": 0, "device": device.type}  # quick: the embedded 8x8 digits
 
-    def epoch(est: str) -> tuple[float, dict]:
-        res = train(resolve({**base, "estimator": est}))
-        h = res.history[0]
-        return h["epoch_seconds"] + h.get("eval_seconds", 0.0), res.params
+    def epoch(est: str) -> float:
+        h = train(resolve({**base, "estimator": est})).history[0]
+        return h["epoch_seconds"] + h.get("eval_seconds", 0.0)
 
-    ref, _ = epoch(reference_estimator())
+    ref = epoch(reference_estimator())
     where = f"convnet/{base['dataset']} epoch"
     rows.append({"measure": "ensemble", "workload": where, "variant": f"{reference_estimator()}: "
                  "training + evaluation", "median": ref, "unit": "s"})
     for name in ens:
-        seconds, _ = epoch(name)
+        seconds = epoch(name)
         cls = get_estimator_class(name)
         log(f"  {name} epoch {seconds:.1f}s, {reference_estimator()} {ref:.1f}s")
         rows.append({"measure": "ensemble", "workload": where, "variant": f"{name} "

@@ -16,6 +16,14 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def format_elapsed(seconds: float) -> str:
+    """``1 h 02 min``, ``24 min 10 s`` or ``41 s``: a measured wall time to the second, as tables state it
+    (:func:`format_duration` rounds to a tenth of the unit, for progress lines)."""
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
 def format_flop(flop: float) -> str:
     """101 GFLOP, 3.2 TFLOP, 1.5 PFLOP, 12 EFLOP: three significant digits in the largest unit below the value."""
     units = (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6))

@@ -16,6 +16,7 @@ from bench.errors import BinbenchError
 from bench.export.columns import EXPORT_SIZE_COL, EXPORT_TOP1_COL, NO_EXPORT_NOTE, none_exported
 from bench.export.columns import LEGEND as EXPORT_LEGEND
 from bench.export.columns import display as export_display
+from bench.progress import format_elapsed as duration
 from bench.report import budget, complexity, escape, latex
 from bench.report.collect import Collected, method_label, reference
 from bench.report.escape import md_table
@@ -122,7 +123,7 @@ def _how(parent: dict[str, Any]) -> str:
     from bench.track.store import PACKS_TAG, WORKERS_TAG
 
     tags, params = parent["tags"], parent.get("params", {})
-    executor = tags.get("executor", params.get("executor"))
+    executor = tags.get("executor")
     parts = [f"{executor} executor"] if executor else []  # stores older than the tag do not say
     if tags.get(WORKERS_TAG):
         parts.append(f"{tags[WORKERS_TAG]} worker(s) of {tags.get('cpus_per_trial', '?')} CPU")
@@ -140,13 +141,6 @@ def wall_time(c: Collected) -> float | None:
     None when no execution ended."""
     spans = [(p["end"] - p["start"]) / 1e3 for p in c.parents if p.get("end")]
     return sum(spans) if spans else None
-
-
-def duration(seconds: float) -> str:
-    """``1 h 02 min``, ``24 min 10 s`` or ``41 s``."""
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 def _default_results(suite: str, results_dir: Path) -> bool:
