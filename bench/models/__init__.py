@@ -107,8 +107,8 @@ def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, float]:
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` whose CPU evaluation (no gradient) pools in channels_last order: the same values (a maximum
     is exact), about 3x faster on a CPU, where NCHW max-pooling with indices cost as much as the convolutions in a
-    small conv net's evaluation (VISPA's 40-network ensemble evaluates it 42 times an epoch). Training and CUDA keep
-    the parent's own path (its indices route the gradient)."""
+    small conv net's evaluation (an ensemble of 40 sampled networks evaluates it 42 times an epoch). Training and
+    CUDA keep the parent's own path (its indices route the gradient)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() or x.dim() != 4 or x.device.type != "cpu":
