@@ -177,7 +177,13 @@ def test_float32_first_20_steps_agree():
     check_pack(configs, 10, 1e-5)
 
 
-def test_convnet_pack_of_every_estimator_matches():
+@pytest.mark.parametrize("grouped", [None, True], ids=["device-default", "grouped"])
+def test_convnet_pack_of_every_estimator_matches(grouped, monkeypatch):
+    """Both ways a pack convolves: the device's default (one convolution per member on a CPU) and the one grouped
+    convolution over the members that CUDA runs."""
+    from bench.pack.model import PackedConv2d
+
+    monkeypatch.setattr(PackedConv2d, "grouped", grouped)
     configs = [{**CONVNET, "estimator": e, "seed": i, "epochs": 2} for i, e in enumerate(WEIGHT_ESTIMATORS)]
     with default_dtype(torch.float64):
         check_pack(configs, 4, 1e-9)
