@@ -57,6 +57,17 @@ def plugins(tmp_path):
         ESTIMATORS.unregister(name)
 
 
+@pytest.fixture
+def monitor_runs(monkeypatch) -> list[str]:
+    """The runs whose system metrics this process sampled (the in-process executor: max_concurrent=1)."""
+    from bench.track import record
+
+    started: list[str] = []
+    real = record.start_system_metrics
+    monkeypatch.setattr(record, "start_system_metrics", lambda run_id, uri: started.append(run_id) or real(run_id, uri))
+    return started
+
+
 def _suite(tmp_path: Path, estimators: list[str], name: str = "packs") -> Path:
     body = {"name": name, "grid": {"estimators": estimators, "models": ["mlp"], "datasets": ["digits"],
                                    "bits": ["W1A32"], "seeds": [0]},
@@ -78,13 +89,15 @@ def _finished(runs) -> dict[str, object]:
     return {r.data.tags["binbench.key"]: r for r in runs if r.info.status == "FINISHED"}
 
 
-def test_packed_members_record_what_solo_trials_record(tmp_path):
+def test_packed_members_record_what_solo_trials_record(tmp_path, monitor_runs):
     path = _suite(tmp_path, ["ste", "clipped_ste", "dsq"])
     suite = load_suite(str(path))
     assert [len(p.trials) for p in plan_packs(suite.trials, PackMode.parse("auto"), 1)] == [3]
     log: list[str] = []
     packed = run_suite(suite, tmp_path / "packed", executor="local", max_concurrent=1, log=log.append)
+    monitored, monitor_runs[:] = list(monitor_runs), []
     solo = run_suite(suite, tmp_path / "solo", executor="local", max_concurrent=1, pack="off", log=log.append)
+    assert len(monitor_runs) == 3 and len(monitored) == 1  # a pack is one process: one system-metrics monitor
     assert any("3 trial(s) in 1 pack(s)" in line for line in log)
     assert set(packed.statuses.values()) == {"finished"} and packed.statuses == solo.statuses
     a, b = _finished(_runs(packed)), _finished(_runs(solo))
@@ -100,8 +113,11 @@ def test_packed_members_record_what_solo_trials_record(tmp_path):
             {m for m in rb.data.metrics if not m.startswith("system/")}
         # only the pack tags, and what differs between any two runs (ids, times, hosts), tell them apart
         assert ra.data.tags["binbench.pack_size"] == "3" and rb.data.tags["binbench.pack_size"] == "1"
-        assert {k for k in ra.data.tags if not k.startswith("mlflow.")} == \
+        # and, on the members without a monitor, which member's run holds the pack's system metrics
+        assert {k for k in ra.data.tags if not k.startswith("mlflow.")} - {"binbench.system_metrics_in"} == \
             {k for k in rb.data.tags if not k.startswith("mlflow.")}
+        holder = ra.data.tags.get("binbench.system_metrics_in", key)
+        assert a[holder].info.run_id == monitored[0]
         for metric in ("train_loss", "test_top1"):
             ha = [m.value for m in ca.get_metric_history(ra.info.run_id, metric)]
             hb = [m.value for m in cb.get_metric_history(rb.info.run_id, metric)]

@@ -144,10 +144,14 @@ def _train_members(live: list[_Member], ctx: SuiteContext, report: Report | None
     """Open every live member's tracked run, train them (alone or packed), end each run with its result."""
     from bench.track.run import tracked_run
 
+    # one process, one machine: the first member's run holds the pack's system metrics (a monitor thread per
+    # member, 15 of them sampling and writing to the store, cost a tenth of a core in a cifar10-cpu pack)
+    shared = {store.SYSTEM_METRICS_TAG: live[0].spec.key}
     with contextlib.ExitStack() as stack:
         runs = [stack.enter_context(tracked_run(ctx.tracking_uri, ctx.experiment_id,
                                                 dataclasses.replace(m.trial.identity, key=m.spec.key), m.spec,
-                                                m.tags, ctx.parent_run_id)) for m in live]
+                                                {**m.tags, **(shared if j else {})}, ctx.parent_run_id,
+                                                system_metrics=j == 0)) for j, m in enumerate(live)]
 
         def ended(j: int, res: Any) -> None:  # a member's result: its run ends now, a retry will not train it again
             runs[j].finish(res)

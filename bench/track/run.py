@@ -131,15 +131,17 @@ class TrackedRun:
 
 @contextlib.contextmanager
 def tracked_run(uri: str, exp_id: str, identity: RunIdentity, spec: RunSpec, tags: Mapping[str, str],
-                parent_id: str | None = None) -> Iterator[TrackedRun]:
+                parent_id: str | None = None, system_metrics: bool = True) -> Iterator[TrackedRun]:
     """The run of one training: the caller trains inside the block and calls ``finish(result)``; whatever
-    leaves the block otherwise ends the run as what it was (see the module's docstring) and propagates."""
+    leaves the block otherwise ends the run as what it was (see the module's docstring) and propagates.
+    ``system_metrics``: sample the machine's CPU, memory (and GPU) into this run; a pack samples them once, into
+    one member's run, since its members share one process."""
     tracked = TrackedRun(MlflowRun(uri, exp_id, parent_id, identity, {**store.code_tags(spec), **tags}), spec)
     try:
         params, exec_tags = record.split_config(tracked.config)
         tracked.run.log_params(params)
         tracked.run.set_tags(exec_tags)
-        tracked.monitor = record.start_system_metrics(tracked.run_id, uri)
+        tracked.monitor = record.start_system_metrics(tracked.run_id, uri) if system_metrics else None
         yield tracked
     except SystemExit:  # Ray ends a trial its scheduler stops (ASHA) this way: not a failure, not a result
         tracked.abort("stopped", "KILLED")

@@ -20,6 +20,8 @@ KIND_TAG, KEY_TAG, STATUS_TAG = "binbench.kind", "binbench.key", "binbench.statu
 #: ``--resume`` skips once ended; equal to the run's key outside a search. Older stores lack it: their key is.
 TRIAL_TAG = "binbench.trial"
 PACK_TAG, PACK_SIZE_TAG = "binbench.pack", "binbench.pack_size"  # the pack a suite trial trained in (its id, size)
+#: on a packed member without system metrics: the key of the member whose run holds its process's (one process)
+SYSTEM_METRICS_TAG = "binbench.system_metrics_in"
 #: a suite execution's shape (tags of its parent run): how many packs its trials trained in, on how many local workers
 PACKS_TAG, WORKERS_TAG = "binbench.packs", "binbench.workers"
 #: the run's code (``RunSpec.code``, a digest of its estimators' sources) and each estimator's origin by role
