@@ -115,3 +115,37 @@ def test_bad_budgets_are_one_line_errors(tmp_path, budgets, why):
     out = cli("suite", "show", str(path))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert why in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def _budget_runs(control: list[float]) -> pd.DataFrame:
+    """Finished runs of one cell: two methods near 90 at every budget and the control at ``control`` (per budget),
+    three seeds each, spread by 0.5."""
+    rows = []
+    for budget, epochs, ctrl in zip(BUDGETS, [1, 2, 4], control, strict=True):
+        for est, role, level in (("ste", "method", 88 + 2 * budget), ("dsq", "method", 91 + 2 * budget),
+                                 ("frozen", "control", ctrl)):
+            rows += [{"dataset": "digits", "model": "mlp", "bits": "W1A1", "recipe": "common", "estimator": est,
+                      "role": role, "budget": budget, "epochs": epochs, "status": "finished", "top1": level + d}
+                     for d in (-0.5, 0.0, 0.5)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("control, drawn", [([20.0, 22.0, 25.0], False), ([87.5, 88.0, 88.5], True)],
+                         ids=["far-below", "near"])
+def test_budget_panel_range_is_the_methods_and_the_control_is_drawn_or_named(control, drawn):
+    """The y-range is set by the methods (a control far below them squeezed ten methods into a sliver); a control
+    within reach is drawn inside the range, one far away is left out and named in the title."""
+    from bench.report.figures import _fig_budget, styles
+
+    runs = _budget_runs(control)
+    runs["display"] = runs.estimator
+    (ax,) = [a for a in _fig_budget(runs, styles(runs)).axes if a.get_title()]
+    lo, hi = ax.get_ylim()
+    methods = runs[runs.role == "method"].top1
+    assert lo <= methods.min() - 1 and methods.max() + 0.5 <= hi and hi - lo < 15
+    labels = {c.get_label() for c in ax.containers}
+    if drawn:
+        assert "control (frozen)" in labels and lo <= min(control) - 0.5 and "off the axis" not in ax.get_title()
+    else:
+        assert "control (frozen)" not in labels
+        assert f"control {control[0]:.3g}–{control[-1]:.3g} ↓" in ax.get_title()

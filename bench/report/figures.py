@@ -340,9 +340,26 @@ def _heat_panel(ax: Any, grid: pd.DataFrame, norm: Any, images: dict[str, Any], 
     _epoch_axis(ax, pd.Series(grid.columns))
 
 
+def budget_limits(panel: pd.DataFrame) -> tuple[tuple[float, float], str]:
+    """The y-range of one budget panel, set by its methods' intervals (:func:`final_limits`), widened to the
+    control's points where all of them (intervals included) lie within reach; else the control is left out and
+    named: the text for the panel's title ('' when it is drawn)."""
+    methods = panel[panel.role == "method"] if (panel.role == "method").any() else panel
+    ctrl = panel[panel.role == "control"]
+    refs = [*ctrl["mean"], *ctrl["low"].dropna().clip(lower=0), *ctrl["high"].dropna().clip(upper=100)]
+    (lo, hi), held = final_limits(methods, refs)
+    if all(held):
+        return (lo, hi), ""
+    (lo, hi), _ = final_limits(methods, [])
+    means = ctrl["mean"]
+    where = "↑" if means.min() > hi else "↓" if means.max() < lo else "↕"
+    return (lo, hi), f"control {means.min():.3g}–{means.max():.3g} {where}"
+
+
 def _fig_budget(budgets: pd.DataFrame, sty: dict[str, dict[str, Any]]) -> Any:
     """Final top-1 against the training budget per method: mean and 95% t-interval over seeds, a panel per model
-    and bits; the x-axis in epochs (each budget a full run of that many epochs), log-spaced."""
+    and bits; the x-axis in epochs (each budget a full run of that many epochs), log-spaced; the y-range set by
+    the methods, the control drawn where it lies near them and named in the panel's title otherwise."""
     from bench.report.budget import points
 
     pts = points(budgets)
@@ -351,6 +368,8 @@ def _fig_budget(budgets: pd.DataFrame, sty: dict[str, dict[str, Any]]) -> Any:
     fig, axes = _grid(len(cells), 2.3)
     for ax, (m, b) in zip(axes, cells, strict=True):
         panel = pts[(pts.model == m) & (pts.bits == b)]
+        (lo, hi), off = budget_limits(panel)
+        panel = panel[panel.role != "control"] if off else panel
         for k, (label, g) in enumerate(panel.groupby("display", sort=True)):
             st = sty.get(label) or style.method_style(g.estimator.iloc[0], g.role.iloc[0])
             g = g.sort_values("epochs")
@@ -364,7 +383,8 @@ def _fig_budget(budgets: pd.DataFrame, sty: dict[str, dict[str, Any]]) -> Any:
         ax.set_xticks(ticks, [f"{e}\n({bu:g})" for e, bu in zip(ticks, panel.drop_duplicates("epochs")
                                                                     .sort_values("epochs").budget, strict=False)])
         ax.minorticks_off()
-        ax.set_title(f"{m} {b}")
+        ax.set_ylim(lo, hi)
+        ax.set_title(f"{m} {b}" + (f"\noff the axis: {off}" if off else ""))
         ax.set_xlabel("epochs (budget)")
         ax.set_ylabel("final test top-1 (%)")
     _legend_below(fig, axes)
@@ -562,7 +582,9 @@ CAPTIONS = {
                    "setting and seed.",
     "budget_curves": "Final top-1 against the training budget (epochs; each budget a full run with its schedule "
                      "rescaled), mean and 95% Student-t interval over seeds per method, a panel per network and "
-                     "W/A; the rank agreement of each budget with the largest is in the rank-agreement table.",
+                     "W/A, its range set by the methods (the control is drawn where it lies near them, named "
+                     "above the panel otherwise); the rank agreement of each budget with the largest is in the "
+                     "rank-agreement table.",
 }
 
 
