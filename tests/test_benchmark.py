@@ -95,4 +95,5 @@ def test_ensemble_rows_hold_each_ensemble_estimator_to_the_issue_target(tmp_path
     for r in ratios.values():
         assert r["target"] == ENSEMBLE_TARGET and r["ratio"] == pytest.approx(r["median"] / ref["median"])
         assert r["met"] == (r["ratio"] <= ENSEMBLE_TARGET)
-        assert r["ratio"] > 1  # it evaluates L networks where the reference evaluates one
+        # (no 'ratio > 1' here: on the quick 8x8 digits an epoch is a fraction of a second, and on a loaded machine
+        # the two epochs' times cross; the full-size row in results/perf says how far apart they are)
