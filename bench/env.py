@@ -19,12 +19,18 @@ def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
-            return "unknown"
+            return _shipped_commit()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return _shipped_commit()
+
+
+def _shipped_commit() -> str:
+    """A copy without ``.git`` (a working tree sent to a GPU machine) names its commit in BINBENCH_GIT_COMMIT."""
+    given = os.environ.get("BINBENCH_GIT_COMMIT", "").strip()
+    return f"{given} (BINBENCH_GIT_COMMIT: a copy without .git)" if given else "unknown"
 
 
 def package_versions() -> dict[str, str]:

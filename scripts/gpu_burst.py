@@ -80,6 +80,7 @@ class Burst:
         self.data_root = data_root
         self.lines: list[str] = []
         self.measured: list[str] = []
+        self.fast = True  # bf16 + channels_last on a GPU; dropped (and said) if a pack fails with them
         self.tmp = Path(tempfile.mkdtemp(prefix="binbench-burst-"))  # synthetic images: removed at the end
 
     def left(self) -> float:
@@ -100,14 +101,27 @@ class Burst:
         self.log(f"gpu-burst on {name}, torch {torch.__version__}, commit {git_commit()}, budget {self.budget:.0f} s")
         try:
             self.cuda_tests()
-            self.epoch_vs_floor()
-            self.packed_vs_solo()
+            # a measurement that fails is logged and the burst goes on: the table is what the lease is for
+            for stage in (self.epoch_vs_floor, self.packed_vs_solo):
+                self.guarded(stage)
             self.table()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
         (self.out / "measurements.md").write_text("# GPU burst measurements\n\n" + "\n".join(self.measured) + "\n")
         self.log(f"done in {time.monotonic() - self.t0:.0f} s; files: "
                  f"{', '.join(sorted(p.name for p in self.out.iterdir()))}")
+
+    def guarded(self, stage) -> None:
+        """Run one measurement stage; a failure is logged with its traceback (into burst.log) and not raised."""
+        import traceback
+
+        try:
+            stage()
+        except Exception as exc:  # noqa: BLE001 - any failure of a measurement must leave the table its time
+            if self.dry:
+                raise  # the dry run is a test: a broken stage must fail it
+            self.log(f"{stage.__name__} failed: {exc!r}\n{traceback.format_exc()}")
+            self.measured.append(f"- {stage.__name__}: failed ({exc!r}); see burst.log")
 
     # -- 1. the CUDA tests ----------------------------------------------------------------------------------
     def cuda_tests(self) -> None:
@@ -131,6 +145,7 @@ class Burst:
         from bench.benchmark import Workload, measure_overhead_and_reference, write_cifar_format
 
         root = write_cifar_format(self.tmp, 256 if self.dry else 10240, 32 if self.dry else 1024)
+        self.cifar_format = root  # before measuring: the pack-vs-solo stage reads it even if this one fails
         w = Workload("resnet20/cifar-format", "resnet20", "cifar10", str(root), 32 if self.dry else 128,
                      torch.device(self.device), 1 if self.dry else 8, train_subset=64 if self.dry else None)
         rows: list[dict] = []
@@ -141,7 +156,6 @@ class Burst:
                                      f"(target {r.get('target')})")
             elif "median" in r:
                 self.measured.append(f"- epoch {r['workload']} {r['variant']}: {r['median']:.3g} s")
-        self.cifar_format = root
 
     def packed_vs_solo(self) -> None:
         from bench.pack import train_pack
@@ -171,7 +185,7 @@ class Burst:
                   if t.recipe == "common" and t.estimator != "fp" and t.seed in seeds]
         # one thread on a CPU: OpenMP threads that wait on each other collapse on a shared machine
         execution = {"device": self.device, "threads": 1 if self.dry else 8, "data_root": str(root)}
-        if self.device == "cuda":
+        if self.device == "cuda" and self.fast:
             execution.update(amp=True, channels_last=True)  # bf16 and channels_last: execution, not identity
         values = {"epochs": epochs, **({"limit_train_batches": steps} if steps else {}),
                   **({"train_subset": 256, "batch_size": 32, "diagnostics": False} if self.dry else {})}
@@ -183,9 +197,19 @@ class Burst:
         root = self.cifar_format if self.dry else self.data_root
         # two epochs (a two-stage method's minimum) of a few steps each: an epoch's cost, extrapolated
         seeds = (0,) if self.dry else (0, 1, 2)  # a dry run: one seed, the path and not the statistics
-        calib = self.specs(root, steps=1 if self.dry else 25, epochs=2, seeds=seeds)
         t = time.perf_counter()
-        res = train_pack(calib, fallback=False)
+        try:
+            calib = self.specs(root, steps=1 if self.dry else 25, epochs=2, seeds=seeds)
+            res = train_pack(calib, fallback=False)
+        except Exception as exc:  # noqa: BLE001 - the one retry a lease affords: plain fp32, NCHW
+            if self.dry or not self.fast:
+                raise
+            import traceback
+
+            self.log(f"the pack failed with bf16 + channels_last ({exc!r}); again in fp32\n{traceback.format_exc()}")
+            self.fast = False
+            calib = self.specs(root, steps=25, epochs=2, seeds=seeds)
+            res = train_pack(calib, fallback=False)
         took = time.perf_counter() - t
         steps = calib[0].config.limit_train_batches
         full = self._steps_per_epoch(calib[0])
@@ -230,7 +254,8 @@ class Burst:
                  f"- budget: {epochs} epoch(s) (cosine over {epochs}), seeds "
                  f"{', '.join(sorted({str(s.config.seed) for s in specs}))}; trained in {seconds:.0f} s"
                  f"{' (DRY RUN: synthetic images, 1 step an epoch: no numbers)' if self.dry else ''}",
-                 f"- made by: scripts/gpu-burst.sh --out {self.out.name}; commit {git_commit()}; {self._hw()}",
+                 f"- made by: {self.command()}; commit {git_commit()}; {self._hw()}; execution "
+                 f"{'bf16 autocast, channels_last' if self.device == 'cuda' and self.fast else 'fp32'}",
                  "- the papers train 400-1000 epochs: at this budget the rows rank estimators early in training",
                  "", "| Method | W/A | Top-1 (mean ± std) | n | published |", "|---|---|---|---|---|"]
         for est, xs in sorted(rows.items(), key=lambda kv: -statistics.fmean(kv[1])):
@@ -240,6 +265,14 @@ class Burst:
                          f"{'' if pub is None else f'{pub:.2f}'} |")
         (self.out / "table.md").write_text("\n".join(lines) + "\n")
         self.curves(specs, results)
+
+    def command(self) -> str:
+        """The command that made these files, the output folder named by its own name (no machine paths)."""
+        args = list(sys.argv[1:])
+        for i, a in enumerate(args[:-1]):
+            if a == "--out":
+                args[i + 1] = self.out.name
+        return " ".join(["scripts/gpu-burst.sh", *args])
 
     def _hw(self) -> str:
         import torch
