@@ -336,7 +336,9 @@ def setup(spec: RunSpec, callbacks: list[EpochCallback], reporter: Reporter, sta
     ckpt_dir = prepare_checkpoint_dir(cfg.checkpoint_dir, cfg.resume)  # before any data is read or epoch run
     loaders = make_loaders(cfg, ds, device, channels_last)
     model, est, act_est = build_model(cfg, ds)
-    model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    model.to(device)
+    if channels_last:
+        to_channels_last_(model)
     use_amp = cfg.amp and cuda
 
     def autocast():
@@ -361,6 +363,17 @@ def setup(spec: RunSpec, callbacks: list[EpochCallback], reporter: Reporter, sta
     run.params = count_params(model)
     reporter.start(cfg, run.params, device)
     return run
+
+
+def to_channels_last_(model: nn.Module) -> None:
+    """Every 4-D parameter and buffer of ``model`` to channels-last memory, in place; others stay as they are.
+
+    Not ``model.to(memory_format=torch.channels_last)``: that converts 5-D tensors too and fails on them
+    ("required rank 4 tensor"), and estimators keep 5-D state (VISPA's per-sample binary draws)."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
 
 
 def materialize_lazy(model: nn.Module, loader, autocast) -> None:

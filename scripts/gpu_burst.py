@@ -185,9 +185,9 @@ class Burst:
                   if t.recipe == "common" and t.estimator != "fp" and t.seed in seeds]
         # one thread on a CPU: OpenMP threads that wait on each other collapse on a shared machine
         execution = {"device": self.device, "threads": 1 if self.dry else 8, "data_root": str(root)}
-        if self.device == "cuda" and self.fast:
-            execution.update(amp=True, channels_last=True)  # bf16 and channels_last: execution, not identity
+        # the common recipe runs bf16 autocast and channels_last on CUDA (nothing on a CPU); the fallback drops them
         values = {"epochs": epochs, **({"limit_train_batches": steps} if steps else {}),
+                  **({} if self.fast else {"amp": False, "channels_last": False}),
                   **({"train_subset": 256, "batch_size": 32, "diagnostics": False} if self.dry else {})}
         return [t.spec.with_values(**values).with_execution(**execution) for t in trials]
 
@@ -255,7 +255,7 @@ class Burst:
                  f"{', '.join(sorted({str(s.config.seed) for s in specs}))}; trained in {seconds:.0f} s"
                  f"{' (DRY RUN: synthetic images, 1 step an epoch: no numbers)' if self.dry else ''}",
                  f"- made by: {self.command()}; commit {git_commit()}; {self._hw()}; execution "
-                 f"{'bf16 autocast, channels_last' if self.device == 'cuda' and self.fast else 'fp32'}",
+                 f"{'bf16 autocast, channels_last' if self.device == 'cuda' and specs[0].config.amp else 'fp32'}",
                  "- the papers train 400-1000 epochs: at this budget the rows rank estimators early in training",
                  "", "| Method | W/A | Top-1 (mean ± std) | n | published |", "|---|---|---|---|---|"]
         for est, xs in sorted(rows.items(), key=lambda kv: -statistics.fmean(kv[1])):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import create_estimator
+from bench import create_estimator, list_estimators
+from bench.estimator import get_estimator_class as est_class
 from bench.layers import BinaryConv2d, BinaryLinear, BinarySpec, binary_layers
 from bench.models import create_model, list_models
 
@@ -98,3 +99,43 @@ def test_evaluation_max_pool_gives_the_parents_values_and_training_its_gradient(
         MaxPool2d(2)(a).square().sum().backward()
         nn.MaxPool2d(2)(b).square().sum().backward()
         assert torch.equal(a.grad, b.grad)
+
+
+def _resnet20(estimator: str):
+    from bench.data import get_dataset
+    from bench.spec import resolve
+    from bench.train import build_model
+
+    # W1A32: binary activations would turn the conv algorithms' rounding differences (by layout) into sign flips
+    cfg = resolve({"model": "resnet20", "dataset": "cifar10", "estimator": estimator, "seed": 0, "a_bits": 32}).config
+    torch.manual_seed(0)
+    model, _, _ = build_model(cfg, get_dataset("cifar10"))
+    return model
+
+
+WEIGHT_ESTIMATORS = [n for n in list_estimators() if "weight" in est_class(n).kinds and not n.startswith("test_")]
+
+
+@pytest.mark.parametrize("estimator", WEIGHT_ESTIMATORS)
+def test_channels_last_setting_converts_4d_tensors_and_leaves_estimator_state_alone(estimator):
+    """The CUDA setting `channels_last` once called Module.to(memory_format=...), which fails on a 5-D tensor (VISPA's
+    draws): seen on the first GPU run. Every estimator's model converts, 4-D tensors only, values unchanged."""
+    import copy
+
+    from bench.train import to_channels_last_
+
+    model = _resnet20(estimator).eval()
+    plain = copy.deepcopy(model)  # a first forward may set estimator state (DSQ's range): both models get one
+    before = {n: t.clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    to_channels_last_(model)
+    for n, t in [*model.named_parameters(), *model.named_buffers()]:
+        assert torch.equal(t, before[n]), n
+        if t.dim() == 4:
+            assert t.is_contiguous(memory_format=torch.channels_last), n
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(1)  # the same draws for a sampling estimator (VISPA)
+        ref = plain(x)
+        torch.manual_seed(1)
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
