@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="the output folder (created; at most 8 files are written)")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on a CPU: checks the path, no numbers")
     ap.add_argument("--minutes", type=float, default=9.0, help="the whole burst's time budget (default 9)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="skip the CUDA tests and the measurements: a short lease's whole time goes to the table")
     ap.add_argument("--data-root", default=os.environ.get("BINBENCH_DATA"),
                     help="where CIFAR-10 is (the JPEG copy's CIFAR-10-images/ or torchvision's files)")
     args = ap.parse_args()
@@ -66,18 +68,19 @@ def main() -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    burst = Burst(out, args.dry_run, args.minutes * 60, args.data_root)
+    burst = Burst(out, args.dry_run, args.minutes * 60, args.data_root, args.table_only)
     burst.run()
     return 0
 
 
 class Burst:
-    def __init__(self, out: Path, dry: bool, budget_s: float, data_root: str | None):
+    def __init__(self, out: Path, dry: bool, budget_s: float, data_root: str | None, table_only: bool = False):
         import torch
 
         self.out, self.dry, self.budget, self.t0 = out, dry, budget_s, time.monotonic()
         self.device = "cuda" if torch.cuda.is_available() and not dry else "cpu"
-        self.data_root = data_root
+        self.data_root, self.table_only = data_root, table_only
+        self.cifar_format: Path | None = None  # synthetic CIFAR-format images, written once when first needed
         self.lines: list[str] = []
         self.measured: list[str] = []
         self.fast = True  # bf16 + channels_last on a GPU; dropped (and said) if a pack fails with them
@@ -100,10 +103,11 @@ class Burst:
         name = torch.cuda.get_device_name(0) if self.device == "cuda" else "CPU (dry run)"
         self.log(f"gpu-burst on {name}, torch {torch.__version__}, commit {git_commit()}, budget {self.budget:.0f} s")
         try:
-            self.cuda_tests()
-            # a measurement that fails is logged and the burst goes on: the table is what the lease is for
-            for stage in (self.epoch_vs_floor, self.packed_vs_solo):
-                self.guarded(stage)
+            if not self.table_only:
+                self.cuda_tests()
+                # a measurement that fails is logged and the burst goes on: the table is what the lease is for
+                for stage in (self.epoch_vs_floor, self.packed_vs_solo):
+                    self.guarded(stage)
             self.table()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -139,13 +143,20 @@ class Burst:
             self.log(f"CUDA tests did not complete: {exc}")
 
     # -- 2. measurements ------------------------------------------------------------------------------------
+    def synthetic(self) -> Path:
+        """CIFAR-format images of random pixels (the measurements' data, and a dry run's table's)."""
+        from bench.benchmark import write_cifar_format
+
+        if self.cifar_format is None:
+            self.cifar_format = write_cifar_format(self.tmp, 256 if self.dry else 10240, 32 if self.dry else 1024)
+        return self.cifar_format
+
     def epoch_vs_floor(self) -> None:
         import torch
 
-        from bench.benchmark import Workload, measure_overhead_and_reference, write_cifar_format
+        from bench.benchmark import Workload, measure_overhead_and_reference
 
-        root = write_cifar_format(self.tmp, 256 if self.dry else 10240, 32 if self.dry else 1024)
-        self.cifar_format = root  # before measuring: the pack-vs-solo stage reads it even if this one fails
+        root = self.synthetic()
         w = Workload("resnet20/cifar-format", "resnet20", "cifar10", str(root), 32 if self.dry else 128,
                      torch.device(self.device), 1 if self.dry else 8, train_subset=64 if self.dry else None)
         rows: list[dict] = []
@@ -161,7 +172,7 @@ class Burst:
         from bench.pack import train_pack
         from bench.train import train
 
-        specs = self.specs(self.cifar_format, steps=1 if self.dry else 15, epochs=2, seeds=(0,))
+        specs = self.specs(self.synthetic(), steps=1 if self.dry else 15, epochs=2, seeds=(0,))
         train(specs[0])  # first-call costs (kernels, allocator) out of the measurement
         t = time.perf_counter()
         train_pack(specs, fallback=False)
@@ -194,7 +205,7 @@ class Burst:
     def table(self) -> None:
         from bench.pack import train_pack
 
-        root = self.cifar_format if self.dry else self.data_root
+        root = self.synthetic() if self.dry else self.data_root
         # two epochs (a two-stage method's minimum) of a few steps each: an epoch's cost, extrapolated
         seeds = (0,) if self.dry else (0, 1, 2)  # a dry run: one seed, the path and not the statistics
         t = time.perf_counter()

@@ -308,6 +308,31 @@ def test_forward_that_mixes_the_batch_is_refused():
     check_per_member(fine, (4,), [None, None], torch.device("cpu"))
 
 
+class _SeesTf32(nn.Module):
+    seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        _SeesTf32.seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return x
+
+
+def test_per_member_check_compares_in_full_float32_and_restores_the_settings():
+    """The first GPU run refused a ResNet-20 pack under channels_last: cuDNN's TF32 rounded the grouped and the
+    members' own convolutions 1.2e-3 apart. The check must compare without TF32, and leave the user's settings."""
+    from bench.pack.model import check_per_member
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # a user's TF32 everywhere
+    try:
+        _SeesTf32.seen.clear()
+        packed = PackedModel([nn.Sequential(nn.Linear(4, 3), _SeesTf32()) for _ in range(2)])
+        check_per_member(packed, (4,), [None, None], torch.device("cpu"))
+        assert _SeesTf32.seen and set(_SeesTf32.seen) == {(False, False)}
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_members_write_their_own_checkpoints_as_solo_runs_do(tmp_path):
     from bench import checkpoint as ckpt
 

@@ -320,6 +320,19 @@ class PackedModel(nn.Module):
         return self.body(x)
 
 
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """TF32 off for convolutions and matrix products while it lasts. cuDNN convolves float32 in TF32 by default,
+    and a grouped convolution rounds differently from a member's own (the first GPU run: 1.2e-3 relative, above the
+    check's 1e-3 under channels_last): the check must see the model's structure, not a conv algorithm's rounding."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
 @torch.no_grad()
 def check_per_member(packed: PackedModel, in_shape: Sequence[int], rngs: Sequence[MemberRng | None],
                      device: torch.device, batch: int = 3, rtol: float = 1e-3) -> None:
@@ -330,7 +343,7 @@ def check_per_member(packed: PackedModel, in_shape: Sequence[int], rngs: Sequenc
     dtype = torch.get_default_dtype()
     saved = [(r.cpu_state, r.cuda_state) if r is not None else None for r in rngs]
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _full_fp32():
             xs = [torch.randn(batch, *in_shape, device=device, dtype=dtype) for _ in packed.members]
             out = packed(torch.cat(xs)).float().view(len(xs), batch, -1)
             for i, (model, x, rng) in enumerate(zip(packed.members, xs, rngs, strict=True)):
