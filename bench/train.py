@@ -369,7 +369,7 @@ def to_channels_last_(model: nn.Module) -> None:
     """Every 4-D parameter and buffer of ``model`` to channels-last memory, in place; others stay as they are.
 
     Not ``model.to(memory_format=torch.channels_last)``: that converts 5-D tensors too and fails on them
-    ("required rank 4 tensor"), and estimators keep 5-D state (VISPA's per-sample binary draws)."""
+    ("required rank 4 tensor"), and estimators may keep 5-D state (a sampling estimator's binary draws)."""
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
             if t.dim() == 4:
