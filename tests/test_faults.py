@@ -131,8 +131,10 @@ def test_second_driver_refused_killed_worker_and_driver_leave_nothing_running(tm
     from bench.suite import load_suite
 
     keys = {t.key for t in load_suite(str(path)).trials}
+    # packs of 3 (the 6 trials would make one pack, whose members all finish at once): the driver is killed after
+    # the first pack finished, with the second one's trials unfinished
     proc = start_cli("suite", "run", str(path), "--results-dir", str(res), "--max-concurrent", CONCURRENCY[executor],
-                     "--executor", executor)
+                     "--executor", executor, "--pack", "3")
     try:
         wait_for(lambda: [r for r in trials(uri) if r.info.status == "RUNNING" and r.data.metrics],
                  240, "a trial logged an epoch", proc)
