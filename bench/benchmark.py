@@ -634,6 +634,7 @@ def _command(quick: bool, repeats: int) -> str:
 
 def write(rows: list[dict[str, Any]], out: Path, seconds: float, repeats: int, quick: bool) -> None:
     from bench.env import git_commit
+    from bench.report.paths import relative  # no machine path in a committed table (--data-root, --out)
 
     out.mkdir(parents=True, exist_ok=True)
     m = machine()
@@ -655,7 +656,7 @@ def write(rows: list[dict[str, Any]], out: Path, seconds: float, repeats: int, q
              f"- machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}, torch {m['torch']}",
              f"- commit {git_commit()}; {repeats} repeats per measurement, medians (min-max); "
              f"{'QUICK (reduced sizes) ' if quick else ''}run took {seconds:.0f} s",
-             f"- made by: {_command(quick, repeats)}", "",
+             f"- made by: {relative(_command(quick, repeats), out)}", "",
              "| measure | workload | variant | median | min | max | unit | ratio | target | met |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -97,3 +97,14 @@ def test_ensemble_rows_hold_each_ensemble_estimator_to_the_issue_target(tmp_path
         assert r["met"] == (r["ratio"] <= ENSEMBLE_TARGET)
         # (no 'ratio > 1' here: on the quick 8x8 digits an epoch is a fraction of a second, and on a loaded machine
         # the two epochs' times cross; the full-size row in results/perf says how far apart they are)
+
+
+def test_the_table_names_no_machine_path_in_its_command(tmp_path, monkeypatch):
+    """The first table made with --data-root wrote the machine's data folder into its header: a committed table
+    names the folder's last part only (as reports do), and the output folder relative to itself."""
+    out, data = tmp_path / "perf", tmp_path / "elsewhere" / "data"
+    monkeypatch.setattr("sys.argv", ["binbench", "benchmark", "--out", str(out), "--data-root", str(data)])
+    write([], out, 1.0, 1, False)
+    md = next(out.glob("benchmark-*.md")).read_text()
+    made = next(ln for ln in md.splitlines() if ln.startswith("- made by:"))
+    assert str(tmp_path) not in md and "--data-root .../data" in made and "--out ." in made
