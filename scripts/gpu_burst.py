@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,8 +118,6 @@ class Burst:
 
     def guarded(self, stage) -> None:
         """Run one measurement stage; a failure is logged with its traceback (into burst.log) and not raised."""
-        import traceback
-
         try:
             stage()
         except Exception as exc:  # noqa: BLE001 - any failure of a measurement must leave the table its time
@@ -215,8 +214,6 @@ class Burst:
         except Exception as exc:  # noqa: BLE001 - the one retry a lease affords: plain fp32, NCHW
             if self.dry or not self.fast:
                 raise
-            import traceback
-
             self.log(f"the pack failed with bf16 + channels_last ({exc!r}); again in fp32\n{traceback.format_exc()}")
             self.fast = False
             calib = self.specs(root, steps=25, epochs=2, seeds=seeds)
@@ -278,12 +275,15 @@ class Burst:
         self.curves(specs, results)
 
     def command(self) -> str:
-        """The command that made these files, the output folder named by its own name (no machine paths)."""
+        """The command that made these files: the output folder by its own name, every other path as reports
+        write them (``bench.report.paths.relative``: no machine path)."""
+        from bench.report.paths import relative
+
         args = list(sys.argv[1:])
         for i, a in enumerate(args[:-1]):
             if a == "--out":
                 args[i + 1] = self.out.name
-        return " ".join(["scripts/gpu-burst.sh", *args])
+        return relative(" ".join(["scripts/gpu-burst.sh", *args]), self.out)
 
     def _hw(self) -> str:
         import torch
