@@ -183,8 +183,9 @@ def test_no_live_markup_from_a_suite_name(paper):
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None,
-                    reason="pdflatex is not installed (apt-get install texlive-latex-extra texlive-science): the "
-                           "two-column compile check of leaderboard.tex did not run")
+                    reason="pdflatex is not installed (apt-get install texlive-latex-base texlive-latex-recommended "
+                           "texlive-science; .ci/run does so where it can): the two-column compile check of "
+                           "leaderboard.tex did not run")
 @pytest.mark.parametrize("variant", ["as written", "one column", "three networks"])
 def test_tex_compiles_in_a_two_column_article_without_overfull_boxes(paper, tmp_path, variant):
     """As written (the BiPer-style table and the pivot with published numbers); without published numbers (one
