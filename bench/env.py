@@ -56,8 +56,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_id(cpuinfo: str | None = None) -> str:
+    """The CPU's vendor and family/model/stepping (``AuthenticAMD 25/17/1``) from ``cpuinfo`` (default: this
+    machine's /proc/cpuinfo), or '' where there is none. A virtual machine's model name can be only "AMD EPYC"
+    across generations whose float32 kernels round differently; these numbers tell them apart."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ""
+    first = cpuinfo.strip().split("\n\n", 1)[0]  # the first processor's block
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    if not {"vendor_id", "cpu family", "model"} & fields.keys():
+        return ""
+    return " ".join([fields.get("vendor_id", "?"),
+                     "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))])
+
+
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels dispatch to (AVX512, AVX2, ...): it decides their rounding."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
 def hardware(device: torch.device | None = None) -> dict[str, str]:
-    out = {"cpu": cpu_model(), "cores": str(os.cpu_count()), "torch_threads": str(torch.get_num_threads())}
+    """Where a run ran. Float32 training is chaotic: a run repeats to the bit only with the same torch, threads and
+    CPU kernels (cpu_id, cpu_capability); ``binbench replay`` names whichever of these differ."""
+    out = {"cpu": cpu_model(), "cpu_id": cpu_id(), "cpu_capability": cpu_capability(), "cores": str(os.cpu_count()),
+           "torch_threads": str(torch.get_num_threads())}
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(device if device is not None and device.type == "cuda" else 0)
     else:

@@ -101,6 +101,13 @@ def _bf16(tags: dict[str, str], params: dict[str, str]) -> bool:
     return amp == "True" and gpu and not str(tags.get("exec.device", params.get("device", ""))).startswith("cpu")
 
 
+def _cpu(tags: dict[str, str]) -> str:
+    """The CPU as the header names it: the model name, with family/model/stepping and torch's kernel instruction set
+    where the run recorded them (two hosts both called "AMD EPYC" round float32 differently)."""
+    detail = ", ".join(v for v in (tags.get("hardware.cpu_id"), tags.get("hardware.cpu_capability")) if v)
+    return tags.get("hardware.cpu", "?") + (f" ({detail})" if detail else "")
+
+
 def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any]:
     """One trial run as a row: identity tags, the setup a reader needs, final metrics."""
     from bench.track import store as tg
@@ -110,7 +117,7 @@ def _run_row(r: Any, status: str, search_keys: tuple[str, ...]) -> dict[str, Any
            "model": t.get(tg.MODEL_TAG), "dataset": t.get(tg.DATASET_TAG), "bits": t.get(tg.BITS_TAG),
            "recipe": t.get(tg.RECIPE_TAG), "role": _role(t), "seed": int(t.get(tg.SEED_TAG, 0)), "status": status,
            "start": r.info.start_time, "end": r.info.end_time, "headline_mode": t.get(tg.HEADLINE_TAG, "default"),
-           "git_commit": t.get(tg.COMMIT_TAG, "?"), "cpu": t.get("hardware.cpu", "?"),
+           "git_commit": t.get(tg.COMMIT_TAG, "?"), "cpu": _cpu(t),
            "gpu": t.get("hardware.gpu", "?"), "torch": t.get("version.torch", "?"),
            "epochs": int(float(_param(p, "epochs") or 0)), "hparams": _hparams(p),
            "lr": p.get("lr"), "optimizer": p.get("optimizer"), "lr_schedule": p.get("lr_schedule"),

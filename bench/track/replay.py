@@ -99,10 +99,16 @@ def platform_differences(tags: dict[str, str]) -> list[str]:
     float-level difference grows over a chaotic run, so equality is only expected on the same platform."""
     import torch
 
-    from bench.env import cpu_model
+    from bench.env import cpu_capability, cpu_id, cpu_model
 
-    now = {"version.torch": torch.__version__, "hardware.cpu": cpu_model()}
-    return [f"(recorded {k} {tags.get(k)!r}, replayed on {v!r})" for k, v in now.items() if tags.get(k) != v]
+    now = {"version.torch": torch.__version__, "hardware.cpu": cpu_model(), "hardware.cpu_id": cpu_id(),
+           "hardware.cpu_capability": cpu_capability()}
+    out = [f"(recorded {k} {tags.get(k)!r}, replayed on {v!r})" for k, v in now.items()
+           if k in tags and tags[k] != v]
+    unknown = [k for k in now if k not in tags]
+    if unknown:  # runs recorded before binbench wrote these: a difference there cannot be ruled out
+        out.append(f"(not recorded by the run, so not compared: {', '.join(unknown)})")
+    return out
 
 
 def replay_suite(uri: str, suite: str, epochs: int = 1, per_estimator: int = 1, data_root: str | None = None,
