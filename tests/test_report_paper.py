@@ -295,6 +295,7 @@ def test_every_final_top1_panel_shows_or_names_its_references(paper):
     runs = _finished(c)
     fig = _fig_final(runs, styles(runs))
     fp = sum(TOP1[("FP32", "fp")]) / 3
+    legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
     for ax in fig.axes:
         bits = ax.get_title().split("\n")[0].split()[-1]
         lo, hi = ax.get_xlim()
@@ -304,10 +305,24 @@ def test_every_final_top1_panel_shows_or_names_its_references(paper):
             drawn = [ln for ln in ax.get_lines() if ln.get_label() == f"{name} mean"]
             if drawn:
                 assert lo <= v <= hi and drawn[0].get_xdata()[0] == pytest.approx(v)
+                assert f"{name} mean" in legend, (name, legend)  # a drawn line is named
             else:
                 assert f"{name} {v:.3g}" in ax.get_title(), (name, ax.get_title())
         assert ax.get_shared_x_axes().get_siblings(ax) == [ax]
     assert any("control" in ax.get_title() for ax in fig.axes)  # the data's control lies far below: named
+
+
+def test_a_reference_line_drawn_in_a_final_top1_panel_is_named_in_the_legend(paper):
+    """The FP baseline moved among the methods: its dotted line is drawn, and named under the panels."""
+    from bench.report.figures import _fig_final, styles
+
+    c, _res = paper
+    runs = _finished(c)
+    near = runs[runs.role == "method"].top1.median()
+    runs = runs.assign(top1=runs.top1.where(runs.role != "baseline", near))
+    fig = _fig_final(runs, styles(runs))
+    assert any(ln.get_label() == "FP mean" for ax in fig.axes for ln in ax.get_lines())
+    assert "FP mean" in [t.get_text() for lg in fig.legends for t in lg.get_texts()]
 
 
 def test_curves_show_two_epoch_runs_as_points_on_integer_ticks(paper):

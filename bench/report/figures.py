@@ -252,7 +252,7 @@ def final_limits(methods: pd.DataFrame, refs: list[float]) -> tuple[tuple[float,
 def _fig_final(runs: pd.DataFrame, sty: dict[str, dict[str, Any]]) -> Any:
     """Final top-1 per method, mean and 95% t-interval, a panel per model and bits, each with its own x-range
     set by its methods: FP (black dotted) and the control (grey dashed, and its own row) are drawn where they
-    lie near that range and named in the panel's title otherwise."""
+    lie near that range, and named in a legend under the panels, or named in the panel's title otherwise."""
     ci = final_intervals(runs)
     binary = ci[ci.role != "baseline"]
     data = binary if len(binary) else ci
@@ -275,7 +275,7 @@ def _fig_final(runs: pd.DataFrame, sty: dict[str, dict[str, Any]]) -> Any:
         ax.set_xlim(lo, hi)
         ax.set_title(f"{m} {b}" + ("\noff the axis: " + ", ".join(off) if off else ""))
         ax.set_xlabel("final test top-1 (%)")
-    fig.tight_layout()
+    _legend_below(fig, axes)  # names the reference lines drawn (an unnamed dotted line reads as nothing)
     return fig
 
 
