@@ -36,6 +36,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+def _traceback() -> str:
+    """The current traceback with the checkout's path left out: burst.log is committed, and names no machine path."""
+    return traceback.format_exc().replace(f"{REPO}/", "")
+
+
 class _Refuse:
     """An import hook that refuses MLflow and Ray: the burst path must run on an image without them."""
 
@@ -123,7 +128,7 @@ class Burst:
         except Exception as exc:  # noqa: BLE001 - any failure of a measurement must leave the table its time
             if self.dry:
                 raise  # the dry run is a test: a broken stage must fail it
-            self.log(f"{stage.__name__} failed: {exc!r}\n{traceback.format_exc()}")
+            self.log(f"{stage.__name__} failed: {exc!r}\n{_traceback()}")
             self.measured.append(f"- {stage.__name__}: failed ({exc!r}); see burst.log")
 
     # -- 1. the CUDA tests ----------------------------------------------------------------------------------
@@ -214,7 +219,7 @@ class Burst:
         except Exception as exc:  # noqa: BLE001 - the one retry a lease affords: plain fp32, NCHW
             if self.dry or not self.fast:
                 raise
-            self.log(f"the pack failed with bf16 + channels_last ({exc!r}); again in fp32\n{traceback.format_exc()}")
+            self.log(f"the pack failed with bf16 + channels_last ({exc!r}); again in fp32\n{_traceback()}")
             self.fast = False
             calib = self.specs(root, steps=25, epochs=2, seeds=seeds)
             res = train_pack(calib, fallback=False)
