@@ -46,13 +46,19 @@ def package_versions() -> dict[str, str]:
 
 
 @functools.cache
-def cpu_model() -> str:
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process ('' where there is none): cpu_model and cpu_id both parse it."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return ""
+
+
+def cpu_model() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -61,10 +67,7 @@ def cpu_id(cpuinfo: str | None = None) -> str:
     machine's /proc/cpuinfo), or '' where there is none. A virtual machine's model name can be only "AMD EPYC"
     across generations whose float32 kernels round differently; these numbers tell them apart."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return ""
+        cpuinfo = _cpuinfo()
     first = cpuinfo.strip().split("\n\n", 1)[0]  # the first processor's block
     fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
     if not {"vendor_id", "cpu family", "model"} & fields.keys():

@@ -99,10 +99,11 @@ def platform_differences(tags: dict[str, str]) -> list[str]:
     float-level difference grows over a chaotic run, so equality is only expected on the same platform."""
     import torch
 
-    from bench.env import cpu_capability, cpu_id, cpu_model
+    from bench.env import hardware
 
-    now = {"version.torch": torch.__version__, "hardware.cpu": cpu_model(), "hardware.cpu_id": cpu_id(),
-           "hardware.cpu_capability": cpu_capability()}
+    here = hardware()  # the fields a run records, so both sides name them alike
+    now = {"version.torch": torch.__version__,
+           **{f"hardware.{k}": here[k] for k in ("cpu", "cpu_id", "cpu_capability")}}
     out = [f"(recorded {k} {tags.get(k)!r}, replayed on {v!r})" for k, v in now.items()
            if k in tags and tags[k] != v]
     unknown = [k for k in now if k not in tags]
